@@ -1,0 +1,58 @@
+"""Remove what a run made, found by its identity, never by process name.
+
+Containers carry the label testbed.run=<run_id>; bridges and root-namespace veth ends
+are named tb<tag>... where tag is the run id's 6 hex digits. Named network namespaces
+made by probes are tb<tag>-.... Mininet's node shells die with their pty when the
+orchestrator dies; a container's namespaces die with the container.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from testbed.plan import run_tag
+from testbed.runtime import remove_run_containers
+
+LINK_ANY = re.compile(r"^tb[0-9a-f]{6}")
+
+
+def _links() -> list[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return [entry["ifname"] for entry in json.loads(out or "[]")]
+
+
+def _netns() -> list[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
+    return [entry["name"] for entry in json.loads(out or "[]")] if out.strip() else []
+
+
+def remove_links(tag: str | None) -> int:
+    """Delete root-namespace links of one run (tag) or of every run; bridges last."""
+    match = (lambda n: n.startswith(f"tb{tag}")) if tag else LINK_ANY.match
+    names = [n for n in _links() if match(n)]
+    # veth ends first (deleting one end removes its peer), then the bridges they were in.
+    names.sort(key=lambda n: (not re.search(r"p\d+$", n), n))
+    removed = 0
+    for name in names:
+        if subprocess.run(["ip", "link", "del", name], capture_output=True).returncode == 0:
+            removed += 1
+    return removed
+
+
+def remove_netns(tag: str | None) -> int:
+    match = (lambda n: n.startswith(f"tb{tag}-")) if tag else LINK_ANY.match
+    names = [n for n in _netns() if match(n)]
+    for name in names:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return len(names)
+
+
+def clean(client, run_id: str | None = None) -> dict[str, int]:
+    """Everything of one run (run_id) or of all runs; safe to call repeatedly."""
+    tag = run_tag(run_id) if run_id else None
+    return {
+        "containers": remove_run_containers(client, run_id),
+        "links": remove_links(tag),
+        "namespaces": remove_netns(tag),
+    }

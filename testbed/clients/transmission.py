@@ -1,0 +1,90 @@
+"""transmission-daemon, driven through transmission-rpc."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from testbed.clients.base import ClientDriver, PeerStats
+
+
+class TransmissionDriver(ClientDriver):
+    name = "transmission"
+    image = "transmission"
+    rpc_port = 9091
+
+    def __init__(self, host):
+        super().__init__(host)
+        self._rpc = None
+        self._torrent_id = None
+
+    def settings(self) -> dict:
+        """Settings that differ from transmission 3.00's defaults, and why."""
+        return {
+            "bind-address-ipv4": self.host.data_ip,   # peer traffic only on the emulated network
+            "bind-address-ipv6": "::1",
+            "rpc-bind-address": self.host.ctl_ip,     # control API only on the control network
+            "rpc-port": self.rpc_port,
+            "rpc-authentication-required": False,
+            "rpc-whitelist-enabled": False,
+            "rpc-host-whitelist-enabled": False,
+            "peer-port": self.peer_port,
+            "peer-port-random-on-start": False,
+            "dht-enabled": False,                     # the swarm is exactly the one defined
+            "pex-enabled": False,
+            "lpd-enabled": False,
+            "port-forwarding-enabled": False,         # no UPnP/NAT-PMP probing
+            "blocklist-enabled": False,
+            "download-dir": self.data_dir,
+            "incomplete-dir-enabled": False,
+            "download-queue-enabled": False,
+            "seed-queue-enabled": False,
+            "ratio-limit-enabled": False,
+            "idle-seeding-limit-enabled": False,
+            "speed-limit-up-enabled": False,
+            "speed-limit-down-enabled": False,
+            "message-level": 2,
+        }
+
+    def configure(self) -> dict:
+        conf = self.host.host_dir / "config" / "transmission"
+        conf.mkdir(parents=True, exist_ok=True)
+        settings = self.settings()
+        (conf / "settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+        return settings
+
+    def start(self) -> None:
+        self.spawn(["transmission-daemon", "-f", "-g", f"{self.host.container_dir}/config/transmission",
+                    "--logfile", f"{self.host.container_dir}/log/transmission.log"])
+
+    def _client(self):
+        if self._rpc is None:
+            from transmission_rpc import Client
+            self._rpc = Client(host=self.host.ctl_ip, port=self.rpc_port, timeout=5)
+        return self._rpc
+
+    def ready(self) -> bool:
+        try:
+            self._client()
+            return True
+        except Exception:  # connection refused until the daemon listens
+            self._rpc = None
+            return False
+
+    def version(self) -> str:
+        return str(self._client().get_session().version)
+
+    def add_torrent(self, torrent: Path, seed: bool) -> None:
+        t = self._client().add_torrent(torrent.read_bytes(), download_dir=self.data_dir, paused=False)
+        self._torrent_id = t.id
+        if seed:
+            self._client().verify_torrent(t.id)
+
+    def stats(self) -> PeerStats:
+        t = self._client().get_torrent(self._torrent_id, arguments=[
+            "id", "percentDone", "rateUpload", "rateDownload", "uploadedEver",
+            "downloadedEver", "peersConnected", "status", "haveValid", "sizeWhenDone", "recheckProgress"])
+        # percentDone counts bytes not yet hash-checked; haveValid is verified bytes.
+        size = t.size_when_done or 1
+        return PeerStats(progress=min(1.0, t.fields["haveValid"] / size), rate_up=t.rate_upload,
+                         rate_down=t.rate_download, bytes_up=t.uploaded_ever,
+                         bytes_down=t.downloaded_ever, peers=t.peers_connected)

@@ -1,0 +1,383 @@
+"""Carry out a plan on this machine: the library API under the CLI.
+
+    run(experiment, results_root, on_event=callback) -> RunResult
+
+The core never prints; it reports through events (also appended to events.jsonl).
+Whatever happens, teardown removes every container, veth and bridge of the run, and
+summary.json is written: "complete", "timeout", or "failed" with what was measured.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from testbed import cleanup, content, facts, images, runtime
+from testbed.clients import DRIVERS, ClientDriver, PeerStats
+from testbed.errors import PreflightError, RunError, TestbedError
+from testbed.model import Experiment, resolved_yaml
+from testbed.plan import Plan, plan
+from testbed.results import RunDir, write_json
+from testbed.shaping import SHAPERS
+
+EventSink = Callable[[dict], None]
+SEED_VERIFY_TIMEOUT = 120.0
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    summary: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete"
+
+
+def new_run_id(exp: Experiment, repetition: int = 1) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    rep = f"-r{repetition}" if exp.repetitions > 1 else ""
+    return f"{exp.name}-{stamp}{rep}-{secrets.token_hex(3)}"
+
+
+def free_control_block(tag: str) -> int:
+    """The plan's control block, moved on if a route for it already exists (another run)."""
+    from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, control_block
+    blocks = list(CONTROL_NET.subnets(new_prefix=22))
+    first = control_block(tag)
+    for k in range(CONTROL_BLOCKS):
+        b = (first + k) % CONTROL_BLOCKS
+        if not subprocess.run(["ip", "route", "show", str(blocks[b])], capture_output=True, text=True).stdout.strip():
+            return b
+    raise RunError("every control-network block 198.19.0.0/16 is in use by other runs")
+
+
+def preflight(plan_: Plan, client) -> dict[str, images.Image]:
+    if not runtime.is_root():
+        raise PreflightError("testbed run needs root (it creates bridges, veths and tc qdiscs); run it with sudo")
+    for tool in ("mnexec", "brctl", "tc", "ip"):
+        if not shutil.which(tool):
+            raise PreflightError(f"'{tool}' is not installed; run ./setup.sh (or: testbed doctor)")
+    return images.require(client, {h.image for h in plan_.hosts})
+
+
+class Swarm:
+    """One run in progress: owns everything it creates, and removes it in close()."""
+
+    def __init__(self, plan_: Plan, rd: RunDir, emit: EventSink, docker_client, imgs: dict[str, images.Image],
+                 keep_data: bool, sample_interval: float):
+        self.plan, self.rd, self.emit, self.docker = plan_, rd, emit, docker_client
+        self.images, self.keep_data, self.interval = imgs, keep_data, sample_interval
+        self.hosts: dict[str, runtime.ContainerHost] = {}
+        self.drivers: dict[str, ClientDriver] = {}
+        self.net = None
+        self.peer_started: dict[str, float] = {}
+        self.completion: dict[str, float] = {}
+        self.last: dict[str, PeerStats] = {}
+        self.counters: dict[str, tuple[int, int]] = {}
+        self.errors: dict[str, str] = {}
+        self.content_file = rd.path / "content" / f"{plan_.experiment.name}.bin"
+        self.content_sha = ""
+        self.torrent = rd.path / f"{plan_.experiment.name}.torrent"
+        self.swarm_t0: float | None = None
+
+    # ------------------------------------------------------------ bring-up
+    def make_content(self) -> None:
+        exp = self.plan.experiment
+        self.content_sha = content.make_content(self.content_file, self.plan.content_bytes, exp.seed)
+        infohash = content.make_torrent(self.content_file, self.plan.tracker_url, self.plan.piece_bytes, self.torrent)
+        self.infohash = infohash
+        self.emit(self.rd.event("content", bytes=self.plan.content_bytes, piece_bytes=self.plan.piece_bytes,
+                                sha256=self.content_sha, infohash=infohash))
+
+    def start_hosts(self) -> None:
+        from testbed import network
+        t = time.monotonic()
+        self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts)
+        self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
+        t = time.monotonic()
+        self.net = network.build(self.plan, {n: h.pid for n, h in self.hosts.items()}, SHAPERS["htb"]())
+        self.emit(self.rd.event("network", links=len(self.plan.links), seconds=round(time.monotonic() - t, 3)))
+
+    def start_tracker(self) -> None:
+        h = self.hosts["tracker"]
+        tdir = h.host_dir / "tracker"
+        tdir.mkdir(exist_ok=True)
+        (tdir / "whitelist").write_text(self.infohash + "\n")
+        port = str(self.plan.tracker_port)
+        # opentracker chroots into -d before it reads -w, so the whitelist path is in the chroot.
+        script = (f"cd {h.container_dir}/tracker && echo $$ > {h.container_dir}/run/opentracker.pid && exec "
+                  f"opentracker -i {h.data_ip} -p {port} -P {port} -d {h.container_dir}/tracker "
+                  f"-w /whitelist >>{h.container_dir}/log/opentracker.out 2>&1")
+        h.exec(["sh", "-c", script], detach=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            code, _ = h.exec(["sh", "-c", f"ss -ltn 'sport = :{port}' | grep -q LISTEN"])
+            if code == 0:
+                self.emit(self.rd.event("tracker_started", host="tracker", url=self.plan.tracker_url))
+                return
+            time.sleep(0.1)
+        raise RunError(f"the tracker did not listen on {self.plan.tracker_url} (see {h.host_dir}/log)")
+
+    def start_clients(self) -> None:
+        peers = [h for h in self.plan.hosts if h.client]
+        for hp in peers:
+            driver = DRIVERS[hp.client](self.hosts[hp.name])
+            settings = driver.configure()
+            write_json(self.hosts[hp.name].host_dir / "config" / "effective.json",
+                       {"client": hp.client, "settings": settings})
+            self.drivers[hp.name] = driver
+        for hp in self.plan.by_role("seeder"):
+            data = self.hosts[hp.name].host_dir / "data" / self.content_file.name
+            try:
+                os.link(self.content_file, data)      # seeders only read: share the bytes
+            except OSError:
+                shutil.copyfile(self.content_file, data)
+        for name, d in self.drivers.items():
+            d.start()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda d: d.wait_ready(), self.drivers.values()))
+        self.versions = {name: d.version() for name, d in self.drivers.items()}
+        self.emit(self.rd.event("clients_ready", count=len(self.drivers)))
+
+    def start_seeders(self) -> None:
+        seeders = self.plan.by_role("seeder")
+        for hp in seeders:
+            self.drivers[hp.name].add_torrent(self.torrent, seed=True)
+        deadline = time.monotonic() + SEED_VERIFY_TIMEOUT
+        pending = {hp.name for hp in seeders}
+        while pending:
+            for name in list(pending):
+                if self.drivers[name].stats().progress >= 1.0:
+                    pending.discard(name)
+                    self.emit(self.rd.event("seeder_ready", host=name))
+            if time.monotonic() > deadline:
+                raise RunError(f"seeder(s) {', '.join(sorted(pending))} did not verify the content "
+                               f"within {SEED_VERIFY_TIMEOUT:g}s")
+            time.sleep(0.2)
+
+    def start_swarm(self) -> None:
+        self.baseline = self.read_counters()
+        self.swarm_t0 = time.monotonic()
+        self.emit(self.rd.event("swarm_start", leechers=len(self.plan.by_role("leecher")), t_min_s=self.plan.t_min_s))
+        for ev in self.plan.timeline:
+            if ev.action == "start_leecher":
+                self.drivers[ev.host].add_torrent(self.torrent, seed=False)
+                self.peer_started[ev.host] = time.monotonic() - self.swarm_t0
+                self.rd.event("peer_started", host=ev.host, t_swarm=round(self.peer_started[ev.host], 3))
+
+    # ------------------------------------------------------------ measurement
+    def access_dev(self, host: str) -> str:
+        return next(link.intf2 for link in self.plan.links if link.kind == "access" and link.node1 == host)
+
+    def read_counters(self) -> dict[str, tuple[int, int]]:
+        """Bytes (up, down) of each peer from the switch end of its access veth: what the
+        switch received from the host is the host's upload."""
+        out = {}
+        for name in self.drivers:
+            stats = Path("/sys/class/net") / self.access_dev(name) / "statistics"
+            try:
+                out[name] = (int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text()))
+            except OSError:
+                out[name] = self.counters.get(name, (0, 0))
+        return out
+
+    def _stats(self, name: str) -> PeerStats | None:
+        try:
+            return self.drivers[name].stats()
+        except Exception as exc:  # a crashed or hung client: recorded, the run goes on
+            if name not in self.errors:
+                self.errors[name] = f"{exc.__class__.__name__}: {exc}"
+                self.emit(self.rd.event("client_error", host=name, error=self.errors[name]))
+            return None
+
+    def sample(self, pool: ThreadPoolExecutor) -> float:
+        t = time.monotonic() - self.swarm_t0
+        stats = dict(zip(self.drivers, pool.map(self._stats, self.drivers)))
+        counters = self.read_counters()
+        for name, s in stats.items():
+            up, down = (c - b for c, b in zip(counters[name], self.baseline[name]))
+            self.counters[name] = counters[name]
+            if s is None:
+                continue
+            self.last[name] = s
+            self.rd.sample({"t": round(t, 3), "peer": name, "progress": round(s.progress, 5),
+                            "rate_up": s.rate_up, "rate_down": s.rate_down, "client_bytes_up": s.bytes_up,
+                            "client_bytes_down": s.bytes_down, "if_bytes_up": up, "if_bytes_down": down,
+                            "peers": s.peers})
+            if name in self.peer_started and name not in self.completion and s.progress >= 1.0:
+                self.completion[name] = t - self.peer_started[name]
+                self.emit(self.rd.event("peer_complete", host=name, completion_s=round(self.completion[name], 3)))
+        return t
+
+    def measure(self, timeout: float) -> str:
+        leechers = [h.name for h in self.plan.by_role("leecher")]
+        with ThreadPoolExecutor(8) as pool:
+            while True:
+                tick = time.monotonic()
+                t = self.sample(pool)
+                done = sum(1 for n in leechers if n in self.completion)
+                rate = sum(self.last[n].rate_down for n in leechers if n in self.last)
+                self.emit({"kind": "progress", "t": t, "done": done, "total": len(leechers),
+                           "rate_down_Bps": rate, "t_min_s": self.plan.t_min_s})
+                if done == len(leechers):
+                    return "complete"
+                if t >= timeout:
+                    self.emit(self.rd.event("timeout", after_s=timeout))
+                    return "timeout"
+                time.sleep(max(0.0, self.interval - (time.monotonic() - tick)))
+
+    # ------------------------------------------------------------ teardown
+    def stop_clients(self) -> None:
+        for d in self.drivers.values():
+            try:
+                d.stop()
+            except Exception:
+                pass
+
+    def verify(self) -> dict[str, bool]:
+        ok = {}
+        for name in self.drivers:
+            got = content.sha256_file(self.hosts[name].host_dir / "data" / self.content_file.name)
+            ok[name] = got == self.content_sha
+        return ok
+
+    def close(self) -> dict[str, int]:
+        """Remove everything of this run; returns what the identity sweep still found."""
+        if self.net is not None:
+            try:
+                self.net.stop()
+            except Exception as exc:
+                self.rd.event("teardown_error", step="mininet", error=str(exc))
+        left = cleanup.clean(self.docker, self.plan.run_id)
+        if not self.keep_data:
+            shutil.rmtree(self.rd.path / "content", ignore_errors=True)
+            for h in self.hosts.values():
+                shutil.rmtree(h.host_dir / "data", ignore_errors=True)
+        return left
+
+
+def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]) -> dict:
+    p = sw.plan
+    peers = []
+    for h in p.hosts:
+        if not h.client:
+            continue
+        s = sw.last.get(h.name)
+        up, down = (c - b for c, b in zip(sw.counters.get(h.name, (0, 0)), getattr(sw, "baseline", {}).get(h.name, (0, 0))))
+        completed = h.role == "seeder" or h.name in sw.completion
+        peers.append({
+            "name": h.name, "group": h.group, "role": h.role, "client": h.client,
+            "client_version": getattr(sw, "versions", {}).get(h.name),
+            "completed": completed and sha_ok.get(h.name, False),
+            "completion_s": round(sw.completion[h.name], 3) if h.name in sw.completion else None,
+            "t_min_s": round(p.peer_t_min_s[h.name], 3) if h.name in p.peer_t_min_s else None,
+            "bytes_up": s.bytes_up if s else None, "bytes_down": s.bytes_down if s else None,
+            "if_bytes_up": up, "if_bytes_down": down,
+            "sha256_ok": sha_ok.get(h.name, False),
+            "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
+            "error": sw.errors.get(h.name),
+        })
+    times = [v for v in sw.completion.values()]
+    leechers = [x for x in peers if x["role"] == "leecher"]
+    return {
+        "run_id": p.run_id, "experiment": p.experiment.name, "status": status, "error": error,
+        "partial": status != "complete",
+        "t_min_s": round(p.t_min_s, 3),
+        "swarm_completion_s": round(max(times), 3) if times and len(times) == len(leechers) else None,
+        "leechers_completed": sum(1 for x in leechers if x["completed"]), "leechers": len(leechers),
+        "content_bytes": p.content_bytes, "content_sha256": sw.content_sha,
+        "peers": peers,
+    }
+
+
+def manifest(p: Plan, imgs: dict[str, images.Image], repetition: int) -> dict:
+    tc = facts.traffic_control()
+    return {
+        "run_id": p.run_id, "experiment": p.experiment.name, "seed": p.experiment.seed,
+        "repetition": repetition, "repetitions": p.experiment.repetitions,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "testbed": facts.testbed_version(), "host": facts.host_facts(),
+        "machines": sorted({h.machine for h in p.hosts}),
+        "traffic_control": tc, "shaper": "htb",
+        "delay_emulation": "netem" if tc["netem"] else "unavailable (no sch_netem): links have no added delay",
+        "images": {n: {"tag": i.tag, "packages": list(i.spec.packages)} for n, i in imgs.items()},
+        "addresses": {"data": "198.18.0.0/16", "control": f"{p.control_gateway}/{p.control_prefix}"},
+        "hosts": [{"name": h.name, "role": h.role, "client": h.client, "site": h.site, "machine": h.machine,
+                   "data_ip": h.data_ip, "container": h.container} for h in p.hosts],
+    }
+
+
+def image_packages(sw: Swarm) -> dict[str, dict[str, str]]:
+    """Package versions each image was built from, read inside one container of each."""
+    out: dict[str, dict[str, str]] = {}
+    for h in sw.hosts.values():
+        if h.plan.image in out:
+            continue
+        code, text = h.exec(["cat", images.PACKAGE_LIST])
+        versions = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line) if code == 0 else {}
+        wanted = set(sw.images[h.plan.image].spec.packages)
+        out[h.plan.image] = {k: v for k, v in versions.items() if k.split(":")[0] in wanted}
+    return out
+
+
+def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, *, repetition: int = 1,
+        keep_data: bool = False, sample_interval: float = 1.0, run_id: str | None = None) -> RunResult:
+    """Run one repetition of the experiment; raises only for errors before anything starts."""
+    emit = on_event or (lambda e: None)
+    docker_client = runtime.docker_client()
+    run_id = run_id or new_run_id(exp, repetition)
+    from testbed.plan import run_tag
+    p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
+    imgs = preflight(p, docker_client)
+
+    rd = RunDir(Path(results_root) / run_id)
+    (rd.path / "experiment.yaml").write_text(resolved_yaml(exp))
+    man = manifest(p, imgs, repetition)
+    write_json(rd.path / "manifest.json", man)
+    emit(rd.event("run_start", run_id=run_id, run_dir=str(rd.path), hosts=len(p.hosts), t_min_s=p.t_min_s))
+    sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, sample_interval)
+    status, error, sha_ok = "failed", None, {}
+    try:
+        sw.make_content()
+        sw.start_hosts()
+        man["image_packages"] = image_packages(sw)
+        write_json(rd.path / "manifest.json", man)
+        sw.start_tracker()
+        sw.start_clients()
+        man["client_versions"] = sw.versions
+        write_json(rd.path / "manifest.json", man)
+        sw.start_seeders()
+        sw.start_swarm()
+        status = sw.measure(exp.timeout)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except TestbedError as exc:
+        error = str(exc)
+    except Exception as exc:  # unknown: keep the traceback in the event log
+        import traceback
+        error = f"{exc.__class__.__name__}: {exc}"
+        rd.event("traceback", text=traceback.format_exc())
+    finally:
+        sw.stop_clients()
+        sha_ok = sw.verify() if sw.hosts else {}
+        if status == "complete" and not all(sha_ok.get(h.name) for h in p.by_role("leecher")):
+            status, error = "failed", "a leecher's file differs from the origin's (sha256)"
+        summary = summarize(sw, status if error is None else "failed", error, sha_ok)
+        write_json(rd.path / "summary.json", summary)
+        emit(rd.event("teardown"))
+        left = sw.close()
+        man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        man["teardown_swept"] = left
+        write_json(rd.path / "manifest.json", man)
+        emit(rd.event("run_end", status=summary["status"], error=error))
+        rd.close()
+    return RunResult(rd.path, summary["status"], summary)

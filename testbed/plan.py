@@ -1,0 +1,188 @@
+"""Experiment -> immutable Plan. Pure: no I/O, no clock, no randomness beyond the inputs.
+
+The plan names every object the executor will create, with the run's identity in it:
+containers 'tb-<run_id>-<host>', bridges and root-namespace veth ends 'tb<tag>...'
+(tag = 6 hex digits of the run id, so names fit Linux's 15-character limit).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from testbed.bounds import kumar_ross_t_min, peer_t_min
+from testbed.clients import DRIVERS
+from testbed.model import Experiment, Topology
+
+DATA_NET = ipaddress.ip_network("198.18.0.0/16")       # RFC 2544 benchmarking range
+CONTROL_NET = ipaddress.ip_network("198.19.0.0/16")    # split in /22 blocks, one per run
+CONTROL_BLOCKS = 64
+TRACKER_IMAGE = "tracker"
+DEFAULT_PIECE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """What one direction of a link does to packets leaving through it."""
+
+    rate_bps: float
+    queue_pkts: int
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    role: Literal["tracker", "seeder", "leecher"]
+    group: str
+    client: str | None
+    image: str
+    site: str
+    data_ip: str
+    ctl_ip: str
+    up: Shaping | None            # host -> network
+    down: Shaping | None          # network -> host
+    container: str
+    machine: str = "local"        # placement: which machine runs it (multi-machine later)
+
+
+@dataclass(frozen=True)
+class SwitchPlan:
+    name: str                     # logical site name, or 'control'
+    device: str                   # Linux bridge name
+    machine: str = "local"
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    kind: Literal["access", "core", "control"]
+    node1: str                    # host name or site name
+    node2: str
+    intf1: str
+    intf2: str
+    egress1: Shaping | None       # shaping of node1 -> node2
+    egress2: Shaping | None       # shaping of node2 -> node1
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float                      # seconds after the swarm starts
+    action: Literal["start_tracker", "start_seeder", "start_leecher"]
+    host: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    tag: str
+    experiment: Experiment
+    content_bytes: int
+    piece_bytes: int
+    hosts: tuple[HostPlan, ...]
+    switches: tuple[SwitchPlan, ...]
+    links: tuple[LinkPlan, ...]
+    timeline: tuple[Event, ...]
+    control_gateway: str          # the orchestrator's address on the control network
+    control_prefix: int
+    data_prefix: int
+    t_min_s: float
+    peer_t_min_s: dict = field(default_factory=dict)
+    tracker_port: int = 6969
+
+    def host(self, name: str) -> HostPlan:
+        return next(h for h in self.hosts if h.name == name)
+
+    @property
+    def tracker_url(self) -> str:
+        return f"http://{self.host('tracker').data_ip}:{self.tracker_port}/announce"
+
+    def by_role(self, role: str) -> list[HostPlan]:
+        return [h for h in self.hosts if h.role == role]
+
+
+def run_tag(run_id: str) -> str:
+    tag = run_id.rsplit("-", 1)[-1]
+    if len(tag) != 6 or any(c not in "0123456789abcdef" for c in tag):
+        raise ValueError(f"run id {run_id!r} must end in 6 hex digits")
+    return tag
+
+
+def control_block(tag: str) -> int:
+    return int(tag, 16) % CONTROL_BLOCKS
+
+
+def piece_size(content_bytes: int) -> int:
+    """A piece size giving roughly 100 to 2000 pieces, as common clients choose."""
+    size = DEFAULT_PIECE
+    while content_bytes / size > 2000 and size < 16 * 1024 * 1024:
+        size *= 2
+    while content_bytes / size < 100 and size > 16 * 1024:
+        size //= 2
+    return size
+
+
+def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
+    """Turn a validated experiment into the plan of one run (one repetition)."""
+    topo = exp.topology
+    assert isinstance(topo, Topology), "parse_experiment resolves the topology"
+    tag = run_tag(run_id)
+    block = control_block(tag) if block is None else block
+    ctl = list(CONTROL_NET.subnets(new_prefix=22))[block]
+    ctl_addrs = ctl.hosts()
+    gateway = str(next(ctl_addrs))
+    data_addrs = DATA_NET.hosts()
+    default_site = topo.sites[0]
+
+    switches = [SwitchPlan(site, f"tb{tag}s{i}") for i, site in enumerate(topo.sites, 1)]
+    switches.append(SwitchPlan("control", f"tb{tag}c"))
+    device = {s.name: s.device for s in switches}
+
+    hosts: list[HostPlan] = [HostPlan(
+        name="tracker", role="tracker", group="tracker", client=None, image=TRACKER_IMAGE,
+        site=exp.tracker.site or default_site, data_ip=str(next(data_addrs)),
+        ctl_ip=str(next(ctl_addrs)), up=None, down=None, container=f"tb-{run_id}-tracker")]
+    for role, g in exp.groups():
+        width = len(str(g.count))
+        for i in range(1, g.count + 1):
+            name = f"{g.name}{i:0{width}d}" if g.count > 1 else g.name
+            hosts.append(HostPlan(
+                name=name, role=role, group=g.name, client=g.client, image=DRIVERS[g.client].image,
+                site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
+                up=Shaping(g.access.up, g.access.queue), down=Shaping(g.access.down, g.access.queue),
+                container=f"tb-{run_id}-{name}"))
+
+    links: list[LinkPlan] = []
+    port = {s.name: 0 for s in switches}
+
+    def switch_port(site: str) -> str:
+        port[site] += 1
+        return f"{device[site]}p{port[site]}"
+
+    for h in hosts:
+        links.append(LinkPlan("access", h.name, h.site, "eth0", switch_port(h.site), h.up, h.down))
+    for link in topo.core:
+        a, b = link.ends
+        fwd = Shaping(link.rate, link.queue)
+        rev = Shaping(link.reverse_rate or link.rate, link.queue)
+        links.append(LinkPlan("core", a, b, switch_port(a), switch_port(b), fwd, rev))
+    for h in hosts:
+        links.append(LinkPlan("control", h.name, "control", "ctl0", switch_port("control"), None, None))
+
+    timeline = [Event(0.0, "start_tracker", "tracker")]
+    timeline += [Event(0.0, "start_seeder", h.name) for h in hosts if h.role == "seeder"]
+    timeline += [Event(0.0, "start_leecher", h.name) for h in hosts if h.role == "leecher"]
+
+    size = exp.content.size
+    seeders = [h for h in hosts if h.role == "seeder"]
+    leechers = [h for h in hosts if h.role == "leecher"]
+    seed_up = sum(h.up.rate_bps for h in seeders)
+    t_min = kumar_ross_t_min(size, seed_up, [h.up.rate_bps for h in leechers],
+                             [h.down.rate_bps for h in leechers])
+    return Plan(
+        run_id=run_id, tag=tag, experiment=exp, content_bytes=size,
+        piece_bytes=exp.content.piece_size or piece_size(size),
+        hosts=tuple(hosts), switches=tuple(switches), links=tuple(links), timeline=tuple(timeline),
+        control_gateway=gateway, control_prefix=ctl.prefixlen, data_prefix=DATA_NET.prefixlen,
+        t_min_s=t_min, peer_t_min_s={h.name: peer_t_min(size, seed_up, h.down.rate_bps) for h in leechers},
+        tracker_port=exp.tracker.port)
+
+

@@ -1,0 +1,63 @@
+"""The results directory: the contract that report, comparison and CI read.
+
+results/<run_id>/
+  experiment.yaml   the fully resolved experiment
+  manifest.json     testbed version and commit, images, kernel, tc/netem, seed, host facts
+  events.jsonl      one JSON object per line, appended as things happen
+  samples.csv       per second, per peer: client-reported and interface-counted bytes
+  summary.json      status, t_min_s, per-peer outcome (written last; partial on failure)
+  hosts/<name>/     each host's client configuration and logs
+Files that are replaced are written atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+SAMPLE_FIELDS = ["t", "peer", "progress", "rate_up", "rate_down", "client_bytes_up", "client_bytes_down",
+                 "if_bytes_up", "if_bytes_down", "peers"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=False)
+        (path / "hosts").mkdir()
+        self._events = (path / "events.jsonl").open("a", buffering=1)
+        self._samples_file = (path / "samples.csv").open("a", newline="", buffering=1)
+        self._samples = csv.DictWriter(self._samples_file, fieldnames=SAMPLE_FIELDS)
+        self._samples.writeheader()
+        self.t0 = time.time()
+
+    @property
+    def hosts(self) -> Path:
+        return self.path / "hosts"
+
+    def event(self, kind: str, **fields) -> dict:
+        rec = {"time": round(time.time(), 3), "t": round(time.time() - self.t0, 3), "kind": kind, **fields}
+        self._events.write(json.dumps(rec) + "\n")
+        return rec
+
+    def sample(self, row: dict) -> None:
+        self._samples.writerow(row)
+
+    def close(self) -> None:
+        self._events.close()
+        self._samples_file.close()
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,114 @@
+"""Host runtime: emulated hosts as Docker containers (Docker SDK for Python).
+
+Containers start with --network none (the emulated network is the only one a client
+may have), no extra capabilities, the run's labels, and the host's work directory
+mounted at /tb. PID 1 is Docker's init running `sleep infinity`; clients are started
+with `docker exec` by their drivers.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from testbed.errors import PreflightError, RunError
+from testbed.images import Image
+from testbed.plan import HostPlan, Plan
+
+LABEL_RUN = "testbed.run"
+LABEL_HOST = "testbed.host"
+MOUNT = "/tb"
+
+
+def docker_client():
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except docker.errors.DockerException as exc:
+        raise PreflightError(f"the Docker daemon is not reachable ({exc.__class__.__name__}); "
+                             "start it (setup.sh does) and check `docker info`") from None
+
+
+@dataclass
+class ContainerHost:
+    """A running emulated host; implements clients.base.HostHandle."""
+
+    plan: HostPlan
+    container: object
+    host_dir: Path
+    container_dir: str = MOUNT
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def data_ip(self) -> str:
+        return self.plan.data_ip
+
+    @property
+    def ctl_ip(self) -> str:
+        return self.plan.ctl_ip
+
+    @property
+    def pid(self) -> int:
+        return int(self.container.attrs["State"]["Pid"])
+
+    def exec(self, argv: list[str], detach: bool = False) -> tuple[int, str]:
+        res = self.container.exec_run(argv, detach=detach)
+        out = res.output.decode(errors="replace") if isinstance(res.output, bytes) else ""
+        return (res.exit_code or 0), out
+
+
+def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> dict:
+    """Keyword arguments for docker's containers.run (pure; asserted by tests)."""
+    return dict(
+        image=image.tag, name=host.container, hostname=host.name, detach=True, init=True,
+        network_mode="none", cap_drop=["ALL"], cap_add=list(image.spec.capabilities), security_opt=["no-new-privileges"],
+        labels={LABEL_RUN: plan.run_id, LABEL_HOST: host.name, "testbed.role": host.role},
+        volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}},
+        environment={"HOME": MOUNT},
+    )
+
+
+def start_containers(client, plan: Plan, images: dict[str, Image], hosts_root: Path,
+                     workers: int = 8) -> dict[str, ContainerHost]:
+    def one(h: HostPlan) -> ContainerHost:
+        host_dir = hosts_root / h.name
+        for sub in ("config", "log", "run", "data"):
+            (host_dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            c = client.containers.run(**container_spec(plan, h, images[h.image], host_dir))
+            c.reload()
+        except docker.errors.APIError as exc:
+            raise RunError(f"starting container for {h.name}: {exc.explanation or exc}") from None
+        return ContainerHost(h, c, host_dir)
+
+    with ThreadPoolExecutor(workers) as pool:
+        started = list(pool.map(one, plan.hosts))
+    return {h.name: h for h in started}
+
+
+def remove_run_containers(client, run_id: str | None = None) -> int:
+    """Remove every container of one run (or of all runs), found by label."""
+    flt = {"label": f"{LABEL_RUN}={run_id}" if run_id else LABEL_RUN}
+    found = client.containers.list(all=True, filters=flt)
+
+    def rm(c):
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(rm, found))
+    return len(found)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

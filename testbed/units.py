@@ -1,0 +1,87 @@
+"""Every unit the testbed accepts, parsed and printed in this one module.
+
+Rates are bits per second (decimal SI prefixes, as tc and ISPs use them: 1mbit = 1e6 bit/s).
+Sizes are bytes (binary prefixes KiB/MiB/GiB = 1024^n, decimal kB/MB/GB = 1000^n).
+Durations are seconds (float). Ratios are fractions in [0, 1].
+"""
+from __future__ import annotations
+
+import re
+
+_NUM = r"(?P<num>[0-9]+(?:\.[0-9]+)?)\s*"
+
+_RATE_UNITS = {
+    "bit": 1, "bps": 1,
+    "kbit": 1e3, "kbps": 1e3,
+    "mbit": 1e6, "mbps": 1e6,
+    "gbit": 1e9, "gbps": 1e9,
+}
+_SIZE_UNITS = {
+    "b": 1, "": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+class UnitError(ValueError):
+    """A value that is not a number with one of the accepted units."""
+
+
+def _split(text: str, units: dict[str, float], kind: str, example: str) -> float:
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise UnitError(f"expected a {kind} such as {example!r}, got {text!r}")
+    if isinstance(text, (int, float)):
+        if kind == "size":
+            return float(text)
+        raise UnitError(f"a {kind} needs a unit, such as {example!r}; got the bare number {text!r}")
+    m = re.fullmatch(_NUM + r"(?P<unit>[a-zA-Z]*)", text.strip())
+    if not m or m.group("unit").lower() not in units:
+        accepted = ", ".join(sorted(u for u in units if u))
+        raise UnitError(f"{text!r} is not a {kind} (e.g. {example!r}; units: {accepted})")
+    return float(m.group("num")) * units[m.group("unit").lower()]
+
+
+def parse_rate(text: str) -> float:
+    """'8mbit' -> 8_000_000.0 bit/s."""
+    return _split(text, _RATE_UNITS, "rate", "8mbit")
+
+
+def parse_size(text: str | int) -> int:
+    """'20MiB' -> 20971520 bytes; a bare integer is bytes."""
+    return int(_split(text, _SIZE_UNITS, "size", "20MiB"))
+
+
+def parse_duration(text: str) -> float:
+    """'40ms' -> 0.04 s; '10m' -> 600 s."""
+    return _split(text, _TIME_UNITS, "duration", "40ms")
+
+
+def parse_percent(text: str | float) -> float:
+    """'1%' -> 0.01."""
+    if isinstance(text, str) and text.strip().endswith("%"):
+        try:
+            value = float(text.strip()[:-1])
+        except ValueError:
+            raise UnitError(f"{text!r} is not a percentage (e.g. '1%')") from None
+        return value / 100.0
+    raise UnitError(f"{text!r} is not a percentage (e.g. '1%')")
+
+
+def tc_rate(bits_per_s: float) -> str:
+    """A rate as tc wants it: integer bit/s ('bit' is tc's bits-per-second unit)."""
+    return f"{int(round(bits_per_s))}bit"
+
+
+def fmt_rate(bits_per_s: float) -> str:
+    for unit, scale in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+        if bits_per_s >= scale:
+            return f"{bits_per_s / scale:g}{unit}"
+    return f"{bits_per_s:g}bit"
+
+
+def fmt_size(n_bytes: float) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g}{unit}"
+    return f"{int(n_bytes)}B"
