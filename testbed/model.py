@@ -7,6 +7,7 @@ so a file that validates here validates everywhere.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -115,17 +116,23 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _sentence(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
+def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    # A misspelt key shows up twice: as unknown, and as the real key missing. Name the
+    # unknown one, which is what the user typed.
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
     # pydantic tags union branches in the location (e.g. 'Topology', 'str'): drop them.
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p[:1].isupper() or p == "str"))
     where = _loc(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{where}'"
+        missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
+        close = difflib.get_close_matches(str(first["loc"][-1]), [str(m) for m in missing], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{source}: unknown key '{where}'{hint}"
     if first["type"] == "missing":
         return f"{source}: missing required key '{where}'"
     msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{source}: {where}: {msg}{more}"
 
 
@@ -149,19 +156,23 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise InputError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
 
 
-def load_topology(name: str, search: list[Path]) -> Topology:
-    """A topology by name (a file NAME.yaml in topologies/) or by relative path."""
-    candidates = [d / name for d in search if name.endswith((".yaml", ".yml"))]
-    candidates += [d / f"{name}.yaml" for d in search]
-    for path in candidates:
-        if path.is_file():
-            data = _read_yaml(path, "topology")
-            try:
-                return Topology.model_validate(data)
-            except ValidationError as exc:
-                raise InputError(_sentence(str(path), exc)) from None
-    known = sorted(p.stem for d in search if d.is_dir() for p in d.glob("*.yaml"))
-    raise InputError(f"topology: unknown topology '{name}' (known: {', '.join(known)})")
+def load_topology(name: str, source: str, base_dir: Path | None) -> Topology:
+    """A topology by name (topologies/NAME.yaml) or by path ending in .yaml (relative to the
+    experiment file)."""
+    if name.endswith((".yaml", ".yml")):
+        path = (base_dir or Path.cwd()) / name
+        if not path.is_file():
+            raise InputError(f"{source}: topology: no such topology file {path}")
+    else:
+        path = TOPOLOGY_DIR / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml")))
+            raise InputError(f"{source}: topology: unknown topology '{name}' (known: {known})")
+    data = _read_yaml(path, "topology")
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_sentence(str(path), exc)) from None
 
 
 def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
@@ -173,8 +184,7 @@ def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | Non
     except ValidationError as exc:
         raise InputError(_sentence(source, exc)) from None
     if isinstance(exp.topology, str):
-        search = ([base_dir, base_dir / "../topologies"] if base_dir else []) + [TOPOLOGY_DIR]
-        exp = exp.model_copy(update={"topology": load_topology(exp.topology, search)})
+        exp = exp.model_copy(update={"topology": load_topology(exp.topology, source, base_dir)})
     check_meaning(exp, source)
     return exp
 

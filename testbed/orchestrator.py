@@ -243,11 +243,12 @@ class Swarm:
             except Exception:
                 pass
 
-    def verify(self) -> dict[str, bool]:
-        ok = {}
+    def verify(self) -> dict[str, bool | None]:
+        """Each peer's file against the origin's: True, False (differs), None (no file)."""
+        ok: dict[str, bool | None] = {}
         for name in self.drivers:
             got = content.sha256_file(self.hosts[name].host_dir / "data" / self.content_file.name)
-            ok[name] = got == self.content_sha
+            ok[name] = None if got is None else got == self.content_sha
         return ok
 
     def close(self) -> dict[str, int]:
@@ -282,7 +283,8 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
             "t_min_s": round(p.peer_t_min_s[h.name], 3) if h.name in p.peer_t_min_s else None,
             "bytes_up": s.bytes_up if s else None, "bytes_down": s.bytes_down if s else None,
             "if_bytes_up": up, "if_bytes_down": down,
-            "sha256_ok": sha_ok.get(h.name, False),
+            "sha256_ok": bool(sha_ok.get(h.name)),
+            "file_present": sha_ok.get(h.name) is not None,
             "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
             "error": sw.errors.get(h.name),
         })
@@ -339,7 +341,7 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
     p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
     imgs = preflight(p, docker_client)
 
-    rd = RunDir(Path(results_root) / run_id)
+    rd = RunDir(Path(results_root).resolve() / run_id)   # absolute: it is bind-mounted
     (rd.path / "experiment.yaml").write_text(resolved_yaml(exp))
     man = manifest(p, imgs, repetition)
     write_json(rd.path / "manifest.json", man)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-_NUM = r"(?P<num>[0-9]+(?:\.[0-9]+)?)\s*"
+# A sign is accepted here so that layer 2 can say "must be positive" about the key.
+_NUM = r"(?P<num>-?[0-9]+(?:\.[0-9]+)?)\s*"
 
 _RATE_UNITS = {
     "bit": 1, "bps": 1,

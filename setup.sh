@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# swarm testbed set-up, for a fresh Debian 12 / Ubuntu 22.04+ machine. Idempotent.
+#
+#   sudo ./setup.sh        install what is missing, build the images, run
+#                          experiments/quickstart.yaml and print its report
+#   sudo ./setup.sh test   install what is missing, build the images, run the test suite
+#                          (extra arguments go to pytest)
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo -E "$0" "$@"
+fi
+
+mode=${1:-quickstart}
+[ $# -gt 0 ] && shift
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# 1. Debian packages: container engine, Mininet (and mnexec), bridges, image builder.
+APT_PACKAGES="docker.io mininet bridge-utils mmdebstrap debian-archive-keyring iproute2 net-tools
+  ethtool iptables python3-venv python3-pip git ca-certificates procps"
+missing=""
+for p in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  say "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# 2. A Docker daemon. Where systemd runs it, ask systemd; otherwise start dockerd detached.
+if ! docker info >/dev/null 2>&1; then
+  say "starting the Docker daemon"
+  if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then :; else
+    mkdir -p /var/log/testbed
+    setsid dockerd >/var/log/testbed/dockerd.log 2>&1 < /dev/null &
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /var/log/testbed/dockerd.log" >&2; exit 1; }
+fi
+
+# 3. dockerd turns on bridge netfilter with FORWARD policy DROP, which silently breaks
+#    bridges that are not Docker's: let bridged frames bypass iptables.
+for k in net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables net.bridge.bridge-nf-call-arptables; do
+  [ -e "/proc/sys/${k//.//}" ] && sysctl -qw "$k=0"
+done
+
+# 4. The Python environment: Debian's python3 with its site-packages, where Mininet lives.
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-12)
+if [ ! -e "$stamp" ]; then
+  say "creating the virtual environment in .venv"
+  [ -x .venv/bin/python ] || /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+# 5. Container images (skipped when up to date).
+.venv/bin/testbed images build
+
+case "$mode" in
+  quickstart)
+    say "running experiments/quickstart.yaml"
+    exec .venv/bin/testbed run experiments/quickstart.yaml ;;
+  test)
+    say "running the test suite"
+    exec .venv/bin/python -m pytest "$@" ;;
+  *) echo "usage: $0 [test [pytest args]]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,202 @@
+"""The `testbed` command: the one error boundary.
+
+A known error (TestbedError) prints one sentence and exits with its code (2 for bad
+input or a missing prerequisite, 1 otherwise); an unknown one writes its traceback to a
+log file and points to it. Exit 0 only for what completed.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from testbed import __version__
+from testbed.errors import InputError, TestbedError
+
+# soft_wrap: a sentence stays on one line when the output is a pipe or a log
+console = Console(soft_wrap=True)
+if not console.is_terminal:
+    console.width = 132     # tables in logs and pipes: wide enough not to truncate
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _sigterm(signum, frame):
+    # Same path as Ctrl-C: the orchestrator's finally tears the run down and writes partial results.
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_validate(args) -> int:
+    from testbed.model import load_experiment
+    exp = load_experiment(args.file)
+    n = sum(g.count for _, g in exp.groups())
+    console.print(f"{args.file}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s))")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from testbed.model import load_experiment, resolved_yaml
+    exp = load_experiment(args.file)
+    if args.show_config:
+        sys.stdout.write(resolved_yaml(exp))
+        return 0
+    from mininet.log import setLogLevel
+    setLogLevel("warning")
+    from testbed import orchestrator, report
+    signal.signal(signal.SIGTERM, _sigterm)
+    results = Path(args.results)
+    worst = 0
+    for rep in range(1, exp.repetitions + 1):
+        label = f" (repetition {rep}/{exp.repetitions})" if exp.repetitions > 1 else ""
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task(f"{exp.name}{label}: starting", total=None, info="")
+
+            def on_event(e: dict) -> None:
+                kind = e["kind"]
+                if kind == "progress":
+                    progress.update(task, description=f"{exp.name}{label}: swarm", total=e["total"],
+                                    completed=e["done"],
+                                    info=f"{e['done']}/{e['total']} done  {e['rate_down_Bps'] * 8 / 1e6:6.2f} Mbit/s "
+                                         f" t={e['t']:5.1f}s  (min {e['t_min_s']:.1f}s)")
+                elif kind == "run_start":
+                    progress.console.print(f"run directory: {e['run_dir']}")
+                elif kind in ("containers", "network", "tracker_started", "clients_ready", "teardown"):
+                    progress.update(task, description=f"{exp.name}{label}: {kind.replace('_', ' ')}")
+                elif kind == "client_error":
+                    progress.console.print(f"[yellow]{e['host']}: {e['error']}")
+
+            result = orchestrator.run(exp, results, on_event, repetition=rep, keep_data=args.keep_data,
+                                      run_id=args.run_id if exp.repetitions == 1 else None)
+        report.plot(result.run_dir)
+        report.render(result.run_dir, console)
+        console.print(f"results: {result.run_dir}")
+        worst = max(worst, 0 if result.ok else 1)
+    return worst
+
+
+def cmd_report(args) -> int:
+    from testbed import report
+    run_dir = Path(args.run_dir)
+    summary = report.render(run_dir, console)
+    png = report.plot(run_dir)
+    if png:
+        console.print(f"plot: {png}")
+    return 0 if summary["status"] == "complete" else 1
+
+
+def cmd_images(args) -> int:
+    from testbed import images
+    from testbed.runtime import docker_client
+    client = docker_client()
+    wanted = args.names or [i.name for i in images.all_images()]
+    for name in wanted:
+        img = images.load_image(name)
+        if images.exists(client, img) and not args.force:
+            console.print(f"{img.tag}: up to date")
+            continue
+        t = time.monotonic()
+        log = Path(tempfile.gettempdir()) / "testbed-images" / f"{name}.log"
+        with console.status(f"building {img.tag} from Debian packages ({', '.join(img.spec.packages)})"):
+            images.build(img, log)
+        console.print(f"{img.tag}: built in {time.monotonic() - t:.0f}s")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from testbed import doctor
+    failed = 0
+    for c in doctor.checks():
+        if not c.ok and args.fix and c.apply:
+            c.apply()
+            c.ok, c.detail = True, c.detail + " -> fixed"
+        mark = "[green]ok  " if c.ok else ("[red]FAIL" if c.required else "[yellow]warn")
+        console.print(f"{mark}[/] {c.name:18} {c.detail}")
+        if not c.ok:
+            console.print(f"     {'':18} fix: {c.fix}")
+            failed += c.required
+    return 1 if failed else 0
+
+
+def cmd_clean(args) -> int:
+    from testbed import cleanup
+    from testbed.plan import run_tag
+    from testbed.runtime import docker_client
+    if args.run_id:
+        try:
+            run_tag(args.run_id)
+        except ValueError as exc:
+            raise InputError(f"run id: {exc}") from None
+    removed = cleanup.clean(docker_client(), args.run_id)
+    what = f"run {args.run_id}" if args.run_id else "all runs"
+    console.print(f"cleaned {what}: " + ", ".join(f"{v} {k}" for k, v in removed.items()))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="testbed", description="Real BitTorrent swarms on emulated networks.")
+    p.add_argument("--version", action="version", version=f"testbed {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run an experiment file")
+    s.add_argument("file")
+    s.add_argument("--show-config", action="store_true", help="print the fully resolved experiment and exit")
+    s.add_argument("--results", default="results", help="where run directories go (default: ./results)")
+    s.add_argument("--keep-data", action="store_true", help="keep the content and downloaded files")
+    s.add_argument("--run-id", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("validate", help="check an experiment file without running it")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("report", help="summarize a run directory (table and progress.png)")
+    s.add_argument("run_dir")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("images", help="container images")
+    isub = s.add_subparsers(dest="images_command", required=True)
+    b = isub.add_parser("build", help="build images from Debian packages (skips up-to-date ones)")
+    b.add_argument("names", nargs="*")
+    b.add_argument("--force", action="store_true")
+    b.set_defaults(func=cmd_images)
+
+    s = sub.add_parser("doctor", help="check the machine's prerequisites, each with its fix")
+    s.add_argument("--fix", action="store_true", help="apply the fixes that are safe to apply")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("clean", help="remove containers, veths, bridges and namespaces of runs")
+    s.add_argument("run_id", nargs="?", help="one run (default: every run)")
+    s.set_defaults(func=cmd_clean)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TestbedError as exc:
+        err.print(f"testbed: {exc}", markup=False, highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("testbed: interrupted")
+        return 130
+    except Exception:
+        log = Path(tempfile.gettempdir()) / f"testbed-crash-{int(time.time())}.log"
+        log.write_text(traceback.format_exc())
+        err.print(f"testbed: unexpected error ({sys.exc_info()[1]!r}); traceback in {log}", markup=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
