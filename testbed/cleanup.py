@@ -48,6 +48,17 @@ def remove_netns(tag: str | None) -> int:
     return len(names)
 
 
+def find(client, run_id: str) -> dict[str, list[str]]:
+    """What of one run exists on this machine (looks only)."""
+    tag = run_tag(run_id)
+    from testbed.runtime import LABEL_RUN
+    return {
+        "containers": [c.name for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})],
+        "links": [n for n in _links() if n.startswith(f"tb{tag}")],
+        "namespaces": [n for n in _netns() if n.startswith(f"tb{tag}-")],
+    }
+
+
 def clean(client, run_id: str | None = None) -> dict[str, int]:
     """Everything of one run (run_id) or of all runs; safe to call repeatedly."""
     tag = run_tag(run_id) if run_id else None

@@ -251,19 +251,20 @@ class Swarm:
             ok[name] = None if got is None else got == self.content_sha
         return ok
 
-    def close(self) -> dict[str, int]:
-        """Remove everything of this run; returns what the identity sweep still found."""
+    def close(self) -> dict:
+        """Remove everything of this run; returns what was removed and what is left (nothing)."""
         if self.net is not None:
             try:
                 self.net.stop()
             except Exception as exc:
                 self.rd.event("teardown_error", step="mininet", error=str(exc))
-        left = cleanup.clean(self.docker, self.plan.run_id)
+        removed = cleanup.clean(self.docker, self.plan.run_id)
+        left = cleanup.find(self.docker, self.plan.run_id)
         if not self.keep_data:
             shutil.rmtree(self.rd.path / "content", ignore_errors=True)
             for h in self.hosts.values():
                 shutil.rmtree(h.host_dir / "data", ignore_errors=True)
-        return left
+        return {"removed": removed, "left": left}
 
 
 def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]) -> dict:
@@ -376,9 +377,9 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
         summary = summarize(sw, status if error is None else "failed", error, sha_ok)
         write_json(rd.path / "summary.json", summary)
         emit(rd.event("teardown"))
-        left = sw.close()
+        teardown = sw.close()
         man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        man["teardown_swept"] = left
+        man["teardown"] = teardown
         write_json(rd.path / "manifest.json", man)
         emit(rd.event("run_end", status=summary["status"], error=error))
         rd.close()

@@ -1,0 +1,97 @@
+import pytest
+import yaml
+
+from testbed.errors import InputError
+from testbed.model import load_experiment, parse_experiment, resolved_yaml
+from tests.conftest import ROOT, experiment_dict
+
+
+def error_of(data) -> str:
+    with pytest.raises(InputError) as exc:
+        parse_experiment(data, "exp.yaml")
+    assert exc.value.exit_code == 2
+    return str(exc.value)
+
+
+def test_shipped_experiments_validate():
+    for path in (ROOT / "experiments").glob("*.yaml"):
+        assert load_experiment(path).name
+
+
+def test_units_are_parsed_and_topology_resolved(exp_dict):
+    exp = parse_experiment(exp_dict)
+    assert exp.content.size == 4 * 2**20
+    assert exp.peers[0].access.up == 2e6
+    assert exp.timeout == 120
+    assert exp.topology.sites == ["s1"]
+
+
+def test_resolved_config_round_trips(exp_dict):
+    exp = parse_experiment(exp_dict)
+    again = parse_experiment(yaml.safe_load(resolved_yaml(exp)))
+    assert again == exp
+
+
+def test_unknown_key_is_named_with_a_suggestion(exp_dict):
+    exp_dict["peers"][0]["acess"] = exp_dict["peers"][0].pop("access")
+    msg = error_of(exp_dict)
+    assert "unknown key 'peers[0].acess'" in msg and "did you mean 'access'" in msg
+
+
+def test_unknown_top_level_key():
+    assert "unknown key 'seedz'" in error_of(experiment_dict(seedz=1))
+
+
+def test_bad_unit_names_the_key(exp_dict):
+    exp_dict["seeders"][0]["access"]["up"] = "20mbits"
+    msg = error_of(exp_dict)
+    assert msg.startswith("exp.yaml: seeders[0].access.up:") and "'20mbits' is not a rate" in msg
+
+
+def test_negative_rate(exp_dict):
+    exp_dict["peers"][0]["access"]["down"] = "-1mbit"
+    assert error_of(exp_dict) == "exp.yaml: peers[0].access.down: must be a positive rate"
+
+
+def test_unknown_client(exp_dict):
+    exp_dict["peers"][0]["client"] = "utorrent"
+    assert "peers[0].client: unknown client 'utorrent'" in error_of(exp_dict)
+
+
+def test_unknown_topology():
+    msg = error_of(experiment_dict(topology="ring"))
+    assert "topology: unknown topology 'ring'" in msg and "star" in msg
+
+
+def test_unknown_site_reference():
+    d = experiment_dict(topology="dumbbell")
+    d["peers"][0]["site"] = "middle"
+    assert "peers[0].site: unknown site 'middle'" in error_of(d)
+
+
+def test_duplicate_group_names(exp_dict):
+    exp_dict["peers"][0]["name"] = "origin"
+    assert "peers[0].name" in error_of(exp_dict)
+
+
+def test_missing_key():
+    d = experiment_dict()
+    del d["content"]
+    assert error_of(d) == "exp.yaml: missing required key 'content'"
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(InputError, match=r"x.yaml: not valid YAML at line"):
+        load_experiment(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no such experiment file"):
+        load_experiment(tmp_path / "nope.yaml")
+
+
+def test_inline_topology():
+    d = experiment_dict(topology={"sites": ["a", "b"], "core": [{"ends": ["a", "b"], "rate": "5mbit"}]})
+    assert parse_experiment(d).topology.core[0].rate == 5e6
