@@ -104,10 +104,13 @@ def test_kill_9_then_clean_leaves_nothing_and_the_next_run_works(docker_client, 
     r = cli("clean", run_id)
     assert r.returncode == 0, r.stderr
     assert nothing_left(docker_client, run_id)
-    d2 = experiment_dict(content={"size": "1MiB"})
-    d2["peers"][0]["count"] = 1
-    r = cli("run", str(write(tmp_path, d2, "next.yaml")), "--results", str(tmp_path / "r2"))
+    # the next run: a whole swarm across the dumbbell's shaped core link
+    r = cli("run", str(ROOT / "experiments" / "dumbbell.yaml"), "--results", str(tmp_path / "r2"))
     assert r.returncode == 0, r.stdout + r.stderr
+    (run_dir,) = (tmp_path / "r2").iterdir()
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "complete" and all(p["sha256_ok"] for p in s["peers"])
+    assert s["swarm_completion_s"] >= s["t_min_s"]
 
 
 def test_sigterm_tears_down_and_marks_the_run_failed(docker_client, tmp_path):

@@ -1,0 +1,72 @@
+"""Bring-up and tear-down time of N peers, next to plain `docker run` of as many containers.
+
+    sudo .venv/bin/python benchmarks/bringup.py [N ...]      (default: 10 50)
+
+Testbed bring-up = containers (Docker SDK, 8 in parallel) + Mininet network (bridges, veths,
+addresses, HTB on both ends of every access link); tear-down = Mininet stop + removal by
+run identity. The baseline is what a user would type: `docker run -d --network none IMAGE`
+once per container, then `docker rm -f` of them all. The ratio is testbed / baseline.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mininet.log import setLogLevel
+
+from testbed import cleanup, images, network, runtime
+from testbed.model import parse_experiment
+from testbed.plan import plan
+from testbed.shaping import HtbShaper
+
+
+def experiment(n: int):
+    return parse_experiment({
+        "name": "bench", "content": {"size": "1MiB"},
+        "seeders": [{"name": "origin", "access": {"up": "20mbit", "down": "20mbit"}}],
+        "peers": [{"name": "peer", "count": n - 1, "access": {"up": "1mbit", "down": "8mbit"}}],
+    })
+
+
+def testbed_cycle(client, n: int, workdir: Path) -> tuple[float, float, int]:
+    p = plan(experiment(n), f"bench-20261124-000000-{n:06x}")
+    imgs = images.require(client, {h.image for h in p.hosts})
+    t0 = time.perf_counter()
+    hosts = runtime.start_containers(client, p, imgs, workdir / str(n))
+    net = network.build(p, {k: h.pid for k, h in hosts.items()}, HtbShaper())
+    t1 = time.perf_counter()
+    net.stop()
+    cleanup.clean(client, p.run_id)
+    t2 = time.perf_counter()
+    assert not any(cleanup.find(client, p.run_id).values())
+    return t1 - t0, t2 - t1, len(p.hosts)
+
+
+def docker_cycle(image: str, count: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    ids = [subprocess.run(["docker", "run", "-d", "--network", "none", "--label", "testbed.bench=1", image],
+                          capture_output=True, text=True, check=True).stdout.strip() for _ in range(count)]
+    t1 = time.perf_counter()
+    subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=True)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def main(sizes: list[int]) -> None:
+    setLogLevel("warning")
+    client = runtime.docker_client()
+    image = images.load_image("transmission").tag
+    print(f"{'N':>4} {'hosts':>5} | {'testbed up':>10} {'down':>6} {'total':>6} | "
+          f"{'docker run':>10} {'rm':>6} {'total':>6} | {'ratio':>5}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            up, down, count = testbed_cycle(client, n, Path(tmp))
+            d_up, d_down = docker_cycle(image, count)
+            print(f"{n:>4} {count:>5} | {up:>9.2f}s {down:>5.2f}s {up + down:>5.2f}s | "
+                  f"{d_up:>9.2f}s {d_down:>5.2f}s {d_up + d_down:>5.2f}s | {(up + down) / (d_up + d_down):>5.2f}")
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [10, 50])
