@@ -19,7 +19,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # 1. Debian packages: container engine, Mininet (and mnexec), bridges, image builder.
 APT_PACKAGES="docker.io mininet bridge-utils mmdebstrap debian-archive-keyring iproute2 net-tools
-  ethtool iptables python3-venv python3-pip git ca-certificates procps"
+  ethtool iptables python3-venv python3-pip git ca-certificates procps gpg"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
