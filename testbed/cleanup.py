@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 
 from testbed.plan import run_tag
@@ -40,6 +41,18 @@ def remove_links(tag: str | None) -> int:
     return removed
 
 
+def remove_ovs_bridges(tag: str | None) -> int:
+    """Open vSwitch bridges live in OVSDB too: delete them there (only where OVS exists)."""
+    if not shutil.which("ovs-vsctl"):
+        return 0
+    r = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True)
+    match = (lambda n: n.startswith(f"tb{tag}")) if tag else LINK_ANY.match
+    names = [n for n in r.stdout.split() if match(n)] if r.returncode == 0 else []
+    for name in names:
+        subprocess.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", name], capture_output=True)
+    return len(names)
+
+
 def remove_netns(tag: str | None) -> int:
     match = (lambda n: n.startswith(f"tb{tag}-")) if tag else LINK_ANY.match
     names = [n for n in _netns() if match(n)]
@@ -64,6 +77,6 @@ def clean(client, run_id: str | None = None) -> dict[str, int]:
     tag = run_tag(run_id) if run_id else None
     return {
         "containers": remove_run_containers(client, run_id),
-        "links": remove_links(tag),
+        "links": remove_ovs_bridges(tag) + remove_links(tag),
         "namespaces": remove_netns(tag),
     }

@@ -48,6 +48,12 @@ def cmd_run(args) -> int:
     if args.show_config:
         sys.stdout.write(resolved_yaml(exp))
         return 0
+    if args.run_id:
+        from testbed.plan import run_tag
+        try:
+            run_tag(args.run_id)
+        except ValueError as exc:
+            raise InputError(f"--run-id: {exc}") from None
     from mininet.log import setLogLevel
     setLogLevel("warning")
     from testbed import orchestrator, report

@@ -58,6 +58,7 @@ class Topology(Strict):
 
     name: str = "inline"
     description: str = ""
+    switch: Literal["linuxbridge", "ovs"] = "linuxbridge"   # ovs: Open vSwitch in standalone mode
     sites: list[str] = Field(min_length=1)
     core: list[CoreLink] = []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mininet.link import Intf, Link
 from mininet.net import Mininet
-from mininet.node import Host
+from mininet.node import Host, OVSBridge
 from mininet.nodelib import LinuxBridge
 
 from testbed.errors import RunError
@@ -57,9 +57,15 @@ class ShapedIntf(Intf):
         return result
 
 
+# Switch kinds, keyed by the topology's `switch:` value. Both need no OpenFlow controller:
+# LinuxBridge learns like any bridge; OVSBridge runs Open vSwitch in standalone mode.
+SWITCHES = {"linuxbridge": LinuxBridge, "ovs": OVSBridge}
+
+
 def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     """Create bridges, veths and shaping for the plan; hosts are the given containers."""
-    net = Mininet(topo=None, build=False, controller=None, switch=LinuxBridge, host=DockerHost,
+    net = Mininet(topo=None, build=False, controller=None, switch=SWITCHES[plan.experiment.topology.switch],
+                  host=DockerHost,
                   link=Link, intf=ShapedIntf, autoSetMacs=False, autoStaticArp=False, waitConnected=False)
     nodes = {}
     for i, sw in enumerate(plan.switches, 1):

@@ -66,7 +66,14 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
     for tool in ("mnexec", "brctl", "tc", "ip"):
         if not shutil.which(tool):
             raise PreflightError(f"'{tool}' is not installed; run ./setup.sh (or: testbed doctor)")
+    if plan_.experiment.topology.switch == "ovs" and not ovs_available():
+        raise PreflightError("topology.switch: ovs is asked for, but Open vSwitch is not available here "
+                             "(needs ovs-vsctl and the openvswitch kernel module); use switch: linuxbridge")
     return images.require(client, {h.image for h in plan_.hosts})
+
+
+def ovs_available() -> bool:
+    return bool(shutil.which("ovs-vsctl")) and Path("/sys/module/openvswitch").exists()
 
 
 class Swarm:

@@ -135,3 +135,13 @@ def test_doctor_passes_on_a_set_up_machine():
     r = cli("doctor")
     assert r.returncode == 0, r.stdout
     assert "tc htb" in r.stdout and "tc netem" in r.stdout
+
+
+def test_open_vswitch_asked_for_where_it_does_not_exist(docker_client, tmp_path):
+    from testbed.orchestrator import ovs_available
+    if ovs_available():
+        pytest.skip("this machine has Open vSwitch: the preflight refusal cannot be shown here")
+    d = experiment_dict(topology={"switch": "ovs", "sites": ["s1"]})
+    r = cli("run", str(write(tmp_path, d)), "--results", str(tmp_path / "results"))
+    assert r.returncode == 2 and "topology.switch: ovs" in r.stderr
+    assert not (tmp_path / "results").exists() and labelled_containers(docker_client) == []
