@@ -34,6 +34,7 @@ class ImageSpec(BaseModel):
     suite: str = "bookworm"
     packages: list[str]
     capabilities: list[str] = []
+    files: dict[str, str] = {}          # file in the image's folder -> absolute path in the image
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Image:
     name: str
     spec: ImageSpec
     digest: str
+    folder: Path
 
     @property
     def tag(self) -> str:
@@ -52,6 +54,8 @@ class Image:
                 "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
                 "--dpkgopt=path-exclude=/usr/share/locale/*",
                 f"--customize-hook=chroot \"$1\" dpkg-query -W > \"$1{PACKAGE_LIST}\"",
+                *[f"--customize-hook=upload {self.folder / src} {dst}" for src, dst in sorted(self.spec.files.items())],
+                *[f"--customize-hook=chmod 0755 \"$1{dst}\"" for dst in sorted(self.spec.files.values())],
                 self.spec.suite, "-"]
 
     def import_argv(self) -> list[str]:
@@ -69,8 +73,12 @@ def load_image(name: str, image_dir: Path = IMAGE_DIR) -> Image:
         spec = ImageSpec.model_validate(yaml.safe_load(raw))
     except (ValidationError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: invalid image definition: {str(exc).splitlines()[0]}") from None
-    h = hashlib.sha256(raw + json.dumps([BASE_PACKAGES, BUILDER_VERSION]).encode()).hexdigest()[:12]
-    return Image(name, spec, h)
+    h = hashlib.sha256(raw + json.dumps([BASE_PACKAGES, BUILDER_VERSION]).encode())
+    for src, dst in sorted(spec.files.items()):
+        if not (path.parent / src).is_file():
+            raise InputError(f"{path}: files: no such file {path.parent / src}")
+        h.update((path.parent / src).read_bytes())
+    return Image(name, spec, h.hexdigest()[:12], path.parent)
 
 
 def all_images(image_dir: Path = IMAGE_DIR) -> list[Image]:

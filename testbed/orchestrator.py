@@ -8,6 +8,7 @@ summary.json is written: "complete", "timeout", or "failed" with what was measur
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from testbed.shaping import SHAPERS
 
 EventSink = Callable[[dict], None]
 SEED_VERIFY_TIMEOUT = 120.0
+BRINGUP_LOCK = "/run/lock/testbed-bringup.lock" if os.path.isdir("/run/lock") else "/tmp/testbed-bringup.lock"
 
 
 @dataclass
@@ -346,8 +348,16 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
     docker_client = runtime.docker_client()
     run_id = run_id or new_run_id(exp, repetition)
     from testbed.plan import run_tag
-    p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
-    imgs = preflight(p, docker_client)
+    # Concurrent runs pick control-network blocks by looking at the routes; hold a lock from
+    # the choice until this run's route exists, so two runs cannot pick the same block.
+    bringup_lock = open(BRINGUP_LOCK, "a")
+    fcntl.flock(bringup_lock, fcntl.LOCK_EX)
+    try:
+        p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
+        imgs = preflight(p, docker_client)
+    except BaseException:
+        bringup_lock.close()
+        raise
 
     rd = RunDir(Path(results_root).resolve() / run_id)   # absolute: it is bind-mounted
     (rd.path / "experiment.yaml").write_text(resolved_yaml(exp))
@@ -358,7 +368,10 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
     status, error, sha_ok = "failed", None, {}
     try:
         sw.make_content()
-        sw.start_hosts()
+        try:
+            sw.start_hosts()
+        finally:
+            bringup_lock.close()
         man["image_packages"] = image_packages(sw)
         write_json(rd.path / "manifest.json", man)
         sw.start_tracker()
@@ -384,6 +397,7 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
         summary = summarize(sw, status if error is None else "failed", error, sha_ok)
         write_json(rd.path / "summary.json", summary)
         emit(rd.event("teardown"))
+        bringup_lock.close()
         teardown = sw.close()
         man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         man["teardown"] = teardown

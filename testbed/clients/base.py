@@ -39,6 +39,12 @@ class PeerStats:
     peers: int             # connected peers
 
 
+def infohash_of(torrent: Path) -> str:
+    """The v1 info-hash (hex, lower case) of a .torrent file."""
+    import torf
+    return torf.Torrent.read(torrent).infohash
+
+
 class ClientDriver(ABC):
     name: ClassVar[str]
     image: ClassVar[str]          # name of the image in images/ that carries the client

@@ -1,0 +1,86 @@
+"""aria2c 1.36, driven through its JSON-RPC (aria2p)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from testbed.clients.base import ClientDriver, PeerStats
+
+SECRET = "testbed"
+
+
+class Aria2Driver(ClientDriver):
+    name = "aria2"
+    image = "aria2"
+    rpc_port = 6800
+
+    def __init__(self, host):
+        super().__init__(host)
+        self._api = None
+        self._gid = None
+        self._seed = False
+
+    def options(self) -> dict:
+        """aria2c options that differ from aria2 1.36's defaults, and why."""
+        return {
+            "enable-rpc": "true", "rpc-listen-port": str(self.rpc_port),
+            "rpc-listen-all": "true",        # aria2 binds RPC to loopback or to all addresses, nothing between
+            "rpc-secret": SECRET,
+            # No --interface: aria2 binds its RPC listener to it as well, and the orchestrator
+            # reaches RPC over ctl0. Peers and tracker are on the data subnet, so routing keeps
+            # BitTorrent traffic on eth0 anyway.
+            "listen-port": str(self.peer_port),
+            "enable-dht": "false", "enable-dht6": "false", "bt-enable-lpd": "false",
+            "enable-peer-exchange": "false",
+            "dir": self.data_dir,
+            "seed-ratio": "0.0",             # 0.0: seed regardless of ratio (default 1.0 stops at ratio 1)
+            "file-allocation": "none",
+            "max-concurrent-downloads": "100",
+            "bt-max-peers": "55",
+            "check-certificate": "false",
+            "summary-interval": "0",
+            "console-log-level": "warn",
+            "log": f"{self.host.container_dir}/log/aria2.log", "log-level": "notice",
+            "disable-ipv6": "true",
+        }
+
+    def configure(self) -> dict:
+        opts = self.options()
+        conf = self.host.host_dir / "config" / "aria2.conf"
+        conf.write_text("".join(f"{k}={v}\n" for k, v in opts.items()))
+        return opts
+
+    def start(self) -> None:
+        self.spawn(["aria2c", f"--conf-path={self.host.container_dir}/config/aria2.conf"])
+
+    def _client(self):
+        if self._api is None:
+            import aria2p
+            self._api = aria2p.API(aria2p.Client(host=f"http://{self.host.ctl_ip}", port=self.rpc_port,
+                                                 secret=SECRET, timeout=5))
+        return self._api
+
+    def ready(self) -> bool:
+        try:
+            self._client().client.get_version()
+            return True
+        except Exception:
+            self._api = None
+            return False
+
+    def version(self) -> str:
+        return str(self._client().client.get_version()["version"])
+
+    def add_torrent(self, torrent: Path, seed: bool) -> None:
+        self._seed = seed
+        opts = {"dir": self.data_dir, "check-integrity": "true" if seed else "false",
+                "bt-seed-unverified": "false"}
+        self._gid = self._client().add_torrent(str(torrent), options=opts).gid
+
+    def stats(self) -> PeerStats:
+        d = self._client().get_download(self._gid)
+        # a finished BitTorrent download stays the same gid while it seeds
+        total = d.total_length or 1
+        return PeerStats(progress=d.completed_length / total if d.total_length else 0.0,
+                         rate_up=d.upload_speed, rate_down=d.download_speed, bytes_up=d.upload_length,
+                         # aria2 counts no downloaded-bytes total: completed bytes, and none for a seed
+                         bytes_down=0 if self._seed else d.completed_length, peers=d.connections)

@@ -1,0 +1,90 @@
+"""deluged 2.0.3, driven through deluge-client.
+
+Debian's deluged crashes at start under Python 3.11 when it logs at info level, so it
+runs with `-L none`; its own log is therefore empty and the driver records its settings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from testbed.clients.base import ClientDriver, PeerStats
+
+USER, PASSWORD = "testbed", "testbed"
+
+
+class DelugeDriver(ClientDriver):
+    name = "deluge"
+    image = "deluge"
+    rpc_port = 58846
+
+    def __init__(self, host):
+        super().__init__(host)
+        self._rpc = None
+        self._id = None
+
+    def core_settings(self) -> dict:
+        """core.conf settings that differ from deluge 2.0.3's defaults, and why."""
+        return {
+            "allow_remote": True,                         # the orchestrator connects over ctl0
+            "dht": False, "lsd": False, "utpex": False,   # the swarm is exactly the one defined
+            "upnp": False, "natpmp": False,
+            "new_release_check": False,                   # no update check
+            "listen_ports": [self.peer_port, self.peer_port], "random_port": False,
+            "listen_interface": self.host.data_ip, "outgoing_interface": "eth0",
+            "download_location": self.data_dir, "move_completed": False,
+            "queue_new_to_top": False, "max_active_limit": -1, "max_active_downloading": -1,
+            "max_active_seeding": -1, "dont_count_slow_torrents": True,
+            "stop_seed_at_ratio": False,
+            "max_upload_speed": -1.0, "max_download_speed": -1.0,
+            "max_connections_global": 500, "enabled_plugins": [],
+        }
+
+    def configure(self) -> dict:
+        conf = self.host.host_dir / "config" / "deluge"
+        conf.mkdir(parents=True, exist_ok=True)
+        settings = self.core_settings()
+        # deluge's config format: a version header object followed by the settings object
+        (conf / "core.conf").write_text(json.dumps({"file": 1, "format": 1}) + json.dumps(settings, indent=2))
+        (conf / "auth").write_text(f"{USER}:{PASSWORD}:10\n")
+        return settings
+
+    def start(self) -> None:
+        self.spawn(["deluged", "-d", "-L", "none", "-c", f"{self.host.container_dir}/config/deluge",
+                    "-p", str(self.rpc_port), "-u", self.host.ctl_ip, "-i", self.host.data_ip])
+
+    def _client(self):
+        if self._rpc is None:
+            from deluge_client import DelugeRPCClient
+            rpc = DelugeRPCClient(self.host.ctl_ip, self.rpc_port, USER, PASSWORD, decode_utf8=True)
+            rpc.connect()
+            self._rpc = rpc
+        return self._rpc
+
+    def ready(self) -> bool:
+        try:
+            self._client().call("daemon.info")
+            return True
+        except Exception:
+            self._rpc = None
+            return False
+
+    def version(self) -> str:
+        return str(self._client().call("daemon.info"))
+
+    def add_torrent(self, torrent: Path, seed: bool) -> None:
+        import base64
+        self._id = self._client().call("core.add_torrent_file", torrent.name,
+                                       base64.b64encode(torrent.read_bytes()).decode(),
+                                       {"download_location": self.data_dir})
+        if seed:
+            self._client().call("core.force_recheck", [self._id])
+
+    def stats(self) -> PeerStats:
+        s = self._client().call("core.get_torrent_status", self._id, [
+            "progress", "upload_payload_rate", "download_payload_rate", "total_uploaded",
+            "all_time_download", "num_peers", "state"])
+        # deluge reports progress 100 while it is still checking: only trust it once not checking
+        progress = 0.0 if s["state"] in ("Checking", "Allocating") else s["progress"] / 100.0
+        return PeerStats(progress=progress, rate_up=s["upload_payload_rate"], rate_down=s["download_payload_rate"],
+                         bytes_up=s["total_uploaded"], bytes_down=s["all_time_download"], peers=s["num_peers"])

@@ -1,0 +1,68 @@
+"""libtorrent 2.0 (Debian's python3-libtorrent), driven through the small daemon that
+ships in its image (images/libtorrent/lt-client.py): JSON over HTTP on the control network."""
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from pathlib import Path
+
+from testbed.clients.base import ClientDriver, PeerStats
+from testbed.errors import RunError
+
+
+class LibtorrentDriver(ClientDriver):
+    name = "libtorrent"
+    image = "libtorrent"
+    rpc_port = 6881
+
+    def settings(self) -> dict:
+        """settings_pack keys that differ from libtorrent 2.0.8's defaults, and why."""
+        return {
+            "listen_interfaces": f"{self.host.data_ip}:{self.peer_port}",   # peers only on eth0
+            "outgoing_interfaces": "eth0",
+            "enable_dht": False, "enable_lsd": False,                       # the swarm is exactly the one defined
+            "enable_upnp": False, "enable_natpmp": False,
+            "user_agent": "testbed-libtorrent/2.0",
+            "alert_mask": 0,
+            "active_downloads": -1, "active_seeds": -1, "active_limit": -1,
+            "connections_limit": 500,
+        }
+
+    def configure(self) -> dict:
+        settings = self.settings()
+        (self.host.host_dir / "config" / "libtorrent.json").write_text(json.dumps(settings, indent=2))
+        return settings
+
+    def start(self) -> None:
+        self.spawn(["lt-client", "--rpc-host", self.host.ctl_ip, "--rpc-port", str(self.rpc_port),
+                    "--settings", f"{self.host.container_dir}/config/libtorrent.json"])
+
+    def call(self, method: str, **params):
+        req = urllib.request.Request(f"http://{self.host.ctl_ip}:{self.rpc_port}/",
+                                     data=json.dumps({"method": method, "params": params}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            answer = json.loads(resp.read())
+        if "error" in answer:
+            raise RunError(f"{self.host.name}: lt-client {method}: {answer['error']}")
+        return answer["result"]
+
+    def ready(self) -> bool:
+        try:
+            self.call("version")
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def version(self) -> str:
+        return str(self.call("version"))
+
+    def add_torrent(self, torrent: Path, seed: bool) -> None:
+        self.call("add_torrent", torrent_b64=base64.b64encode(torrent.read_bytes()).decode(),
+                  save_path=self.data_dir, seed=seed)
+
+    def stats(self) -> PeerStats:
+        s = self.call("status")
+        return PeerStats(progress=s["progress"], rate_up=s["rate_up"], rate_down=s["rate_down"],
+                         bytes_up=s["bytes_up"], bytes_down=s["bytes_down"], peers=s["peers"])

@@ -1,0 +1,88 @@
+"""qbittorrent-nox 4.5, driven through its Web API (qbittorrent-api)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from testbed.clients.base import ClientDriver, PeerStats, infohash_of
+
+
+class QBittorrentDriver(ClientDriver):
+    name = "qbittorrent"
+    image = "qbittorrent"
+    rpc_port = 8080
+
+    def __init__(self, host):
+        super().__init__(host)
+        self._api = None
+        self._hash = None
+
+    def preferences(self) -> dict:
+        """Web API preferences that differ from qBittorrent 4.5.2's defaults, and why."""
+        return {
+            "dht": False, "pex": False, "lsd": False,            # the swarm is exactly the one defined
+            "upnp": False,                                        # no UPnP/NAT-PMP probing
+            "listen_port": self.peer_port, "random_port": False,
+            "current_network_interface": "eth0",                  # peer traffic only on the emulated network
+            "current_interface_address": self.host.data_ip,
+            "save_path": self.data_dir, "temp_path_enabled": False,
+            "queueing_enabled": False,                            # every torrent active at once
+            "max_ratio_enabled": False, "max_seeding_time_enabled": False,
+            "up_limit": 0, "dl_limit": 0,
+            "max_connec": 500, "max_connec_per_torrent": 100,
+            "announce_to_all_trackers": True,
+        }
+
+    def configure(self) -> dict:
+        conf = self.host.host_dir / "config" / "qBittorrent" / "config"
+        conf.mkdir(parents=True, exist_ok=True)
+        # Written before the first start so that DHT/LSD/UPnP are off from the first second;
+        # the same settings are applied again through the Web API once it answers.
+        (conf / "qBittorrent.conf").write_text("\n".join([
+            "[LegalNotice]", "Accepted=true", "",
+            "[BitTorrent]", "Session\\DHTEnabled=false", "Session\\PeXEnabled=false",
+            "Session\\LSDEnabled=false", f"Session\\Port={self.peer_port}", "Session\\Interface=eth0",
+            "Session\\InterfaceName=eth0", f"Session\\InterfaceAddress={self.host.data_ip}",
+            f"Session\\DefaultSavePath={self.data_dir}", "Session\\QueueingSystemEnabled=false", "",
+            "[Preferences]", "Connection\\UPnP=false", f"WebUI\\Address={self.host.ctl_ip}",
+            f"WebUI\\Port={self.rpc_port}", "WebUI\\LocalHostAuth=false",
+            "WebUI\\AuthSubnetWhitelistEnabled=true", "WebUI\\AuthSubnetWhitelist=198.19.0.0/16",
+            "WebUI\\CSRFProtection=false", "WebUI\\HostHeaderValidation=false", "General\\Locale=en", "",
+        ]))
+        return self.preferences()
+
+    def start(self) -> None:
+        self.spawn(["qbittorrent-nox", f"--profile={self.host.container_dir}/config",
+                    f"--webui-port={self.rpc_port}"])
+
+    def _client(self):
+        if self._api is None:
+            import qbittorrentapi
+            self._api = qbittorrentapi.Client(host=f"http://{self.host.ctl_ip}:{self.rpc_port}",
+                                              REQUESTS_ARGS={"timeout": 5}, DISABLE_LOGGING_DEBUG_OUTPUT=True)
+        return self._api
+
+    def ready(self) -> bool:
+        try:
+            self._client().app_version()
+            self._client().app_set_preferences(self.preferences())
+            return True
+        except Exception:
+            self._api = None
+            return False
+
+    def version(self) -> str:
+        return str(self._client().app_version())
+
+    def effective_settings(self) -> dict:
+        return dict(self._client().app_preferences())
+
+    def add_torrent(self, torrent: Path, seed: bool) -> None:
+        self._hash = infohash_of(torrent)
+        self._client().torrents_add(torrent_files=torrent.read_bytes(), save_path=self.data_dir)
+        if seed:
+            self._client().torrents_recheck(torrent_hashes=self._hash)
+
+    def stats(self) -> PeerStats:
+        (t,) = self._client().torrents_info(torrent_hashes=self._hash)
+        return PeerStats(progress=float(t.progress), rate_up=t.upspeed, rate_down=t.dlspeed,
+                         bytes_up=t.uploaded, bytes_down=t.downloaded, peers=t.num_seeds + t.num_leechs)
