@@ -89,6 +89,55 @@ def cmd_run(args) -> int:
     return worst
 
 
+def cmd_matrix(args) -> int:
+    from rich.table import Table
+
+    from testbed import matrix
+    from testbed.clients import DRIVERS
+    clients = args.clients.split(",") if args.clients else list(DRIVERS)
+    unknown = [c for c in clients if c not in DRIVERS]
+    if unknown:
+        raise InputError(f"--clients: unknown client '{unknown[0]}' (known: {', '.join(DRIVERS)})")
+    from testbed.units import UnitError, parse_size
+    try:
+        parse_size(args.size)
+    except UnitError as exc:
+        raise InputError(f"--size: {exc}") from None
+    out = Path(args.results)
+    n = len(clients) ** 2
+    with Progress(TextColumn("[bold]interoperability"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("pairs", total=n)
+
+        def on_pair(e: dict) -> None:
+            progress.advance(task)
+            if not e.get("ok"):
+                progress.console.print(f"[red]{e['seeder']} -> {e['leecher']}: {e['status']} {e.get('error') or ''}")
+
+        result = matrix.run_matrix(clients, args.size, out, args.parallel, on_pair)
+    t = Table(title="seeder (rows) -> leecher (columns): completion time, SHA-256 checked", title_justify="left")
+    t.add_column("seeder \\ leecher")
+    for c in clients:
+        t.add_column(c, justify="right")
+    cells = {(e["seeder"], e["leecher"]): e for e in result["pairs"]}
+    for s in clients:
+        t.add_row(s, *[cell(cells[s, le]) for le in clients])
+    console.print(t)
+    console.print(f"{result['passed']}/{result['total']} pairs passed with every client's defaults; "
+                  f"{result['explained']} more pass with transmission's uTP off (*); {out / 'matrix.json'}")
+    if result["explained"]:
+        console.print(f"* {matrix.TRANSMISSION_UTP}")
+    return 0 if result["passed"] + result["explained"] == result["total"] else 1
+
+
+def cell(e: dict) -> str:
+    if e.get("ok"):
+        return f"{e['completion_s']:.0f}s ok"
+    if e.get("explained"):
+        return f"[yellow]{e['status']}; {e['without_transmission_utp']['completion_s']:.0f}s ok*"
+    return f"[red]{e['status']}"
+
+
 def cmd_report(args) -> int:
     from testbed import report
     run_dir = Path(args.run_dir)
@@ -161,6 +210,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-data", action="store_true", help="keep the content and downloaded files")
     s.add_argument("--run-id", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("matrix", help="interoperability: a two-peer swarm for every (seeding, leeching) client pair")
+    s.add_argument("--clients", help="comma-separated (default: every client)")
+    s.add_argument("--size", default="2MiB", help="content size per pair (default 2MiB)")
+    s.add_argument("--parallel", type=int, default=3, help="pairs run at once (default 3)")
+    s.add_argument("--results", default="results/matrix", help="matrix directory (default results/matrix)")
+    s.set_defaults(func=cmd_matrix)
 
     s = sub.add_parser("validate", help="check an experiment file without running it")
     s.add_argument("file")

@@ -73,12 +73,19 @@ class Tracker(Strict):
     port: int = 6969
 
 
+class Behaviour(Strict):
+    """Client behaviour knobs, the same names for every client. None: the client's own default."""
+
+    utp: bool | None = None
+
+
 class PeerGroup(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,11}$")
     count: int = 1
     client: str = "transmission"
     access: AccessLink
     site: str | None = None
+    behaviour: Behaviour = Behaviour()
 
 
 class Start(Strict):
@@ -240,6 +247,9 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 fail(f"{where}.count", "must be at least 1")
             if g.client not in DRIVERS:
                 fail(f"{where}.client", f"unknown client '{g.client}' (known: {', '.join(sorted(DRIVERS))})")
+            for knob, value in g.behaviour.model_dump().items():
+                if value is not None and knob in DRIVERS[g.client].unsupported:
+                    fail(f"{where}.behaviour.{knob}", DRIVERS[g.client].unsupported[knob])
             for d in ("up", "down"):
                 if getattr(g.access, d) <= 0:
                     fail(f"{where}.access.{d}", "must be a positive rate")

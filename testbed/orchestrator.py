@@ -139,7 +139,7 @@ class Swarm:
     def start_clients(self) -> None:
         peers = [h for h in self.plan.hosts if h.client]
         for hp in peers:
-            driver = DRIVERS[hp.client](self.hosts[hp.name])
+            driver = DRIVERS[hp.client](self.hosts[hp.name], hp.behaviour)
             settings = driver.configure()
             write_json(self.hosts[hp.name].host_dir / "config" / "effective.json",
                        {"client": hp.client, "settings": settings})

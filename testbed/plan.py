@@ -12,7 +12,7 @@ from typing import Literal
 
 from testbed.bounds import kumar_ross_t_min, peer_t_min
 from testbed.clients import DRIVERS
-from testbed.model import Experiment, Topology
+from testbed.model import Behaviour, Experiment, Topology
 
 DATA_NET = ipaddress.ip_network("198.18.0.0/16")       # RFC 2544 benchmarking range
 CONTROL_NET = ipaddress.ip_network("198.19.0.0/16")    # split in /22 blocks, one per run
@@ -43,6 +43,7 @@ class HostPlan:
     down: Shaping | None          # network -> host
     container: str
     machine: str = "local"        # placement: which machine runs it (multi-machine later)
+    behaviour: Behaviour = Behaviour()
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
                 name=name, role=role, group=g.name, client=g.client, image=DRIVERS[g.client].image,
                 site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
                 up=Shaping(g.access.up, g.access.queue), down=Shaping(g.access.down, g.access.queue),
-                container=f"tb-{run_id}-{name}"))
+                container=f"tb-{run_id}-{name}", behaviour=g.behaviour))
 
     links: list[LinkPlan] = []
     port = {s.name: 0 for s in switches}

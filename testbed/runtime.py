@@ -73,6 +73,9 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
         labels={LABEL_RUN: plan.run_id, LABEL_HOST: host.name, "testbed.role": host.role},
         volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}},
         environment={"HOME": MOUNT},
+        # IPv4 only: otherwise every host sends IPv6 router solicitations and MLD reports
+        # onto the emulated network, and clients try IPv6 peers that cannot exist.
+        sysctls={"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1},
     )
 
 

@@ -12,9 +12,10 @@ class Aria2Driver(ClientDriver):
     name = "aria2"
     image = "aria2"
     rpc_port = 6800
+    unsupported = {"utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set"}
 
-    def __init__(self, host):
-        super().__init__(host)
+    def __init__(self, host, behaviour=None):
+        super().__init__(host, behaviour)
         self._api = None
         self._gid = None
         self._seed = False

@@ -50,9 +50,13 @@ class ClientDriver(ABC):
     image: ClassVar[str]          # name of the image in images/ that carries the client
     rpc_port: ClassVar[int]
     peer_port: ClassVar[int] = 51413
+    # behaviour knobs this client cannot honour -> the sentence validation gives (exit 2)
+    unsupported: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, host: HostHandle):
+    def __init__(self, host: HostHandle, behaviour=None):
+        from testbed.model import Behaviour
         self.host = host
+        self.behaviour = behaviour or Behaviour()
 
     @abstractmethod
     def configure(self) -> dict:

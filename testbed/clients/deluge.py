@@ -17,9 +17,10 @@ class DelugeDriver(ClientDriver):
     name = "deluge"
     image = "deluge"
     rpc_port = 58846
+    unsupported = {"utp": "deluge 2.0.3 has no setting for uTP (its libtorrent default, on, applies), so 'utp' cannot be set"}
 
-    def __init__(self, host):
-        super().__init__(host)
+    def __init__(self, host, behaviour=None):
+        super().__init__(host, behaviour)
         self._rpc = None
         self._id = None
 

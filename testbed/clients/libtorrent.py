@@ -27,6 +27,8 @@ class LibtorrentDriver(ClientDriver):
             "alert_mask": 0,
             "active_downloads": -1, "active_seeds": -1, "active_limit": -1,
             "connections_limit": 500,
+            "enable_outgoing_utp": self.behaviour.utp is not False,   # default: on
+            "enable_incoming_utp": self.behaviour.utp is not False,
         }
 
     def configure(self) -> dict:

@@ -1,9 +1,11 @@
 """qbittorrent-nox 4.5, driven through its Web API (qbittorrent-api)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats, infohash_of
+from testbed.errors import RunError
 
 
 class QBittorrentDriver(ClientDriver):
@@ -11,8 +13,8 @@ class QBittorrentDriver(ClientDriver):
     image = "qbittorrent"
     rpc_port = 8080
 
-    def __init__(self, host):
-        super().__init__(host)
+    def __init__(self, host, behaviour=None):
+        super().__init__(host, behaviour)
         self._api = None
         self._hash = None
 
@@ -30,6 +32,8 @@ class QBittorrentDriver(ClientDriver):
             "up_limit": 0, "dl_limit": 0,
             "max_connec": 500, "max_connec_per_torrent": 100,
             "announce_to_all_trackers": True,
+            # bittorrent_protocol: 0 = TCP and uTP (the default), 1 = TCP only
+            "bittorrent_protocol": 1 if self.behaviour.utp is False else 0,
         }
 
     def configure(self) -> dict:
@@ -79,8 +83,15 @@ class QBittorrentDriver(ClientDriver):
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         self._hash = infohash_of(torrent)
         self._client().torrents_add(torrent_files=torrent.read_bytes(), save_path=self.data_dir)
-        if seed:
-            self._client().torrents_recheck(torrent_hashes=self._hash)
+        # torrents_add returns before the torrent exists; a recheck sent then is lost
+        deadline = time.monotonic() + 15
+        while not self._client().torrents_info(torrent_hashes=self._hash):
+            if time.monotonic() > deadline:
+                raise RunError(f"{self.host.name}: qBittorrent did not add the torrent within 15s")
+            time.sleep(0.1)
+        # No recheck for a seeder: with no resume data qBittorrent checks the files it finds
+        # on its own, and a recheck sent while it checks resume data stalls in checkingDL
+        # (seen with 4.5.2).
 
     def stats(self) -> PeerStats:
         (t,) = self._client().torrents_info(torrent_hashes=self._hash)

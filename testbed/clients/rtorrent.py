@@ -28,9 +28,10 @@ class RTorrentDriver(ClientDriver):
     name = "rtorrent"
     image = "rtorrent"
     rpc_port = 5000
+    unsupported = {"utp": "rtorrent has no uTP (rakshasa/rtorrent#912), so 'utp' cannot be set"}
 
-    def __init__(self, host):
-        super().__init__(host)
+    def __init__(self, host, behaviour=None):
+        super().__init__(host, behaviour)
         self._hash = None
 
     def settings(self) -> dict:

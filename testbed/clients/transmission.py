@@ -12,8 +12,8 @@ class TransmissionDriver(ClientDriver):
     image = "transmission"
     rpc_port = 9091
 
-    def __init__(self, host):
-        super().__init__(host)
+    def __init__(self, host, behaviour=None):
+        super().__init__(host, behaviour)
         self._rpc = None
         self._torrent_id = None
 
@@ -43,6 +43,9 @@ class TransmissionDriver(ClientDriver):
             "speed-limit-up-enabled": False,
             "speed-limit-down-enabled": False,
             "message-level": 2,
+            # 3.00 default: uTP on. Note its uTP-to-TCP fallback is broken (transmission#4033,
+            # fixed in 4.0), so with uTP on it cannot reach TCP-only peers (aria2, rtorrent).
+            "utp-enabled": True if self.behaviour.utp is None else self.behaviour.utp,
         }
 
     def configure(self) -> dict:
