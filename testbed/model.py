@@ -77,6 +77,8 @@ class Behaviour(Strict):
     """Client behaviour knobs, the same names for every client. None: the client's own default."""
 
     utp: bool | None = None
+    upload_limit: Rate | None = None      # the client's own cap on payload upload
+    download_limit: Rate | None = None
 
 
 class PeerGroup(Strict):
@@ -247,6 +249,10 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 fail(f"{where}.count", "must be at least 1")
             if g.client not in DRIVERS:
                 fail(f"{where}.client", f"unknown client '{g.client}' (known: {', '.join(sorted(DRIVERS))})")
+            for knob in ("upload_limit", "download_limit"):
+                value = getattr(g.behaviour, knob)
+                if value is not None and value < 8 * 1024:
+                    fail(f"{where}.behaviour.{knob}", "must be at least 8kbit (clients cap in whole KiB/s)")
             for knob, value in g.behaviour.model_dump().items():
                 if value is not None and knob in DRIVERS[g.client].unsupported:
                     fail(f"{where}.behaviour.{knob}", DRIVERS[g.client].unsupported[knob])

@@ -140,9 +140,7 @@ class Swarm:
         peers = [h for h in self.plan.hosts if h.client]
         for hp in peers:
             driver = DRIVERS[hp.client](self.hosts[hp.name], hp.behaviour)
-            settings = driver.configure()
-            write_json(self.hosts[hp.name].host_dir / "config" / "effective.json",
-                       {"client": hp.client, "settings": settings})
+            driver.configure_result_from(driver.configure())
             self.drivers[hp.name] = driver
         for hp in self.plan.by_role("seeder"):
             data = self.hosts[hp.name].host_dir / "data" / self.content_file.name
@@ -155,6 +153,12 @@ class Swarm:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda d: d.wait_ready(), self.drivers.values()))
         self.versions = {name: d.version() for name, d in self.drivers.items()}
+        for name, d in self.drivers.items():
+            hp = self.plan.host(name)
+            write_json(self.hosts[name].host_dir / "config" / "effective.json", {
+                "client": hp.client, "version": self.versions[name],
+                "behaviour": hp.behaviour.model_dump(mode="json"),
+                "written_by_testbed": d.configure_result, "effective": d.effective_settings()})
         self.emit(self.rd.event("clients_ready", count=len(self.drivers)))
 
     def start_seeders(self) -> None:

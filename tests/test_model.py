@@ -95,3 +95,16 @@ def test_missing_file(tmp_path):
 def test_inline_topology():
     d = experiment_dict(topology={"sites": ["a", "b"], "core": [{"ends": ["a", "b"], "rate": "5mbit"}]})
     assert parse_experiment(d).topology.core[0].rate == 5e6
+
+
+@pytest.mark.parametrize("client", ["aria2", "rtorrent", "deluge"])
+def test_a_knob_the_client_cannot_honour_is_refused(exp_dict, client):
+    exp_dict["peers"][0]["client"] = client
+    exp_dict["peers"][0]["behaviour"] = {"utp": False}
+    msg = error_of(exp_dict)
+    assert msg.startswith("exp.yaml: peers[0].behaviour.utp: ") and "cannot be set" in msg
+
+
+def test_rate_caps_are_parsed(exp_dict):
+    exp_dict["peers"][0]["behaviour"] = {"upload_limit": "200kbit", "utp": False}
+    assert parse_experiment(exp_dict).peers[0].behaviour.upload_limit == 200e3

@@ -37,6 +37,9 @@ class Aria2Driver(ClientDriver):
             "file-allocation": "none",
             "max-concurrent-downloads": "100",
             "bt-max-peers": "55",
+            # bytes/s; 0 = unlimited
+            "max-overall-upload-limit": str(round((self.behaviour.upload_limit or 0) / 8)),
+            "max-overall-download-limit": str(round((self.behaviour.download_limit or 0) / 8)),
             "check-certificate": "false",
             "summary-interval": "0",
             "console-log-level": "warn",
@@ -70,6 +73,9 @@ class Aria2Driver(ClientDriver):
 
     def version(self) -> str:
         return str(self._client().client.get_version()["version"])
+
+    def effective_settings(self) -> dict:
+        return dict(self._client().client.get_global_option())
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         self._seed = seed

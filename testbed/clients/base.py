@@ -57,6 +57,7 @@ class ClientDriver(ABC):
         from testbed.model import Behaviour
         self.host = host
         self.behaviour = behaviour or Behaviour()
+        self.configure_result: dict = {}
 
     @abstractmethod
     def configure(self) -> dict:
@@ -94,6 +95,15 @@ class ClientDriver(ABC):
 
     def version(self) -> str:
         return ""
+
+    def effective_settings(self) -> dict:
+        """Every setting as the running client reports it, defaults included, where its API
+        can say; otherwise the settings the driver wrote."""
+        return self.configure_result
+
+    def configure_result_from(self, settings: dict) -> dict:
+        self.configure_result = settings
+        return settings
 
     # paths the client sees inside the container
     @property

@@ -37,7 +37,9 @@ class DelugeDriver(ClientDriver):
             "queue_new_to_top": False, "max_active_limit": -1, "max_active_downloading": -1,
             "max_active_seeding": -1, "dont_count_slow_torrents": True,
             "stop_seed_at_ratio": False,
-            "max_upload_speed": -1.0, "max_download_speed": -1.0,
+            # KiB/s; -1 = unlimited
+            "max_upload_speed": self.behaviour.upload_limit / 8 / 1024 if self.behaviour.upload_limit else -1.0,
+            "max_download_speed": self.behaviour.download_limit / 8 / 1024 if self.behaviour.download_limit else -1.0,
             "max_connections_global": 500, "enabled_plugins": [],
         }
 
@@ -72,6 +74,9 @@ class DelugeDriver(ClientDriver):
 
     def version(self) -> str:
         return str(self._client().call("daemon.info"))
+
+    def effective_settings(self) -> dict:
+        return dict(self._client().call("core.get_config"))
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         import base64

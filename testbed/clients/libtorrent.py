@@ -27,6 +27,8 @@ class LibtorrentDriver(ClientDriver):
             "alert_mask": 0,
             "active_downloads": -1, "active_seeds": -1, "active_limit": -1,
             "connections_limit": 500,
+            "upload_rate_limit": round((self.behaviour.upload_limit or 0) / 8),       # bytes/s, 0 = none
+            "download_rate_limit": round((self.behaviour.download_limit or 0) / 8),
             "enable_outgoing_utp": self.behaviour.utp is not False,   # default: on
             "enable_incoming_utp": self.behaviour.utp is not False,
         }
@@ -59,6 +61,9 @@ class LibtorrentDriver(ClientDriver):
 
     def version(self) -> str:
         return str(self.call("version"))
+
+    def effective_settings(self) -> dict:
+        return self.call("effective_settings")
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         self.call("add_torrent", torrent_b64=base64.b64encode(torrent.read_bytes()).decode(),

@@ -29,7 +29,9 @@ class QBittorrentDriver(ClientDriver):
             "save_path": self.data_dir, "temp_path_enabled": False,
             "queueing_enabled": False,                            # every torrent active at once
             "max_ratio_enabled": False, "max_seeding_time_enabled": False,
-            "up_limit": 0, "dl_limit": 0,
+            # bytes/s; 0 = unlimited
+            "up_limit": round((self.behaviour.upload_limit or 0) / 8),
+            "dl_limit": round((self.behaviour.download_limit or 0) / 8),
             "max_connec": 500, "max_connec_per_torrent": 100,
             "announce_to_all_trackers": True,
             # bittorrent_protocol: 0 = TCP and uTP (the default), 1 = TCP only

@@ -24,6 +24,10 @@ def scgi_call(host: str, port: int, method: str, *params, timeout: float = 5.0):
     return xmlrpc.client.loads(payload)[0][0]
 
 
+def kib(bits_per_s: float | None) -> int:
+    return 0 if bits_per_s is None else max(1, round(bits_per_s / 8 / 1024))
+
+
 class RTorrentDriver(ClientDriver):
     name = "rtorrent"
     image = "rtorrent"
@@ -48,7 +52,9 @@ class RTorrentDriver(ClientDriver):
             "session.path.set": f"{self.host.container_dir}/config/rtorrent/session",
             "network.xmlrpc.size_limit.set": "8M",
             "pieces.hash.on_completion.set": "no",
-            "throttle.global_up.max_rate.set_kb": "0", "throttle.global_down.max_rate.set_kb": "0",
+            # rtorrent throttles in KiB/s; 0 = unlimited
+            "throttle.global_up.max_rate.set_kb": str(kib(self.behaviour.upload_limit)),
+            "throttle.global_down.max_rate.set_kb": str(kib(self.behaviour.download_limit)),
             "throttle.max_peers.normal.set": "100", "throttle.max_peers.seed.set": "100",
             "log.open_file": f"\"main\", {self.host.container_dir}/log/rtorrent.log",
             "log.add_output": "\"info\", \"main\"",
@@ -76,6 +82,20 @@ class RTorrentDriver(ClientDriver):
 
     def version(self) -> str:
         return str(self.call("system.client_version"))
+
+    def effective_settings(self) -> dict:
+        """rtorrent has no 'dump all settings' call: read back each setting the driver wrote,
+        plus the behaviour-shaping ones it left at their defaults."""
+        queries = ["network.port_range", "protocol.pex", "protocol.encryption", "throttle.max_uploads",
+                   "throttle.max_peers.normal", "throttle.max_peers.seed", "throttle.global_up.max_rate",
+                   "throttle.global_down.max_rate", "network.bind_address", "trackers.use_udp", "directory.default"]
+        out = {}
+        for q in queries:
+            try:
+                out[q] = self.call(q)
+            except Exception as exc:   # a query this version does not know
+                out[q] = f"unavailable: {exc}"
+        return out
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         self._hash = infohash_of(torrent).upper()

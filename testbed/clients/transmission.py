@@ -40,8 +40,11 @@ class TransmissionDriver(ClientDriver):
             "seed-queue-enabled": False,
             "ratio-limit-enabled": False,
             "idle-seeding-limit-enabled": False,
-            "speed-limit-up-enabled": False,
-            "speed-limit-down-enabled": False,
+            # transmission 3.00 caps in kB/s (1000 bytes)
+            "speed-limit-up-enabled": self.behaviour.upload_limit is not None,
+            "speed-limit-up": round((self.behaviour.upload_limit or 0) / 8 / 1000),
+            "speed-limit-down-enabled": self.behaviour.download_limit is not None,
+            "speed-limit-down": round((self.behaviour.download_limit or 0) / 8 / 1000),
             "message-level": 2,
             # 3.00 default: uTP on. Note its uTP-to-TCP fallback is broken (transmission#4033,
             # fixed in 4.0), so with uTP on it cannot reach TCP-only peers (aria2, rtorrent).
@@ -75,6 +78,9 @@ class TransmissionDriver(ClientDriver):
 
     def version(self) -> str:
         return str(self._client().get_session().version)
+
+    def effective_settings(self) -> dict:
+        return {k: v for k, v in self._client().get_session().fields.items() if not isinstance(v, (dict, list))}
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         t = self._client().add_torrent(torrent.read_bytes(), download_dir=self.data_dir, paused=False)
