@@ -62,7 +62,11 @@ class QBittorrentDriver(ClientDriver):
 
     def _client(self):
         if self._api is None:
+            import logging
+
             import qbittorrentapi
+            # urllib3 logs every refused connection while qBittorrent starts; wait_ready expects them
+            logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
             self._api = qbittorrentapi.Client(host=f"http://{self.host.ctl_ip}:{self.rpc_port}",
                                               REQUESTS_ARGS={"timeout": 5}, DISABLE_LOGGING_DEBUG_OUTPUT=True)
         return self._api
