@@ -7,6 +7,7 @@ matrix.json: one entry per pair with status, completion time and SHA-256 verdict
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -45,19 +46,17 @@ def run_pair(seeder: str, leecher: str, size: str, out: Path, transmission_utp: 
     exp_file = out / "experiments" / f"{seeder}-{leecher}{suffix}.yaml"
     exp_file.parent.mkdir(parents=True, exist_ok=True)
     exp_file.write_text(yaml.safe_dump(pair_experiment(seeder, leecher, size, transmission_utp), sort_keys=False))
-    runs = out / "runs"
-    before = set(runs.iterdir()) if runs.exists() else set()
-    proc = subprocess.run([sys.executable, "-m", "testbed.cli", "run", str(exp_file), "--results", str(runs)],
-                          capture_output=True, text=True)
-    new = [d for d in (set(runs.iterdir()) if runs.exists() else set()) - before
-           if d.name.startswith(f"pair-{seeder}-{leecher}-")]
+    run_id = f"pair-{seeder}-{leecher}{suffix}-{secrets.token_hex(3)}"
+    run_dir = out / "runs" / run_id
+    proc = subprocess.run([sys.executable, "-m", "testbed.cli", "run", str(exp_file), "--results",
+                           str(run_dir.parent), "--run-id", run_id], capture_output=True, text=True)
     entry = {"seeder": seeder, "leecher": leecher, "exit": proc.returncode}
-    if not new or not (new[0] / "summary.json").is_file():
+    if not (run_dir / "summary.json").is_file():
         entry.update(status="failed", error=(proc.stderr.strip().splitlines() or ["no run directory"])[-1])
         return entry
-    s = read_summary(new[0])
+    s = read_summary(run_dir)
     peer = next(p for p in s["peers"] if p["role"] == "leecher")
-    entry.update(status=s["status"], run_dir=str(new[0]), completion_s=peer["completion_s"],
+    entry.update(status=s["status"], run_dir=str(run_dir), completion_s=peer["completion_s"],
                  sha256_ok=peer["sha256_ok"], error=s.get("error"),
                  ok=s["status"] == "complete" and peer["sha256_ok"])
     return entry

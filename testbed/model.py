@@ -119,8 +119,6 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-before[parse(), float]", "function-before[parse(), int]"):
-            continue
         else:
             out += ("." if out else "") + str(part)
     return out

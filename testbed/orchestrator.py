@@ -24,7 +24,7 @@ from testbed import cleanup, content, facts, images, runtime
 from testbed.clients import DRIVERS, ClientDriver, PeerStats
 from testbed.errors import PreflightError, RunError, TestbedError
 from testbed.model import Experiment, resolved_yaml
-from testbed.plan import Plan, plan
+from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, Plan, control_block, plan, run_tag
 from testbed.results import RunDir, write_json
 from testbed.shaping import SHAPERS
 
@@ -52,7 +52,6 @@ def new_run_id(exp: Experiment, repetition: int = 1) -> str:
 
 def free_control_block(tag: str) -> int:
     """The plan's control block, moved on if a route for it already exists (another run)."""
-    from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, control_block
     blocks = list(CONTROL_NET.subnets(new_prefix=22))
     first = control_block(tag)
     for k in range(CONTROL_BLOCKS):
@@ -60,6 +59,18 @@ def free_control_block(tag: str) -> int:
         if not subprocess.run(["ip", "route", "show", str(blocks[b])], capture_output=True, text=True).stdout.strip():
             return b
     raise RunError("every control-network block 198.19.0.0/16 is in use by other runs")
+
+
+class BringupLock:
+    """Concurrent runs pick control-network blocks by looking at the routes: hold this from
+    the choice until the run's route exists, so two runs cannot pick the same block."""
+
+    def __init__(self):
+        self._file = open(BRINGUP_LOCK, "a")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        self._file.close()      # closing drops the flock; closing again is a no-op
 
 
 def preflight(plan_: Plan, client) -> dict[str, images.Image]:
@@ -95,17 +106,23 @@ class Swarm:
         self.errors: dict[str, str] = {}
         self.content_file = rd.path / "content" / f"{plan_.experiment.name}.bin"
         self.content_sha = ""
+        self.infohash = ""
         self.torrent = rd.path / f"{plan_.experiment.name}.torrent"
         self.swarm_t0: float | None = None
+        self.baseline: dict[str, tuple[int, int]] = {}
+        self.versions: dict[str, str] = {}
+        self.written: dict[str, dict] = {}       # the settings each driver wrote
+        # the switch end of each host's access link, where its traffic is counted
+        self.access_dev = {link.node1: link.intf2 for link in plan_.links if link.kind == "access"}
 
     # ------------------------------------------------------------ bring-up
     def make_content(self) -> None:
         exp = self.plan.experiment
         self.content_sha = content.make_content(self.content_file, self.plan.content_bytes, exp.seed)
-        infohash = content.make_torrent(self.content_file, self.plan.tracker_url, self.plan.piece_bytes, self.torrent)
-        self.infohash = infohash
+        self.infohash = content.make_torrent(self.content_file, self.plan.tracker_url, self.plan.piece_bytes,
+                                             self.torrent)
         self.emit(self.rd.event("content", bytes=self.plan.content_bytes, piece_bytes=self.plan.piece_bytes,
-                                sha256=self.content_sha, infohash=infohash))
+                                sha256=self.content_sha, infohash=self.infohash))
 
     def start_hosts(self) -> None:
         from testbed import network
@@ -140,7 +157,7 @@ class Swarm:
         peers = [h for h in self.plan.hosts if h.client]
         for hp in peers:
             driver = DRIVERS[hp.client](self.hosts[hp.name], hp.behaviour)
-            driver.configure_result_from(driver.configure())
+            self.written[hp.name] = driver.configure()
             self.drivers[hp.name] = driver
         for hp in self.plan.by_role("seeder"):
             data = self.hosts[hp.name].host_dir / "data" / self.content_file.name
@@ -158,7 +175,7 @@ class Swarm:
             write_json(self.hosts[name].host_dir / "config" / "effective.json", {
                 "client": hp.client, "version": self.versions[name],
                 "behaviour": hp.behaviour.model_dump(mode="json"),
-                "written_by_testbed": d.configure_result, "effective": d.effective_settings()})
+                "written_by_testbed": self.written[name], "effective": d.effective_settings()})
         self.emit(self.rd.event("clients_ready", count=len(self.drivers)))
 
     def start_seeders(self) -> None:
@@ -188,15 +205,12 @@ class Swarm:
                 self.rd.event("peer_started", host=ev.host, t_swarm=round(self.peer_started[ev.host], 3))
 
     # ------------------------------------------------------------ measurement
-    def access_dev(self, host: str) -> str:
-        return next(link.intf2 for link in self.plan.links if link.kind == "access" and link.node1 == host)
-
     def read_counters(self) -> dict[str, tuple[int, int]]:
         """Bytes (up, down) of each peer from the switch end of its access veth: what the
         switch received from the host is the host's upload."""
         out = {}
         for name in self.drivers:
-            stats = Path("/sys/class/net") / self.access_dev(name) / "statistics"
+            stats = Path("/sys/class/net") / self.access_dev[name] / "statistics"
             try:
                 out[name] = (int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text()))
             except OSError:
@@ -287,11 +301,11 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
         if not h.client:
             continue
         s = sw.last.get(h.name)
-        up, down = (c - b for c, b in zip(sw.counters.get(h.name, (0, 0)), getattr(sw, "baseline", {}).get(h.name, (0, 0))))
+        up, down = (c - b for c, b in zip(sw.counters.get(h.name, (0, 0)), sw.baseline.get(h.name, (0, 0))))
         completed = h.role == "seeder" or h.name in sw.completion
         peers.append({
             "name": h.name, "group": h.group, "role": h.role, "client": h.client,
-            "client_version": getattr(sw, "versions", {}).get(h.name),
+            "client_version": sw.versions.get(h.name),
             "completed": completed and sha_ok.get(h.name, False),
             "completion_s": round(sw.completion[h.name], 3) if h.name in sw.completion else None,
             "t_min_s": round(p.peer_t_min_s[h.name], 3) if h.name in p.peer_t_min_s else None,
@@ -302,7 +316,7 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
             "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
             "error": sw.errors.get(h.name),
         })
-    times = [v for v in sw.completion.values()]
+    times = list(sw.completion.values())
     leechers = [x for x in peers if x["role"] == "leecher"]
     return {
         "run_id": p.run_id, "experiment": p.experiment.name, "status": status, "error": error,
@@ -351,19 +365,20 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
     emit = on_event or (lambda e: None)
     docker_client = runtime.docker_client()
     run_id = run_id or new_run_id(exp, repetition)
-    from testbed.plan import run_tag
-    # Concurrent runs pick control-network blocks by looking at the routes; hold a lock from
-    # the choice until this run's route exists, so two runs cannot pick the same block.
-    bringup_lock = open(BRINGUP_LOCK, "a")
-    fcntl.flock(bringup_lock, fcntl.LOCK_EX)
+    lock = BringupLock()
     try:
-        p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
-        imgs = preflight(p, docker_client)
-    except BaseException:
-        bringup_lock.close()
-        raise
+        return _run(exp, Path(results_root), emit, docker_client, run_id, lock, repetition, keep_data,
+                    sample_interval)
+    finally:
+        lock.release()
 
-    rd = RunDir(Path(results_root).resolve() / run_id)   # absolute: it is bind-mounted
+
+def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, run_id: str, lock: BringupLock,
+         repetition: int, keep_data: bool, sample_interval: float) -> RunResult:
+    p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
+    imgs = preflight(p, docker_client)
+
+    rd = RunDir(results_root.resolve() / run_id)   # absolute: it is bind-mounted
     (rd.path / "experiment.yaml").write_text(resolved_yaml(exp))
     man = manifest(p, imgs, repetition)
     write_json(rd.path / "manifest.json", man)
@@ -371,11 +386,11 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
     sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, sample_interval)
     status, error, sha_ok = "failed", None, {}
     try:
-        sw.make_content()
         try:
             sw.start_hosts()
         finally:
-            bringup_lock.close()
+            lock.release()
+        sw.make_content()
         man["image_packages"] = image_packages(sw)
         write_json(rd.path / "manifest.json", man)
         sw.start_tracker()
@@ -401,7 +416,6 @@ def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, 
         summary = summarize(sw, status if error is None else "failed", error, sha_ok)
         write_json(rd.path / "summary.json", summary)
         emit(rd.event("teardown"))
-        bringup_lock.close()
         teardown = sw.close()
         man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         man["teardown"] = teardown

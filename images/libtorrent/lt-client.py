@@ -43,10 +43,6 @@ class Daemon:
                 "bytes_up": s.all_time_upload, "bytes_down": s.all_time_download, "peers": s.num_peers,
                 "state": str(s.state), "seeding": s.is_seeding}
 
-    def apply_settings(self, settings: dict, **_):
-        self.session.apply_settings(settings)
-        return True
-
     def effective_settings(self, **_):
         return {k: v for k, v in self.session.get_settings().items() if isinstance(v, (int, str, bool, float))}
 

@@ -12,13 +12,8 @@ class Aria2Driver(ClientDriver):
     name = "aria2"
     image = "aria2"
     rpc_port = 6800
+    _seed = False           # set when the torrent is added as a seeder
     unsupported = {"utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set"}
-
-    def __init__(self, host, behaviour=None):
-        super().__init__(host, behaviour)
-        self._api = None
-        self._gid = None
-        self._seed = False
 
     def options(self) -> dict:
         """aria2c options that differ from aria2 1.36's defaults, and why."""
@@ -81,13 +76,12 @@ class Aria2Driver(ClientDriver):
         self._seed = seed
         opts = {"dir": self.data_dir, "check-integrity": "true" if seed else "false",
                 "bt-seed-unverified": "false"}
-        self._gid = self._client().add_torrent(str(torrent), options=opts).gid
+        self._torrent = self._client().add_torrent(str(torrent), options=opts).gid
 
     def stats(self) -> PeerStats:
-        d = self._client().get_download(self._gid)
+        d = self._client().get_download(self._torrent)
         # a finished BitTorrent download stays the same gid while it seeds
-        total = d.total_length or 1
-        return PeerStats(progress=d.completed_length / total if d.total_length else 0.0,
+        return PeerStats(progress=d.completed_length / d.total_length if d.total_length else 0.0,
                          rate_up=d.upload_speed, rate_down=d.download_speed, bytes_up=d.upload_length,
                          # aria2 counts no downloaded-bytes total: completed bytes, and none for a seed
                          bytes_down=0 if self._seed else d.completed_length, peers=d.connections)

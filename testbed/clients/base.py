@@ -10,9 +10,10 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from testbed.errors import RunError
+from testbed.model import Behaviour
 
 
 class HostHandle(Protocol):
@@ -53,11 +54,11 @@ class ClientDriver(ABC):
     # behaviour knobs this client cannot honour -> the sentence validation gives (exit 2)
     unsupported: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, host: HostHandle, behaviour=None):
-        from testbed.model import Behaviour
+    def __init__(self, host: HostHandle, behaviour: Behaviour | None = None):
         self.host = host
         self.behaviour = behaviour or Behaviour()
-        self.configure_result: dict = {}
+        self._api = None          # the connection to the client's control API, made on first use
+        self._torrent = None      # the client's handle (id, hash, gid) of the swarm's torrent
 
     @abstractmethod
     def configure(self) -> dict:
@@ -96,21 +97,16 @@ class ClientDriver(ABC):
     def version(self) -> str:
         return ""
 
+    @abstractmethod
     def effective_settings(self) -> dict:
-        """Every setting as the running client reports it, defaults included, where its API
-        can say; otherwise the settings the driver wrote."""
-        return self.configure_result
-
-    def configure_result_from(self, settings: dict) -> dict:
-        self.configure_result = settings
-        return settings
+        """Every setting as the running client reports it, defaults included."""
 
     # paths the client sees inside the container
     @property
     def data_dir(self) -> str:
         return f"{self.host.container_dir}/data"
 
-    def wait_ready(self, timeout: float = 30.0, is_alive: Callable[[], bool] | None = None) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready():

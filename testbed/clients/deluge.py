@@ -19,11 +19,6 @@ class DelugeDriver(ClientDriver):
     rpc_port = 58846
     unsupported = {"utp": "deluge 2.0.3 has no setting for uTP (its libtorrent default, on, applies), so 'utp' cannot be set"}
 
-    def __init__(self, host, behaviour=None):
-        super().__init__(host, behaviour)
-        self._rpc = None
-        self._id = None
-
     def core_settings(self) -> dict:
         """core.conf settings that differ from deluge 2.0.3's defaults, and why."""
         return {
@@ -57,19 +52,19 @@ class DelugeDriver(ClientDriver):
                     "-p", str(self.rpc_port), "-u", self.host.ctl_ip, "-i", self.host.data_ip])
 
     def _client(self):
-        if self._rpc is None:
+        if self._api is None:
             from deluge_client import DelugeRPCClient
             rpc = DelugeRPCClient(self.host.ctl_ip, self.rpc_port, USER, PASSWORD, decode_utf8=True)
             rpc.connect()
-            self._rpc = rpc
-        return self._rpc
+            self._api = rpc
+        return self._api
 
     def ready(self) -> bool:
         try:
             self._client().call("daemon.info")
             return True
         except Exception:
-            self._rpc = None
+            self._api = None
             return False
 
     def version(self) -> str:
@@ -80,14 +75,14 @@ class DelugeDriver(ClientDriver):
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         import base64
-        self._id = self._client().call("core.add_torrent_file", torrent.name,
+        self._torrent = self._client().call("core.add_torrent_file", torrent.name,
                                        base64.b64encode(torrent.read_bytes()).decode(),
                                        {"download_location": self.data_dir})
         if seed:
-            self._client().call("core.force_recheck", [self._id])
+            self._client().call("core.force_recheck", [self._torrent])
 
     def stats(self) -> PeerStats:
-        s = self._client().call("core.get_torrent_status", self._id, [
+        s = self._client().call("core.get_torrent_status", self._torrent, [
             "progress", "upload_payload_rate", "download_payload_rate", "total_uploaded",
             "all_time_download", "num_peers", "state"])
         # deluge reports progress 100 while it is still checking: only trust it once not checking

@@ -13,11 +13,6 @@ class QBittorrentDriver(ClientDriver):
     image = "qbittorrent"
     rpc_port = 8080
 
-    def __init__(self, host, behaviour=None):
-        super().__init__(host, behaviour)
-        self._api = None
-        self._hash = None
-
     def preferences(self) -> dict:
         """Web API preferences that differ from qBittorrent 4.5.2's defaults, and why."""
         return {
@@ -87,11 +82,11 @@ class QBittorrentDriver(ClientDriver):
         return dict(self._client().app_preferences())
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
-        self._hash = infohash_of(torrent)
+        self._torrent = infohash_of(torrent)
         self._client().torrents_add(torrent_files=torrent.read_bytes(), save_path=self.data_dir)
         # torrents_add returns before the torrent exists; a recheck sent then is lost
         deadline = time.monotonic() + 15
-        while not self._client().torrents_info(torrent_hashes=self._hash):
+        while not self._client().torrents_info(torrent_hashes=self._torrent):
             if time.monotonic() > deadline:
                 raise RunError(f"{self.host.name}: qBittorrent did not add the torrent within 15s")
             time.sleep(0.1)
@@ -100,6 +95,6 @@ class QBittorrentDriver(ClientDriver):
         # (seen with 4.5.2).
 
     def stats(self) -> PeerStats:
-        (t,) = self._client().torrents_info(torrent_hashes=self._hash)
+        (t,) = self._client().torrents_info(torrent_hashes=self._torrent)
         return PeerStats(progress=float(t.progress), rate_up=t.upspeed, rate_down=t.dlspeed,
                          bytes_up=t.uploaded, bytes_down=t.downloaded, peers=t.num_seeds + t.num_leechs)

@@ -34,10 +34,6 @@ class RTorrentDriver(ClientDriver):
     rpc_port = 5000
     unsupported = {"utp": "rtorrent has no uTP (rakshasa/rtorrent#912), so 'utp' cannot be set"}
 
-    def __init__(self, host, behaviour=None):
-        super().__init__(host, behaviour)
-        self._hash = None
-
     def settings(self) -> dict:
         """rtorrent.rc settings that differ from rtorrent 0.9.8's defaults, and why."""
         return {
@@ -98,13 +94,13 @@ class RTorrentDriver(ClientDriver):
         return out
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
-        self._hash = infohash_of(torrent).upper()
+        self._torrent = infohash_of(torrent).upper()
         # rtorrent hash-checks files that already exist when it starts a torrent
         self.call("load.raw_start_verbose", "", xmlrpc.client.Binary(torrent.read_bytes()),
                   f"d.directory.set={self.data_dir}")
 
     def stats(self) -> PeerStats:
-        h = self._hash
+        h = self._torrent
         done, size, up, down, up_total, down_total, peers = (
             self.call(m, h) for m in ("d.completed_bytes", "d.size_bytes", "d.up.rate", "d.down.rate",
                                       "d.up.total", "d.down.total", "d.peers_connected"))

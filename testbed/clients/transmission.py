@@ -12,11 +12,6 @@ class TransmissionDriver(ClientDriver):
     image = "transmission"
     rpc_port = 9091
 
-    def __init__(self, host, behaviour=None):
-        super().__init__(host, behaviour)
-        self._rpc = None
-        self._torrent_id = None
-
     def settings(self) -> dict:
         """Settings that differ from transmission 3.00's defaults, and why."""
         return {
@@ -63,17 +58,17 @@ class TransmissionDriver(ClientDriver):
                     "--logfile", f"{self.host.container_dir}/log/transmission.log"])
 
     def _client(self):
-        if self._rpc is None:
+        if self._api is None:
             from transmission_rpc import Client
-            self._rpc = Client(host=self.host.ctl_ip, port=self.rpc_port, timeout=5)
-        return self._rpc
+            self._api = Client(host=self.host.ctl_ip, port=self.rpc_port, timeout=5)
+        return self._api
 
     def ready(self) -> bool:
         try:
             self._client()
             return True
         except Exception:  # connection refused until the daemon listens
-            self._rpc = None
+            self._api = None
             return False
 
     def version(self) -> str:
@@ -84,12 +79,12 @@ class TransmissionDriver(ClientDriver):
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         t = self._client().add_torrent(torrent.read_bytes(), download_dir=self.data_dir, paused=False)
-        self._torrent_id = t.id
+        self._torrent = t.id
         if seed:
             self._client().verify_torrent(t.id)
 
     def stats(self) -> PeerStats:
-        t = self._client().get_torrent(self._torrent_id, arguments=[
+        t = self._client().get_torrent(self._torrent, arguments=[
             "id", "percentDone", "rateUpload", "rateDownload", "uploadedEver",
             "downloadedEver", "peersConnected", "status", "haveValid", "sizeWhenDone", "recheckProgress"])
         # percentDone counts bytes not yet hash-checked; haveValid is verified bytes.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,5 +53,5 @@ def small_experiment(**over):
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    exe = Path(os.sys.executable).parent / "testbed"
+    exe = Path(sys.executable).parent / "testbed"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)

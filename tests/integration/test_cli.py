@@ -1,8 +1,8 @@
 """The CLI as a user types it: bad input, timeouts, kill -9 then clean."""
 import json
-import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def test_kill_9_then_clean_leaves_nothing_and_the_next_run_works(docker_client, 
     d = experiment_dict(content={"size": "8MiB"}, timeout="2m")
     path = write(tmp_path, d)
     run_id = "t-20261124-000000-0dead9"
-    exe = Path(os.sys.executable).parent / "testbed"
+    exe = Path(sys.executable).parent / "testbed"
     proc = subprocess.Popen([str(exe), "run", str(path), "--results", str(tmp_path / "r1"), "--run-id", run_id],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     events = tmp_path / "r1" / run_id / "events.jsonl"
@@ -116,7 +116,7 @@ def test_kill_9_then_clean_leaves_nothing_and_the_next_run_works(docker_client, 
 def test_sigterm_tears_down_and_marks_the_run_failed(docker_client, tmp_path):
     path = write(tmp_path, experiment_dict(content={"size": "8MiB"}))
     run_id = "t-20261124-000000-0beef1"
-    exe = Path(os.sys.executable).parent / "testbed"
+    exe = Path(sys.executable).parent / "testbed"
     proc = subprocess.Popen([str(exe), "run", str(path), "--results", str(tmp_path), "--run-id", run_id],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     events = tmp_path / run_id / "events.jsonl"

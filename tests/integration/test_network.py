@@ -1,6 +1,5 @@
 """The emulated network, brought up without clients: isolation and shaping are real."""
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
