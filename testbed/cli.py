@@ -85,6 +85,9 @@ def cmd_run(args) -> int:
         report.plot(result.run_dir)
         report.render(result.run_dir, console)
         console.print(f"results: {result.run_dir}")
+        if result.summary.get("error") == "interrupted":
+            # Ctrl-C or SIGTERM: this run is torn down and marked partial; start no further repetition
+            return 130
         worst = max(worst, 0 if result.ok else 1)
     return worst
 

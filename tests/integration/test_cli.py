@@ -125,7 +125,7 @@ def test_sigterm_tears_down_and_marks_the_run_failed(docker_client, tmp_path):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=60) == 130
     s = json.loads((tmp_path / run_id / "summary.json").read_text())
     assert s["status"] == "failed" and s["error"] == "interrupted" and s["partial"] is True
     assert nothing_left(docker_client, run_id)
