@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
+                      ValidationError)
 
 from testbed import units
 from testbed.errors import InputError
@@ -73,12 +74,58 @@ class Tracker(Strict):
     port: int = 6969
 
 
+class SeedFor(Strict):
+    """Seed for this long after completing (a seeder: after the swarm starts), then stop."""
+
+    duration: Duration
+
+
+class SeedUntilRatio(Strict):
+    """Seed until bytes uploaded reach ratio x content size (counted from the start), then stop."""
+
+    ratio: float
+
+
+def _seeding_form(value: Any) -> str:
+    """Which form of `seeding:` was written, so an error speaks about that form only."""
+    if isinstance(value, dict):
+        return "SeedUntilRatio" if "ratio" in value else "SeedFor"
+    return type(value).__name__ if isinstance(value, (SeedFor, SeedUntilRatio)) else "Word"
+
+
+# forever: never stop; stop: stop the moment the download completes (leave at once);
+# {duration: 10m}: seed that long, then stop; {ratio: 1.0}: seed until that share ratio
+def _seeding_word(value: Any) -> str:
+    if value not in ("forever", "stop"):
+        raise ValueError(f"{value!r} is not a seeding policy: use forever, stop, {{duration: 10m}} or {{ratio: 1.0}}")
+    return value
+
+
+Seeding = Annotated[Annotated[Literal["forever", "stop"], BeforeValidator(_seeding_word), Tag("Word")] | Annotated[SeedFor, Tag("SeedFor")]
+                    | Annotated[SeedUntilRatio, Tag("SeedUntilRatio")], Discriminator(_seeding_form)]
+
+
 class Behaviour(Strict):
     """Client behaviour knobs, the same names for every client. None: the client's own default."""
 
     utp: bool | None = None
     upload_limit: Rate | None = None      # the client's own cap on payload upload
     download_limit: Rate | None = None
+    max_connections: int | None = None   # peer connections for the torrent
+    upload_slots: int | None = None      # peers unchoked at once (regular slots)
+    seeding: Seeding = "forever"         # enforced by the testbed through the client's API
+    connectable: bool = True             # False: accepts no incoming connection (as behind a NAT)
+    # require: only encrypted connections (MSE/PE handshake and RC4 payload); prefer: try
+    # encrypted, accept plaintext (payload cipher as the client chooses); disable: plaintext only
+    encryption: Literal["require", "prefer", "disable"] | None = None
+
+    def seeding_policy(self) -> tuple[str, float | None]:
+        """('forever'|'stop'|'duration'|'ratio', the number or None)."""
+        if isinstance(self.seeding, SeedFor):
+            return "duration", self.seeding.duration
+        if isinstance(self.seeding, SeedUntilRatio):
+            return "ratio", self.seeding.ratio
+        return self.seeding, None
 
 
 class PeerGroup(Strict):
@@ -251,9 +298,26 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 value = getattr(g.behaviour, knob)
                 if value is not None and value < 8 * 1024:
                     fail(f"{where}.behaviour.{knob}", "must be at least 8kbit (clients cap in whole KiB/s)")
-            for knob, value in g.behaviour.model_dump().items():
-                if value is not None and knob in DRIVERS[g.client].unsupported:
-                    fail(f"{where}.behaviour.{knob}", DRIVERS[g.client].unsupported[knob])
+            b = g.behaviour
+            for knob in ("max_connections", "upload_slots"):
+                value = getattr(b, knob)
+                if value is not None and value < 1:
+                    fail(f"{where}.behaviour.{knob}", "must be at least 1")
+            policy, amount = b.seeding_policy()
+            if policy == "duration" and amount <= 0:
+                fail(f"{where}.behaviour.seeding.duration", "must be a positive duration")
+            if policy == "ratio" and amount <= 0:
+                fail(f"{where}.behaviour.seeding.ratio", "must be a positive number")
+            if key == "seeders" and policy == "stop":
+                fail(f"{where}.behaviour.seeding", "a seeder that stops on completion would never upload; "
+                     "use forever, {duration: ...} or {ratio: ...}")
+            refused = DRIVERS[g.client].unsupported
+            for knob, value in b.model_dump(mode="json").items():
+                if value is None:
+                    continue
+                why = refused.get(knob) or (refused.get(f"{knob}={value}") if isinstance(value, str) else None)
+                if why:
+                    fail(f"{where}.behaviour.{knob}", why)
             for d in ("up", "down"):
                 if getattr(g.access, d) <= 0:
                     fail(f"{where}.access.{d}", "must be a positive rate")

@@ -108,3 +108,50 @@ def test_a_knob_the_client_cannot_honour_is_refused(exp_dict, client):
 def test_rate_caps_are_parsed(exp_dict):
     exp_dict["peers"][0]["behaviour"] = {"upload_limit": "200kbit", "utp": False}
     assert parse_experiment(exp_dict).peers[0].behaviour.upload_limit == 200e3
+
+
+@pytest.mark.parametrize("value,policy", [
+    ("forever", ("forever", None)), ("stop", ("stop", None)),
+    ({"duration": "2m"}, ("duration", 120.0)), ({"ratio": 1.5}, ("ratio", 1.5))])
+def test_seeding_policies(exp_dict, value, policy):
+    exp_dict["peers"][0]["behaviour"] = {"seeding": value}
+    assert parse_experiment(exp_dict).peers[0].behaviour.seeding_policy() == policy
+
+
+@pytest.mark.parametrize("behaviour,key,words", [
+    ({"seeding": "sometimes"}, "peers[0].behaviour.seeding", "forever"),
+    ({"seeding": {"duration": "soon"}}, "peers[0].behaviour.seeding.duration", "duration"),
+    ({"seeding": {"ratio": 0}}, "peers[0].behaviour.seeding.ratio", "positive"),
+    ({"max_connections": 0}, "peers[0].behaviour.max_connections", "at least 1"),
+    ({"upload_slots": -2}, "peers[0].behaviour.upload_slots", "at least 1"),
+    ({"encryption": "maybe"}, "peers[0].behaviour.encryption", "require"),
+    ({"connectable": "no way"}, "peers[0].behaviour.connectable", "bool"),
+])
+def test_bad_knob_values_are_named(exp_dict, behaviour, key, words):
+    exp_dict["peers"][0]["behaviour"] = behaviour
+    msg = error_of(exp_dict)
+    assert msg.startswith(f"exp.yaml: {key}") and words in msg, msg
+
+
+def test_a_seeder_cannot_stop_on_completion(exp_dict):
+    exp_dict["seeders"][0]["behaviour"] = {"seeding": "stop"}
+    assert error_of(exp_dict).startswith("exp.yaml: seeders[0].behaviour.seeding: a seeder that stops")
+
+
+@pytest.mark.parametrize("client,behaviour,knob", [
+    ("aria2", {"upload_slots": 2}, "upload_slots"),
+    ("aria2", {"encryption": "disable"}, "encryption"),
+    ("transmission", {"encryption": "disable"}, "encryption")])
+def test_a_knob_value_the_client_cannot_honour_is_refused(exp_dict, client, behaviour, knob):
+    exp_dict["peers"][0]["client"] = client
+    exp_dict["peers"][0]["behaviour"] = behaviour
+    msg = error_of(exp_dict)
+    assert msg.startswith(f"exp.yaml: peers[0].behaviour.{knob}: {client}") and "cannot be set" in msg
+
+
+def test_every_client_takes_require_and_prefer(exp_dict):
+    from testbed.clients import DRIVERS
+    for client in DRIVERS:
+        for mode in ("require", "prefer"):
+            exp_dict["peers"][0].update(client=client, behaviour={"encryption": mode, "max_connections": 3})
+            parse_experiment(exp_dict)
