@@ -50,3 +50,53 @@ def test_upload_cap_in_each_clients_unit(tmp_path):
     assert caps["libtorrent"]["upload_rate_limit"] == 100000
     assert caps["rtorrent"]["throttle.global_up.max_rate.set_kb"] == "98"
     assert caps["deluge"]["max_upload_speed"] == pytest.approx(97.65625)
+
+
+def _configs(tmp_path, **knobs) -> dict:
+    b = Behaviour(**knobs)
+    out = {}
+    for n in DRIVERS:
+        (tmp_path / n).mkdir()
+        out[n] = DRIVERS[n](FakeHost(tmp_path / n), b).configure()
+    return out
+
+
+def test_connection_limit_in_each_clients_terms(tmp_path):
+    c = _configs(tmp_path, max_connections=3)
+    assert c["transmission"]["peer-limit-per-torrent"] == 3
+    assert c["qbittorrent"]["max_connec_per_torrent"] == 3
+    assert c["aria2"]["bt-max-peers"] == "3"
+    assert c["libtorrent"]["connections_limit"] == 3
+    assert c["rtorrent"]["throttle.max_peers.normal.set"] == "3" == c["rtorrent"]["throttle.max_peers.seed.set"]
+    assert c["deluge"]["max_connections_per_torrent"] == 3
+
+
+def test_upload_slots_in_each_clients_terms(tmp_path):
+    drivers = {n: d for n, d in DRIVERS.items() if "upload_slots" not in d.unsupported}
+    assert set(DRIVERS) - set(drivers) == {"aria2"}
+    b = Behaviour(upload_slots=2)
+    c = {}
+    for n, d in drivers.items():
+        (tmp_path / n).mkdir()
+        c[n] = d(FakeHost(tmp_path / n), b).configure()
+    assert c["transmission"]["upload-slots-per-torrent"] == 2
+    assert c["qbittorrent"]["max_uploads_per_torrent"] == 2
+    assert c["libtorrent"]["unchoke_slots_limit"] == 2
+    assert c["rtorrent"]["throttle.max_uploads.set"] == "2"
+    assert c["deluge"]["max_upload_slots_per_torrent"] == 2 == c["deluge"]["max_upload_slots_global"]
+
+
+def test_require_encryption_in_each_clients_terms(tmp_path):
+    c = _configs(tmp_path, encryption="require")
+    assert c["transmission"]["encryption"] == 2
+    assert c["qbittorrent"]["encryption"] == 1
+    assert c["aria2"]["bt-require-crypto"] == "true"
+    assert c["libtorrent"]["out_enc_policy"] == 0 == c["libtorrent"]["in_enc_policy"]
+    assert c["rtorrent"]["protocol.encryption.set"].endswith(",require,require_RC4")
+    assert c["deluge"]["enc_in_policy"] == 0 == c["deluge"]["enc_out_policy"]
+
+
+def test_unset_knobs_leave_client_defaults(tmp_path):
+    c = _configs(tmp_path)
+    assert "encryption" not in c["transmission"] and "upload-slots-per-torrent" not in c["transmission"]
+    assert "protocol.encryption.set" not in c["rtorrent"] and "unchoke_slots_limit" not in c["libtorrent"]

@@ -4,7 +4,8 @@
 libtorrent is a library, not a program: this is the smallest daemon around it that the
 testbed can drive. Control is JSON over HTTP on the control address:
     POST /  {"method": NAME, "params": {...}}  ->  {"result": ...} or {"error": "..."}
-Methods: version, add_torrent(torrent_b64, save_path, seed), status, stop.
+Methods: version, add_torrent(torrent_b64, save_path, seed), status, stop_torrent,
+effective_settings.
 Settings come from a JSON file of libtorrent settings_pack keys, written by the driver.
 """
 import argparse
@@ -36,6 +37,12 @@ class Daemon:
         if seed:
             self.handle.force_recheck()
         return str(info.info_hashes().v1) if hasattr(info, "info_hashes") else str(info.info_hash())
+
+    def stop_torrent(self, **_):
+        # Out of the session's queue first, or an auto-managed torrent is resumed by it.
+        self.handle.unset_flags(lt.torrent_flags.auto_managed)
+        self.handle.pause()
+        return True
 
     def status(self, **_):
         s = self.handle.status()

@@ -13,11 +13,17 @@ class Aria2Driver(ClientDriver):
     image = "aria2"
     rpc_port = 6800
     _seed = False           # set when the torrent is added as a seeder
-    unsupported = {"utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set"}
+    unsupported = {
+        "utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set",
+        "upload_slots": "aria2 has no setting for upload slots (its choker unchokes a fixed number of peers), "
+                        "so 'upload_slots' cannot be set",
+        "encryption=disable": "aria2 always tries the encrypted handshake first and accepts it, "
+                              "so 'encryption: disable' cannot be set",
+    }
 
     def options(self) -> dict:
         """aria2c options that differ from aria2 1.36's defaults, and why."""
-        return {
+        o = {
             "enable-rpc": "true", "rpc-listen-port": str(self.rpc_port),
             "rpc-listen-all": "true",        # aria2 binds RPC to loopback or to all addresses, nothing between
             "rpc-secret": SECRET,
@@ -41,6 +47,20 @@ class Aria2Driver(ClientDriver):
             "log": f"{self.host.container_dir}/log/aria2.log", "log-level": "notice",
             "disable-ipv6": "true",
         }
+        b = self.behaviour
+        if b.max_connections is not None:
+            o["bt-max-peers"] = str(b.max_connections)
+            # aria2 accepts peers beyond bt-max-peers while it downloads slower than this
+            # (default 50K); 0 makes the limit hold
+            o["bt-request-peer-speed-limit"] = "0"
+        if b.encryption == "require":
+            # the obfuscated handshake only, and RC4 for the payload (bt-min-crypto-level plain
+            # would let the handshake choose a plaintext payload)
+            o["bt-require-crypto"] = "true"
+            o["bt-min-crypto-level"] = "arc4"
+        elif b.encryption == "prefer":
+            o["bt-require-crypto"] = "false"    # the default: obfuscated first, legacy accepted
+        return o
 
     def configure(self) -> dict:
         opts = self.options()
@@ -77,6 +97,10 @@ class Aria2Driver(ClientDriver):
         opts = {"dir": self.data_dir, "check-integrity": "true" if seed else "false",
                 "bt-seed-unverified": "false"}
         self._torrent = self._client().add_torrent(str(torrent), options=opts).gid
+
+    def stop_torrent(self) -> None:
+        # aria2.remove ends a seeding download; tellStatus still answers for it (status 'removed')
+        self._client().client.remove(self._torrent)
 
     def stats(self) -> PeerStats:
         d = self._client().get_download(self._torrent)

@@ -80,6 +80,11 @@ class ClientDriver(ABC):
     def stats(self) -> PeerStats:
         ...
 
+    @abstractmethod
+    def stop_torrent(self) -> None:
+        """Stop the torrent as a user would (the client announces 'stopped' and closes its
+        peer connections); stats() keeps answering afterwards."""
+
     def stop(self) -> None:
         """Ask the client to exit cleanly (SIGTERM to the process spawn() started)."""
         self.host.exec(["sh", "-c", f"kill -TERM $(cat {self._pidfile}) 2>/dev/null || true"])

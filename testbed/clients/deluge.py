@@ -21,7 +21,7 @@ class DelugeDriver(ClientDriver):
 
     def core_settings(self) -> dict:
         """core.conf settings that differ from deluge 2.0.3's defaults, and why."""
-        return {
+        s = {
             "allow_remote": True,                         # the orchestrator connects over ctl0
             "dht": False, "lsd": False, "utpex": False,   # the swarm is exactly the one defined
             "upnp": False, "natpmp": False,
@@ -37,6 +37,18 @@ class DelugeDriver(ClientDriver):
             "max_download_speed": self.behaviour.download_limit / 8 / 1024 if self.behaviour.download_limit else -1.0,
             "max_connections_global": 500, "enabled_plugins": [],
         }
+        b = self.behaviour
+        if b.max_connections is not None:
+            s["max_connections_per_torrent"] = b.max_connections
+        if b.upload_slots is not None:
+            s["max_upload_slots_per_torrent"] = b.upload_slots
+            s["max_upload_slots_global"] = b.upload_slots
+        if b.encryption is not None:
+            # libtorrent's enc_policy: 0 forced, 1 enabled, 2 disabled
+            s["enc_in_policy"] = s["enc_out_policy"] = {"require": 0, "prefer": 1, "disable": 2}[b.encryption]
+            if b.encryption == "require":
+                s["enc_level"] = 1               # full stream (RC4), not only the handshake
+        return s
 
     def configure(self) -> dict:
         conf = self.host.host_dir / "config" / "deluge"
@@ -80,6 +92,9 @@ class DelugeDriver(ClientDriver):
                                        {"download_location": self.data_dir})
         if seed:
             self._client().call("core.force_recheck", [self._torrent])
+
+    def stop_torrent(self) -> None:
+        self._client().call("core.pause_torrent", self._torrent)
 
     def stats(self) -> PeerStats:
         s = self._client().call("core.get_torrent_status", self._torrent, [

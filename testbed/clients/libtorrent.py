@@ -18,7 +18,7 @@ class LibtorrentDriver(ClientDriver):
 
     def settings(self) -> dict:
         """settings_pack keys that differ from libtorrent 2.0.8's defaults, and why."""
-        return {
+        s = {
             "listen_interfaces": f"{self.host.data_ip}:{self.peer_port}",   # peers only on eth0
             "outgoing_interfaces": "eth0",
             "enable_dht": False, "enable_lsd": False,                       # the swarm is exactly the one defined
@@ -32,6 +32,18 @@ class LibtorrentDriver(ClientDriver):
             "enable_outgoing_utp": self.behaviour.utp is not False,   # default: on
             "enable_incoming_utp": self.behaviour.utp is not False,
         }
+        b = self.behaviour
+        if b.max_connections is not None:
+            s["connections_limit"] = b.max_connections
+        if b.upload_slots is not None:
+            s["unchoke_slots_limit"] = b.upload_slots
+        if b.encryption is not None:
+            # enc_policy: 0 pe_forced, 1 pe_enabled, 2 pe_disabled
+            s["out_enc_policy"] = s["in_enc_policy"] = {"require": 0, "prefer": 1, "disable": 2}[b.encryption]
+            if b.encryption == "require":
+                s["allowed_enc_level"] = 2       # pe_rc4: the payload too, not just the handshake
+                s["prefer_rc4"] = True
+        return s
 
     def configure(self) -> dict:
         settings = self.settings()
@@ -68,6 +80,9 @@ class LibtorrentDriver(ClientDriver):
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         self.call("add_torrent", torrent_b64=base64.b64encode(torrent.read_bytes()).decode(),
                   save_path=self.data_dir, seed=seed)
+
+    def stop_torrent(self) -> None:
+        self.call("stop_torrent")
 
     def stats(self) -> PeerStats:
         s = self.call("status")

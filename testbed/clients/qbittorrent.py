@@ -15,7 +15,7 @@ class QBittorrentDriver(ClientDriver):
 
     def preferences(self) -> dict:
         """Web API preferences that differ from qBittorrent 4.5.2's defaults, and why."""
-        return {
+        p = {
             "dht": False, "pex": False, "lsd": False,            # the swarm is exactly the one defined
             "upnp": False,                                        # no UPnP/NAT-PMP probing
             "listen_port": self.peer_port, "random_port": False,
@@ -32,6 +32,16 @@ class QBittorrentDriver(ClientDriver):
             # bittorrent_protocol: 0 = TCP and uTP (the default), 1 = TCP only
             "bittorrent_protocol": 1 if self.behaviour.utp is False else 0,
         }
+        b = self.behaviour
+        if b.max_connections is not None:
+            p["max_connec_per_torrent"] = b.max_connections
+        if b.upload_slots is not None:
+            p["max_uploads_per_torrent"] = b.upload_slots
+            p["max_uploads"] = b.upload_slots
+        if b.encryption is not None:
+            # 0 prefer encryption (plaintext accepted), 1 require (force), 2 disable
+            p["encryption"] = {"prefer": 0, "require": 1, "disable": 2}[b.encryption]
+        return p
 
     def configure(self) -> dict:
         conf = self.host.host_dir / "config" / "qBittorrent" / "config"
@@ -93,6 +103,9 @@ class QBittorrentDriver(ClientDriver):
         # No recheck for a seeder: with no resume data qBittorrent checks the files it finds
         # on its own, and a recheck sent while it checks resume data stalls in checkingDL
         # (seen with 4.5.2).
+
+    def stop_torrent(self) -> None:
+        self._client().torrents_pause(torrent_hashes=self._torrent)
 
     def stats(self) -> PeerStats:
         (t,) = self._client().torrents_info(torrent_hashes=self._torrent)

@@ -36,7 +36,7 @@ class RTorrentDriver(ClientDriver):
 
     def settings(self) -> dict:
         """rtorrent.rc settings that differ from rtorrent 0.9.8's defaults, and why."""
-        return {
+        s = {
             "system.daemon.set": "true",
             "network.scgi.open_port": f"{self.host.ctl_ip}:{self.rpc_port}",   # control network only
             "network.bind_address.set": self.host.data_ip,                     # peers only on eth0
@@ -55,6 +55,19 @@ class RTorrentDriver(ClientDriver):
             "log.open_file": f"\"main\", {self.host.container_dir}/log/rtorrent.log",
             "log.add_output": "\"info\", \"main\"",
         }
+        b = self.behaviour
+        if b.max_connections is not None:
+            for kind in ("normal", "seed"):
+                s[f"throttle.min_peers.{kind}.set"] = str(b.max_connections)
+                s[f"throttle.max_peers.{kind}.set"] = str(b.max_connections)
+        if b.upload_slots is not None:
+            s["throttle.max_uploads.set"] = str(b.upload_slots)
+            s["throttle.max_uploads.global.set"] = str(b.upload_slots)
+        if b.encryption is not None:
+            s["protocol.encryption.set"] = {"require": "allow_incoming,try_outgoing,require,require_RC4",
+                                            "prefer": "allow_incoming,try_outgoing,enable_retry",
+                                            "disable": "none"}[b.encryption]
+        return s
 
     def configure(self) -> dict:
         conf = self.host.host_dir / "config" / "rtorrent"
@@ -98,6 +111,9 @@ class RTorrentDriver(ClientDriver):
         # rtorrent hash-checks files that already exist when it starts a torrent
         self.call("load.raw_start_verbose", "", xmlrpc.client.Binary(torrent.read_bytes()),
                   f"d.directory.set={self.data_dir}")
+
+    def stop_torrent(self) -> None:
+        self.call("d.stop", self._torrent)
 
     def stats(self) -> PeerStats:
         h = self._torrent

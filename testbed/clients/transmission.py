@@ -11,10 +11,12 @@ class TransmissionDriver(ClientDriver):
     name = "transmission"
     image = "transmission"
     rpc_port = 9091
+    unsupported = {"encryption=disable": "transmission 3.00 always accepts encrypted peers (its modes are "
+                   "tolerated, preferred and required), so 'encryption: disable' cannot be set"}
 
     def settings(self) -> dict:
         """Settings that differ from transmission 3.00's defaults, and why."""
-        return {
+        s = {
             "bind-address-ipv4": self.host.data_ip,   # peer traffic only on the emulated network
             "bind-address-ipv6": "::1",
             "rpc-bind-address": self.host.ctl_ip,     # control API only on the control network
@@ -45,6 +47,15 @@ class TransmissionDriver(ClientDriver):
             # fixed in 4.0), so with uTP on it cannot reach TCP-only peers (aria2, rtorrent).
             "utp-enabled": True if self.behaviour.utp is None else self.behaviour.utp,
         }
+        b = self.behaviour
+        if b.max_connections is not None:
+            s["peer-limit-per-torrent"] = b.max_connections
+        if b.upload_slots is not None:
+            s["upload-slots-per-torrent"] = b.upload_slots
+        if b.encryption is not None:
+            # settings.json: 0 tolerated (plaintext first), 1 preferred, 2 required
+            s["encryption"] = {"prefer": 1, "require": 2}[b.encryption]
+        return s
 
     def configure(self) -> dict:
         conf = self.host.host_dir / "config" / "transmission"
@@ -82,6 +93,9 @@ class TransmissionDriver(ClientDriver):
         self._torrent = t.id
         if seed:
             self._client().verify_torrent(t.id)
+
+    def stop_torrent(self) -> None:
+        self._client().stop_torrent(self._torrent)
 
     def stats(self) -> PeerStats:
         t = self._client().get_torrent(self._torrent, arguments=[
