@@ -78,6 +78,11 @@ def checks() -> list[Check]:
                      "sch_netem is absent from this kernel: links are shaped in rate and queue only, "
                      "with no added delay, jitter or loss (recorded in each run's manifest)",
                      "modprobe sch_netem (distribution kernels ship it as a module)", required=False))
+    from testbed import wire
+    ok, detail = wire.available() if root else (False, "not root")
+    out.append(Check("packet filter", ok,
+                     detail + ("" if ok else ": runs cannot use connectable: false, and summaries lack wire counters"),
+                     "apt-get install iptables (and a kernel with conntrack and string matches)", required=False))
     if client is not None:
         for img in images.all_images():
             built = images.exists(client, img)

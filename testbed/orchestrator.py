@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from testbed import cleanup, content, facts, images, runtime
+from testbed import cleanup, content, facts, images, runtime, wire
 from testbed.clients import DRIVERS, ClientDriver, PeerStats
 from testbed.errors import PreflightError, RunError, TestbedError
 from testbed.model import Experiment, resolved_yaml
@@ -30,6 +33,7 @@ from testbed.shaping import SHAPERS
 
 EventSink = Callable[[dict], None]
 SEED_VERIFY_TIMEOUT = 120.0
+ANNOUNCE_TIMEOUT = 30.0
 BRINGUP_LOCK = "/run/lock/testbed-bringup.lock" if os.path.isdir("/run/lock") else "/tmp/testbed-bringup.lock"
 
 
@@ -82,6 +86,11 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
     if plan_.experiment.topology.switch == "ovs" and not ovs_available():
         raise PreflightError("topology.switch: ovs is asked for, but Open vSwitch is not available here "
                              "(needs ovs-vsctl and the openvswitch kernel module); use switch: linuxbridge")
+    if any(not h.behaviour.connectable for h in plan_.hosts):
+        ok, why = wire.available()
+        if not ok:
+            raise PreflightError(f"behaviour.connectable: false needs a packet filter in each peer's namespace, "
+                                 f"which does not work here: {why} (see testbed doctor)")
     return images.require(client, {h.image for h in plan_.hosts})
 
 
@@ -112,6 +121,12 @@ class Swarm:
         self.baseline: dict[str, tuple[int, int]] = {}
         self.versions: dict[str, str] = {}
         self.written: dict[str, dict] = {}       # the settings each driver wrote
+        self.seed_start: dict[str, float] = {}   # swarm time each peer began to seed
+        self.seeding_stopped: dict[str, float] = {}
+        self.at_completion: dict[str, tuple[int, int]] = {}   # (interface, client) bytes up then
+        self.tcp_tables: dict[str, dict | None] = {}
+        self.tcp_max: dict[str, dict[str, int]] = {}
+        self.wire: dict[str, dict | None] = {}
         # the switch end of each host's access link, where its traffic is counted
         self.access_dev = {link.node1: link.intf2 for link in plan_.links if link.kind == "access"}
 
@@ -132,6 +147,14 @@ class Swarm:
         t = time.monotonic()
         self.net = network.build(self.plan, {n: h.pid for n, h in self.hosts.items()}, SHAPERS["htb"]())
         self.emit(self.rd.event("network", links=len(self.plan.links), seconds=round(time.monotonic() - t, 3)))
+        for hp in self.plan.hosts:
+            if hp.client:
+                try:
+                    wire.install(self.hosts[hp.name].pid, hp.name, "eth0", hp.behaviour.connectable)
+                except RunError as exc:
+                    if not hp.behaviour.connectable:     # the experiment depends on it
+                        raise
+                    self.emit(self.rd.event("wire_counters_unavailable", host=hp.name, error=str(exc)))
 
     def start_tracker(self) -> None:
         h = self.hosts["tracker"]
@@ -193,10 +216,36 @@ class Swarm:
                 raise RunError(f"seeder(s) {', '.join(sorted(pending))} did not verify the content "
                                f"within {SEED_VERIFY_TIMEOUT:g}s")
             time.sleep(0.2)
+        self.wait_seeders_announced(len(seeders))
+
+    def scrape(self) -> int | None:
+        """Seeders the tracker knows of, from its scrape, asked inside the tracker's own
+        namespace (the request goes to the tracker's address from its own host)."""
+        url = self.plan.tracker_url.replace("/announce", "/scrape") + "?info_hash=" + \
+            urllib.parse.quote(bytes.fromhex(self.infohash))
+        code = "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=2).read())"
+        r = subprocess.run(["nsenter", f"--net=/proc/{self.hosts['tracker'].pid}/ns/net", sys.executable, "-c", code,
+                            url], capture_output=True, timeout=10)
+        m = re.search(rb"8:completei(\d+)e", r.stdout)
+        return int(m.group(1)) if r.returncode == 0 and m else None
+
+    def wait_seeders_announced(self, seeders: int) -> None:
+        """Leechers start once the tracker lists every seeder. A seeder announces a moment after
+        it verifies; a leecher announcing before that would get no seeder in its first reply,
+        and a leecher that cannot accept connections (connectable: false) would then wait a
+        whole announce interval."""
+        deadline = time.monotonic() + ANNOUNCE_TIMEOUT
+        while (known := self.scrape() or 0) < seeders:
+            if time.monotonic() > deadline:
+                raise RunError(f"the tracker lists {known} of {seeders} seeder(s) {ANNOUNCE_TIMEOUT:g}s after "
+                               f"they verified the content (see hosts/*/log)")
+            time.sleep(0.2)
+        self.emit(self.rd.event("seeders_announced", seeders=known))
 
     def start_swarm(self) -> None:
         self.baseline = self.read_counters()
         self.swarm_t0 = time.monotonic()
+        self.seed_start = {hp.name: 0.0 for hp in self.plan.by_role("seeder")}
         self.emit(self.rd.event("swarm_start", leechers=len(self.plan.by_role("leecher")), t_min_s=self.plan.t_min_s))
         for ev in self.plan.timeline:
             if ev.action == "start_leecher":
@@ -229,6 +278,8 @@ class Swarm:
     def sample(self, pool: ThreadPoolExecutor) -> float:
         t = time.monotonic() - self.swarm_t0
         stats = dict(zip(self.drivers, pool.map(self._stats, self.drivers)))
+        tables = dict(zip(self.drivers, pool.map(
+            lambda n: wire.tcp_table(self.hosts[n].pid, self.drivers[n].peer_port), self.drivers)))
         counters = self.read_counters()
         for name, s in stats.items():
             up, down = (c - b for c, b in zip(counters[name], self.baseline[name]))
@@ -236,14 +287,43 @@ class Swarm:
             if s is None:
                 continue
             self.last[name] = s
+            table = tables[name]
+            tcp = wire.tcp_activity(self.tcp_tables.get(name), table)
+            self.tcp_tables[name] = table
+            self.tcp_max[name] = {k: max(v, self.tcp_max.get(name, {}).get(k, 0)) for k, v in tcp.items()}
             self.rd.sample({"t": round(t, 3), "peer": name, "progress": round(s.progress, 5),
                             "rate_up": s.rate_up, "rate_down": s.rate_down, "client_bytes_up": s.bytes_up,
                             "client_bytes_down": s.bytes_down, "if_bytes_up": up, "if_bytes_down": down,
-                            "peers": s.peers})
+                            "peers": s.peers, **tcp})
             if name in self.peer_started and name not in self.completion and s.progress >= 1.0:
                 self.completion[name] = t - self.peer_started[name]
+                self.seed_start[name] = t
+                self.at_completion[name] = (up, s.bytes_up)
                 self.emit(self.rd.event("peer_complete", host=name, completion_s=round(self.completion[name], 3)))
+            self.apply_seeding_policy(name, s, t)
         return t
+
+    def apply_seeding_policy(self, name: str, s: PeerStats, t: float) -> None:
+        """Stop a seeding peer whose policy says so, through its client's API, as its user would.
+
+        The testbed enforces the policy rather than each client's own ratio/time settings:
+        the clients differ (transmission 3.00 has only an idle-time limit, others count
+        ratio against downloaded bytes, some check once a minute), and the experiment
+        needs one meaning for every client. It acts on the sample that sees the condition.
+        """
+        if name not in self.seed_start or name in self.seeding_stopped:
+            return
+        policy, amount = self.plan.host(name).behaviour.seeding_policy()
+        if (policy == "stop" or (policy == "duration" and t - self.seed_start[name] >= amount)
+                or (policy == "ratio" and s.bytes_up >= amount * self.plan.content_bytes)):
+            try:
+                self.drivers[name].stop_torrent()
+            except Exception as exc:
+                self.errors.setdefault(name, f"stopping the torrent: {exc.__class__.__name__}: {exc}")
+                self.emit(self.rd.event("client_error", host=name, error=self.errors[name]))
+            self.seeding_stopped[name] = t
+            self.emit(self.rd.event("seeding_stopped", host=name, policy=policy, t_swarm=round(t, 3),
+                                    bytes_up=s.bytes_up))
 
     def measure(self, timeout: float) -> str:
         leechers = [h.name for h in self.plan.by_role("leecher")]
@@ -263,6 +343,11 @@ class Swarm:
                 time.sleep(max(0.0, self.interval - (time.monotonic() - tick)))
 
     # ------------------------------------------------------------ teardown
+    def read_wire(self) -> None:
+        """The wire counters of every peer, read before its namespace goes away."""
+        for name in self.drivers:
+            self.wire[name] = wire.read(self.hosts[name].pid)
+
     def stop_clients(self) -> None:
         for d in self.drivers.values():
             try:
@@ -303,6 +388,9 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
         s = sw.last.get(h.name)
         up, down = (c - b for c, b in zip(sw.counters.get(h.name, (0, 0)), sw.baseline.get(h.name, (0, 0))))
         completed = h.role == "seeder" or h.name in sw.completion
+        policy, amount = h.behaviour.seeding_policy()
+        at = sw.at_completion.get(h.name)
+        stopped = sw.seeding_stopped.get(h.name)
         peers.append({
             "name": h.name, "group": h.group, "role": h.role, "client": h.client,
             "client_version": sw.versions.get(h.name),
@@ -314,6 +402,14 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
             "sha256_ok": bool(sha_ok.get(h.name)),
             "file_present": sha_ok.get(h.name) is not None,
             "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
+            # what it uploaded after completing: on the wire, and by its client's count
+            "if_bytes_up_after_completion": up - at[0] if at else None,
+            "bytes_up_after_completion": (s.bytes_up - at[1]) if at and s else None,
+            "seeding": {"policy": policy, "amount": amount,
+                        "stopped_s": round(stopped, 3) if stopped is not None else None},
+            "connectable": h.behaviour.connectable,
+            "tcp_max": sw.tcp_max.get(h.name, {}),     # most at once, over the samples
+            "wire": sw.wire.get(h.name),
             "error": sw.errors.get(h.name),
         })
     times = list(sw.completion.values())
@@ -409,6 +505,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         error = f"{exc.__class__.__name__}: {exc}"
         rd.event("traceback", text=traceback.format_exc())
     finally:
+        if sw.hosts:
+            sw.read_wire()
         sw.stop_clients()
         sha_ok = sw.verify() if sw.hosts else {}
         if status == "complete" and not all(sha_ok.get(h.name) for h in p.by_role("leecher")):

@@ -1,0 +1,147 @@
+"""What each peer does on the wire, observed in its own network namespace.
+
+Three jobs. The first two are done with iptables in the container's namespace (run from the machine
+with `nsenter --net`, because the client images carry no iptables):
+
+- connectable: false. New inbound flows on the data interface are dropped, as a home
+  NAT or firewall does; replies to the peer's own outgoing connections (TCP and uTP)
+  pass, because conntrack sees them as ESTABLISHED. The drop counter says how many
+  connection attempts the peer refused.
+- wire counters. Every packet carrying the plaintext BitTorrent handshake
+  ("\\x13BitTorrent protocol") is counted, in and out. An encrypted (MSE/PE) connection
+  never carries it, so these counters show from the wire whether a client kept to its
+  encryption setting. uTP packets are counted too (the string match does not care).
+
+- TCP connections by direction, from `ss` in the namespace: established connections this
+  peer accepted (inbound) and ones it dialed (outbound), and how many of them carried at
+  least one 16 KiB block up or down in the last sample interval (upload slots in use,
+  peers it downloads from). uTP connections are UDP and not in it.
+
+iptables-legacy, not nft: this is what the platform has measured to work inside a
+namespace (PLATFORM.md), and iptables is the interface every distribution ships.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from testbed.errors import RunError
+
+IPTABLES = "iptables-legacy" if shutil.which("iptables-legacy") else "iptables"
+HANDSHAKE_HEX = "|13|BitTorrent protocol"
+COUNTERS = ("inbound_refused", "plain_handshakes_in", "plain_handshakes_out")
+
+
+def rules(data_if: str, connectable: bool) -> list[list[str]]:
+    """iptables argument lists for one host (pure, so the unit tests can read them)."""
+    out = [["-N", "TB_IN"], ["-N", "TB_OUT"],
+           ["-A", "INPUT", "-i", data_if, "-j", "TB_IN"], ["-A", "OUTPUT", "-o", data_if, "-j", "TB_OUT"]]
+    if not connectable:
+        out.append(["-A", "TB_IN", "-m", "conntrack", "--ctstate", "NEW",
+                    "-m", "comment", "--comment", "inbound_refused", "-j", "DROP"])
+    for chain, name in (("TB_IN", "plain_handshakes_in"), ("TB_OUT", "plain_handshakes_out")):
+        out.append(["-A", chain, "-m", "string", "--algo", "bm", "--hex-string", HANDSHAKE_HEX,
+                    "-m", "comment", "--comment", name])
+    return out
+
+
+def _ipt(pid: int, args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", IPTABLES, "-w", *args],
+                          capture_output=True, text=True)
+
+
+def install(pid: int, host: str, data_if: str, connectable: bool) -> None:
+    for args in rules(data_if, connectable):
+        r = _ipt(pid, args)
+        if r.returncode != 0:
+            raise RunError(f"{host}: packet filter rule `{IPTABLES} {' '.join(args)}` failed: "
+                           f"{r.stderr.strip()} (see testbed doctor)")
+
+
+def parse_counters(listing: str) -> dict[str, int]:
+    """Packet counts by rule comment, from `iptables -L -v -x -n` output."""
+    found = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        if "/*" in fields and fields[0].isdigit():
+            found[fields[fields.index("/*") + 1]] = int(fields[0])
+    return found
+
+
+def read(pid: int) -> dict[str, int] | None:
+    """The host's counters, or None if its namespace is gone."""
+    found: dict[str, int] = {}
+    for chain in ("TB_IN", "TB_OUT"):
+        r = _ipt(pid, ["-L", chain, "-v", "-x", "-n"])
+        if r.returncode != 0:
+            return None
+        found.update(parse_counters(r.stdout))
+    return {k: found[k] for k in COUNTERS if k in found}
+
+
+def available() -> tuple[bool, str]:
+    """Whether the rules above load here, tried in a throwaway namespace."""
+    import os
+    if os.geteuid() != 0:
+        return False, "not root"
+    ns = f"tb{os.getpid() % 0xFFFFFF:06x}-nfprobe"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        return False, "cannot create a network namespace"
+    try:
+        for args in rules("lo", connectable=False):
+            r = subprocess.run(["ip", "netns", "exec", ns, IPTABLES, "-w", *args], capture_output=True, text=True)
+            if r.returncode != 0:
+                return False, f"`{IPTABLES} {' '.join(args)}` failed: {r.stderr.strip()}"
+        return True, f"{IPTABLES} with conntrack and string matches works in a namespace"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+BLOCK = 16 * 1024     # one BitTorrent request; less than this in a second is not a transfer
+
+
+def tcp_table(pid: int, peer_port: int) -> dict[tuple, tuple[bool, int, int]] | None:
+    """The host's established TCP connections to other peers, from `ss` run in its namespace:
+    {(local port, remote address, remote port): (inbound, bytes acked, bytes received)}.
+
+    Only sockets the client holds (inode != 0): a connection the kernel completed in a
+    listen backlog that the client never accepted is not one of its connections. All peers
+    listen on the same port, so a connection to that remote port was dialed; one on that
+    local port from another remote port was accepted.
+    """
+    r = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-tinHe", "state", "established"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    table: dict[tuple, tuple[bool, int, int]] = {}
+    key = None
+    for line in r.stdout.splitlines():
+        if not line[:1].isspace():
+            fields = line.split()
+            key = None
+            if len(fields) < 5 or fields[4] == "ino:0":
+                continue
+            laddr, lport = fields[2].rsplit(":", 1)
+            raddr, rport = fields[3].rsplit(":", 1)
+            lport_i, rport_i = int(lport), int(rport)
+            # a client that the tracker lists to itself may dial itself: not a peer connection
+            if (rport_i == peer_port or lport_i == peer_port) and raddr != laddr:
+                key = (lport_i, raddr, rport_i)
+                table[key] = (rport_i != peer_port, 0, 0)
+        elif key is not None:
+            info = dict(f.split(":", 1) for f in line.split() if f.startswith(("bytes_acked:", "bytes_received:")))
+            table[key] = (table[key][0], int(info.get("bytes_acked", 0)), int(info.get("bytes_received", 0)))
+    return table
+
+
+def tcp_activity(before: dict | None, now: dict | None) -> dict[str, int]:
+    """Connections by direction, and how many moved at least one block each way since `before`."""
+    now = now or {}
+    before = before or {}
+    out = {"tcp_in": 0, "tcp_out": 0, "tcp_uploading": 0, "tcp_downloading": 0}
+    for key, (inbound, acked, received) in now.items():
+        out["tcp_in" if inbound else "tcp_out"] += 1
+        _, acked0, received0 = before.get(key, (inbound, 0, 0))
+        out["tcp_uploading"] += acked - acked0 >= BLOCK
+        out["tcp_downloading"] += received - received0 >= BLOCK
+    return out
