@@ -121,6 +121,7 @@ class Swarm:
         self.baseline: dict[str, tuple[int, int]] = {}
         self.versions: dict[str, str] = {}
         self.written: dict[str, dict] = {}       # the settings each driver wrote
+        self.seeding = {h.name: h.behaviour.seeding_policy() for h in plan_.hosts if h.client}
         self.seed_start: dict[str, float] = {}   # swarm time each peer began to seed
         self.seeding_stopped: dict[str, float] = {}
         self.at_completion: dict[str, tuple[int, int]] = {}   # (interface, client) bytes up then
@@ -313,7 +314,7 @@ class Swarm:
         """
         if name not in self.seed_start or name in self.seeding_stopped:
             return
-        policy, amount = self.plan.host(name).behaviour.seeding_policy()
+        policy, amount = self.seeding[name]
         if (policy == "stop" or (policy == "duration" and t - self.seed_start[name] >= amount)
                 or (policy == "ratio" and s.bytes_up >= amount * self.plan.content_bytes)):
             try:

@@ -1,7 +1,7 @@
 """What each peer does on the wire, observed in its own network namespace.
 
-Three jobs. The first two are done with iptables in the container's namespace (run from the machine
-with `nsenter --net`, because the client images carry no iptables):
+Three jobs. The first two are done with iptables in the container's namespace (run from
+the machine with `nsenter --net`, because the client images carry no iptables):
 
 - connectable: false. New inbound flows on the data interface are dropped, as a home
   NAT or firewall does; replies to the peer's own outgoing connections (TCP and uTP)
@@ -22,6 +22,7 @@ namespace (PLATFORM.md), and iptables is the interface every distribution ships.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -81,7 +82,6 @@ def read(pid: int) -> dict[str, int] | None:
 
 def available() -> tuple[bool, str]:
     """Whether the rules above load here, tried in a throwaway namespace."""
-    import os
     if os.geteuid() != 0:
         return False, "not root"
     ns = f"tb{os.getpid() % 0xFFFFFF:06x}-nfprobe"

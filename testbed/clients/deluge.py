@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats
+from testbed.clients.libtorrent import ENC_POLICY
 
 USER, PASSWORD = "testbed", "testbed"
 
@@ -44,8 +45,7 @@ class DelugeDriver(ClientDriver):
             s["max_upload_slots_per_torrent"] = b.upload_slots
             s["max_upload_slots_global"] = b.upload_slots
         if b.encryption is not None:
-            # libtorrent's enc_policy: 0 forced, 1 enabled, 2 disabled
-            s["enc_in_policy"] = s["enc_out_policy"] = {"require": 0, "prefer": 1, "disable": 2}[b.encryption]
+            s["enc_in_policy"] = s["enc_out_policy"] = ENC_POLICY[b.encryption]
             if b.encryption == "require":
                 s["enc_level"] = 1               # full stream (RC4), not only the handshake
         return s

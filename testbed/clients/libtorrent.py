@@ -10,6 +10,10 @@ from pathlib import Path
 from testbed.clients.base import ClientDriver, PeerStats
 from testbed.errors import RunError
 
+# libtorrent's enc_policy values (pe_forced, pe_enabled, pe_disabled); deluge and
+# qBittorrent sit on libtorrent, deluge passes these through as they are
+ENC_POLICY = {"require": 0, "prefer": 1, "disable": 2}
+
 
 class LibtorrentDriver(ClientDriver):
     name = "libtorrent"
@@ -38,8 +42,7 @@ class LibtorrentDriver(ClientDriver):
         if b.upload_slots is not None:
             s["unchoke_slots_limit"] = b.upload_slots
         if b.encryption is not None:
-            # enc_policy: 0 pe_forced, 1 pe_enabled, 2 pe_disabled
-            s["out_enc_policy"] = s["in_enc_policy"] = {"require": 0, "prefer": 1, "disable": 2}[b.encryption]
+            s["out_enc_policy"] = s["in_enc_policy"] = ENC_POLICY[b.encryption]
             if b.encryption == "require":
                 s["allowed_enc_level"] = 2       # pe_rc4: the payload too, not just the handshake
                 s["prefer_rc4"] = True

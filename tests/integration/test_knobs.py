@@ -81,6 +81,11 @@ class Run:
     def column(self, peer: str, key: str) -> list[float]:
         return [r[key] for r in self.rows[peer]]
 
+    def after_stop(self, peer: str, grace: float = 2.0) -> list[dict]:
+        """Samples from `grace` seconds after the testbed stopped the peer's torrent (its
+        link's queue has drained by then)."""
+        return [r for r in self.rows[peer] if r["t"] >= self.peers[peer]["seeding"]["stopped_s"] + grace]
+
 
 def _run(key: str, out: Path) -> Run:
     path = out / f"{key}.yaml"
@@ -116,7 +121,7 @@ def test_stop_on_completion_uploads_nothing_after_completing(runs):
         # ... and on the wire, once its link's queue drained: no connection carried a block in
         # any second, and all that left it was protocol chatter and the kernel retransmitting
         # what had been written before the stop (TCP delivers a closed socket's data)
-        after = [row for row in r.rows[name] if row["t"] >= p["seeding"]["stopped_s"] + 2]
+        after = r.after_stop(name)
         assert all(row["tcp_uploading"] == 0 for row in after), name
         assert after[-1]["if_bytes_up"] - after[0]["if_bytes_up"] < 4 * BLOCK, name
     # the control leecher, seeding on, did upload after completing: there was demand to refuse
@@ -132,8 +137,7 @@ def test_seeding_for_a_duration_and_until_a_ratio(runs):
                  if '"seeding_stopped"' in line and '"share"' in line)
     assert event["bytes_up"] >= 0.25 * r.summary["content_bytes"]
     for name in ("linger", "share"):
-        after = [row for row in r.rows[name] if row["t"] >= r.peers[name]["seeding"]["stopped_s"] + 2]
-        assert all(row["tcp_uploading"] == 0 for row in after), name
+        assert all(row["tcp_uploading"] == 0 for row in r.after_stop(name)), name
 
 
 def test_max_connections_is_obeyed(runs):
