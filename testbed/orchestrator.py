@@ -220,18 +220,22 @@ class Swarm:
         self.wait_seeders_announced(len(seeders))
 
     def scrape(self) -> int | None:
-        """Seeders the tracker knows of, from its scrape, asked inside the tracker's own
-        namespace (the request goes to the tracker's address from its own host)."""
+        """Peers the tracker lists for the torrent, from its scrape, asked inside the tracker's
+        own namespace (the request goes to the tracker's address from its own host).
+
+        Complete and incomplete both count: a seeder that announced before its recheck
+        ended (deluge does) is listed as incomplete until its next announce, and is handed
+        to leechers all the same."""
         url = self.plan.tracker_url.replace("/announce", "/scrape") + "?info_hash=" + \
             urllib.parse.quote(bytes.fromhex(self.infohash))
         code = "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=2).read())"
         r = subprocess.run(["nsenter", f"--net=/proc/{self.hosts['tracker'].pid}/ns/net", sys.executable, "-c", code,
                             url], capture_output=True, timeout=10)
-        m = re.search(rb"8:completei(\d+)e", r.stdout)
-        return int(m.group(1)) if r.returncode == 0 and m else None
+        counts = re.findall(rb"(?:8:complete|10:incomplete)i(\d+)e", r.stdout)
+        return sum(int(c) for c in counts) if r.returncode == 0 and counts else None
 
     def wait_seeders_announced(self, seeders: int) -> None:
-        """Leechers start once the tracker lists every seeder. A seeder announces a moment after
+        """Leechers start once the tracker lists every seeder (only seeders have announced yet). A seeder announces a moment after
         it verifies; a leecher announcing before that would get no seeder in its first reply,
         and a leecher that cannot accept connections (connectable: false) would then wait a
         whole announce interval."""
