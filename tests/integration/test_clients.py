@@ -71,9 +71,10 @@ def capped_runs(docker_client, tmp_path_factory):
         return dict(zip(DRIVERS, pool.map(lambda c: _capped_seeder(c, out), DRIVERS)))
 
 
-RTORRENT_OVERSHOOT = pytest.mark.xfail(strict=True, reason=(
-    "rtorrent 0.9.8 overshoots its own cap: with throttle.global_up.max_rate 122 KiB/s (999 kbit/s) it "
-    "reported 1067 kbit/s of payload and 1125 kbit/s crossed its interface (measured on this project's CI)"))
+RTORRENT_OVERSHOOT = pytest.mark.xfail(strict=False, reason=(
+    "rtorrent 0.9.8 overshoots its own cap in some runs: with throttle.global_up.max_rate 122 KiB/s "
+    "(999 kbit/s) it once reported 1067 kbit/s of payload and 1125 kbit/s crossed its interface; "
+    "in other runs it stays within 10 % (both seen on this project's CI)"))
 
 
 @pytest.mark.parametrize("client", [pytest.param(c, marks=RTORRENT_OVERSHOOT) if c == "rtorrent" else c
