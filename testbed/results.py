@@ -6,7 +6,8 @@ results/<run_id>/
   events.jsonl      one JSON object per line, appended as things happen
   samples.csv       per second, per peer: client-reported and interface-counted bytes,
                     established TCP connections accepted (tcp_in) and dialed (tcp_out), and
-                    how many carried a 16 KiB block up / down in the interval
+                    how many carried a 16 KiB block up / down in the interval, and the
+                    bytes in their send queues
   summary.json      status, t_min_s, per-peer outcome (written last; partial on failure)
   hosts/<name>/     each host's client configuration and logs
 Files that are replaced are written atomically (temp file + rename).
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 SAMPLE_FIELDS = ["t", "peer", "progress", "rate_up", "rate_down", "client_bytes_up", "client_bytes_down",
-                 "if_bytes_up", "if_bytes_down", "peers", "tcp_in", "tcp_out", "tcp_uploading", "tcp_downloading"]
+                 "if_bytes_up", "if_bytes_down", "peers", "tcp_in", "tcp_out", "tcp_uploading", "tcp_downloading",
+                 "tcp_send_queue"]
 
 
 def write_atomic(path: Path, text: str) -> None:

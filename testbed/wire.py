@@ -15,7 +15,8 @@ the machine with `nsenter --net`, because the client images carry no iptables):
 - TCP connections by direction, from `ss` in the namespace: established connections this
   peer accepted (inbound) and ones it dialed (outbound), and how many of them carried at
   least one 16 KiB block up or down in the last sample interval (upload slots in use,
-  peers it downloads from). uTP connections are UDP and not in it.
+  peers it downloads from), and the bytes waiting in their send queues. uTP connections
+  are UDP and not in it.
 
 iptables-legacy, not nft: this is what the platform has measured to work inside a
 namespace (PLATFORM.md), and iptables is the interface every distribution ships.
@@ -100,9 +101,11 @@ def available() -> tuple[bool, str]:
 BLOCK = 16 * 1024     # one BitTorrent request; less than this in a second is not a transfer
 
 
-def tcp_table(pid: int, peer_port: int) -> dict[tuple, tuple[bool, int, int]] | None:
+def tcp_table(pid: int, peer_port: int) -> dict[tuple, tuple[bool, int, int, int]] | None:
     """The host's established TCP connections to other peers, from `ss` run in its namespace:
-    {(local port, remote address, remote port): (inbound, bytes acked, bytes received)}.
+    {(local port, remote address, remote port): (inbound, bytes acked, bytes received, send queue)}.
+    The send queue is what the client has written and the other end not yet acknowledged:
+    the kernel delivers it even if the client closes the socket now.
 
     Only sockets the client holds (inode != 0): a connection the kernel completed in a
     listen backlog that the client never accepted is not one of its connections. All peers
@@ -113,7 +116,7 @@ def tcp_table(pid: int, peer_port: int) -> dict[tuple, tuple[bool, int, int]] | 
                        capture_output=True, text=True)
     if r.returncode != 0:
         return None
-    table: dict[tuple, tuple[bool, int, int]] = {}
+    table: dict[tuple, tuple[bool, int, int, int]] = {}
     key = None
     for line in r.stdout.splitlines():
         if not line[:1].isspace():
@@ -127,21 +130,24 @@ def tcp_table(pid: int, peer_port: int) -> dict[tuple, tuple[bool, int, int]] | 
             # a client that the tracker lists to itself may dial itself: not a peer connection
             if (rport_i == peer_port or lport_i == peer_port) and raddr != laddr:
                 key = (lport_i, raddr, rport_i)
-                table[key] = (rport_i != peer_port, 0, 0)
+                table[key] = (rport_i != peer_port, 0, 0, int(fields[1]))
         elif key is not None:
             info = dict(f.split(":", 1) for f in line.split() if f.startswith(("bytes_acked:", "bytes_received:")))
-            table[key] = (table[key][0], int(info.get("bytes_acked", 0)), int(info.get("bytes_received", 0)))
+            inbound, _, _, send_q = table[key]
+            table[key] = (inbound, int(info.get("bytes_acked", 0)), int(info.get("bytes_received", 0)), send_q)
     return table
 
 
 def tcp_activity(before: dict | None, now: dict | None) -> dict[str, int]:
-    """Connections by direction, and how many moved at least one block each way since `before`."""
+    """Connections by direction, how many moved at least one block each way since `before`,
+    and the bytes queued for sending on all of them."""
     now = now or {}
     before = before or {}
-    out = {"tcp_in": 0, "tcp_out": 0, "tcp_uploading": 0, "tcp_downloading": 0}
-    for key, (inbound, acked, received) in now.items():
+    out = {"tcp_in": 0, "tcp_out": 0, "tcp_uploading": 0, "tcp_downloading": 0, "tcp_send_queue": 0}
+    for key, (inbound, acked, received, send_q) in now.items():
         out["tcp_in" if inbound else "tcp_out"] += 1
-        _, acked0, received0 = before.get(key, (inbound, 0, 0))
+        _, acked0, received0, _ = before.get(key, (inbound, 0, 0, 0))
         out["tcp_uploading"] += acked - acked0 >= BLOCK
         out["tcp_downloading"] += received - received0 >= BLOCK
+        out["tcp_send_queue"] += send_q
     return out

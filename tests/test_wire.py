@@ -28,7 +28,7 @@ def test_counters_are_read_by_comment():
     assert wire.parse_counters(LISTING) == {"inbound_refused": 12, "plain_handshakes_in": 3}
 
 
-SS = """0 0 198.18.0.5:40000 198.18.0.6:6666 ino:101 sk:1 cgroup:/ <->
+SS = """0 3000 198.18.0.5:40000 198.18.0.6:6666 ino:101 sk:1 cgroup:/ <->
 \t ts sack wscale:9,9 bytes_sent:90000 bytes_acked:80000 bytes_received:20 segs_out:9
 0 0 198.18.0.5:6666 198.18.0.7:50000 ino:102 sk:2 cgroup:/ <->
 \t ts sack bytes_acked:1 bytes_received:200000 segs_out:4
@@ -43,7 +43,8 @@ def test_tcp_table_splits_by_who_dialed_and_skips_unaccepted_and_tracker(monkeyp
     import subprocess
     monkeypatch.setattr(wire.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, SS, ""))
     table = wire.tcp_table(7, 6666)
-    assert table == {(40000, "198.18.0.6", 6666): (False, 80000, 20),
-                     (6666, "198.18.0.7", 50000): (True, 1, 200000)}
-    before = {(40000, "198.18.0.6", 6666): (False, 70000, 0), (6666, "198.18.0.7", 50000): (True, 1, 0)}
-    assert wire.tcp_activity(before, table) == {"tcp_in": 1, "tcp_out": 1, "tcp_uploading": 0, "tcp_downloading": 1}
+    assert table == {(40000, "198.18.0.6", 6666): (False, 80000, 20, 3000),
+                     (6666, "198.18.0.7", 50000): (True, 1, 200000, 0)}
+    before = {(40000, "198.18.0.6", 6666): (False, 70000, 0, 0), (6666, "198.18.0.7", 50000): (True, 1, 0, 0)}
+    assert wire.tcp_activity(before, table) == {"tcp_in": 1, "tcp_out": 1, "tcp_uploading": 0, "tcp_downloading": 1,
+                                                "tcp_send_queue": 3000}
