@@ -87,11 +87,12 @@ class DelugeDriver(ClientDriver):
 
     def add_torrent(self, torrent: Path, seed: bool) -> None:
         import base64
+        # No recheck for a seeder: with no resume data libtorrent checks the files it finds
+        # on its own. A recheck sent on top (as before) left the torrent Queued, announced
+        # 'stopped', until libtorrent's next queue pass up to 30 s later.
         self._torrent = self._client().call("core.add_torrent_file", torrent.name,
-                                       base64.b64encode(torrent.read_bytes()).decode(),
-                                       {"download_location": self.data_dir})
-        if seed:
-            self._client().call("core.force_recheck", [self._torrent])
+                                            base64.b64encode(torrent.read_bytes()).decode(),
+                                            {"download_location": self.data_dir})
 
     def stop_torrent(self) -> None:
         self._client().call("core.pause_torrent", self._torrent)
