@@ -15,7 +15,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
                       ValidationError)
 
-from testbed import units
+from testbed import traces, units
 from testbed.errors import InputError
 
 
@@ -29,20 +29,78 @@ def _unit(parser, formatter):
 
 
 Rate = Annotated[float, *_unit(units.parse_rate, units.fmt_rate)]
-Size = Annotated[int, *_unit(units.parse_size, units.fmt_size)]
-Duration = Annotated[float, *_unit(units.parse_duration, lambda s: f"{s:g}s")]
+Size = Annotated[int, *_unit(units.parse_size, units.exact_size)]
+Duration = Annotated[float, *_unit(units.parse_duration, units.exact_duration)]
+Percent = Annotated[float, *_unit(units.parse_percent, units.fmt_percent)]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AccessLink(Strict):
-    """A host's access link: upload (host to network) and download rates, drop-tail queue."""
+class RateStep(Strict):
+    """One step of a rate schedule: from `at` (seconds after the swarm starts) the rate is `rate`."""
 
+    at: Duration
+    rate: Rate
+
+
+# A time-varying rate: a trace file (Mahimahi: one 1500-byte delivery opportunity per line,
+# in ms; or a .csv of time,rate) or an inline schedule of steps.
+RateTrace = str | list[RateStep]
+
+
+class Throttle(Strict):
+    throttle: Rate
+
+
+class DataPlan(Strict):
+    """A metered access plan: what the carrier counts, the cap, what happens there, the tariff.
+
+    Bytes are counted at the IP layer (what carriers bill), GB = 10^9 bytes. Prices are in
+    `currency` units."""
+
+    cap: Size | None = None             # data included per billing period; None: no cap
+    period: Duration = 30 * 86400.0     # billing period
+    used: Size = 0                      # already used in this period when the run starts
+    counts: Literal["both", "up", "down"] = "both"
+    # overage: traffic goes on, billed at overage_per_gb; {throttle: RATE}: the carrier slows
+    # the link to RATE both ways; cut: the carrier cuts the link; stop_seeding: the user's
+    # client stops seeding once the cap is reached (downloading goes on, billed as overage)
+    at_cap: Literal["overage", "cut", "stop_seeding"] | Throttle = "overage"
+    fee: float = 0.0                    # per billing period
+    per_gb: float = 0.0                 # every GB counted
+    per_minute: float = 0.0             # every minute the peer is in the swarm
+    overage_per_gb: float = 0.0         # every GB counted above the cap
+    currency: str = "EUR"
+
+
+class AccessLink(Strict):
+    """A host's access link. `profile` takes every field from topologies/profiles.yaml; a field
+    written here overrides the profile's value."""
+
+    profile: str | None = None
+    up: Rate | None = None              # host -> network
+    down: Rate | None = None            # network -> host
+    delay: Duration = 0.0               # one-way, added in each direction of this link
+    jitter: Duration = 0.0              # +/- uniformly around the delay
+    loss: Percent = 0.0                 # random per packet, each direction
+    reorder: bool = False               # True: jitter may reorder packets (as netem's own default)
+    queue: int = Field(100, description="drop-tail queue length, packets, each direction")
+    up_trace: RateTrace | None = None   # the upload rate follows this trace instead of `up`
+    down_trace: RateTrace | None = None
+    plan: DataPlan | None = None
+
+
+class LinkProfile(Strict):
+    description: str = ""
+    source: str
     up: Rate
     down: Rate
-    queue: int = Field(100, description="drop-tail queue length, packets, each direction")
+    delay: Duration = 0.0
+    jitter: Duration = 0.0
+    loss: Percent = 0.0
+    queue: int = 100
 
 
 class CoreLink(Strict):
@@ -154,6 +212,9 @@ class Experiment(Strict):
     start: Start = Start()
     timeout: Duration = 600.0
     repetitions: int = 1
+    # how delay, jitter and loss are made: netem (the kernel's), userspace (an NFQUEUE element
+    # at each receiving host), or auto: netem where the kernel has it, else userspace
+    shaper: Literal["auto", "netem", "userspace"] = "auto"
 
     def groups(self) -> list[tuple[str, PeerGroup]]:
         return [("seeder", g) for g in self.seeders] + [("leecher", g) for g in self.peers]
@@ -230,8 +291,48 @@ def load_topology(name: str, source: str, base_dir: Path | None) -> Topology:
         raise InputError(_sentence(str(path), exc)) from None
 
 
+PROFILES_FILE = TOPOLOGY_DIR / "profiles.yaml"
+
+
+def link_profiles() -> dict[str, LinkProfile]:
+    """The named access-link profiles of topologies/profiles.yaml."""
+    data = _read_yaml(PROFILES_FILE, "link profile")
+    try:
+        return {str(k): LinkProfile.model_validate(v) for k, v in (data or {}).items()}
+    except ValidationError as exc:
+        raise InputError(_sentence(str(PROFILES_FILE), exc)) from None
+
+
+def resolve_access(access: AccessLink, where: str, source: str, base_dir: Path | None,
+                   profiles: dict[str, LinkProfile]) -> AccessLink:
+    """The access link with its profile's values filled in (fields written here win) and trace
+    files resolved to absolute paths, checked to be readable."""
+    update: dict[str, Any] = {}
+    if access.profile is not None:
+        prof = profiles.get(access.profile)
+        if prof is None:
+            close = difflib.get_close_matches(access.profile, list(profiles), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(profiles)})"
+            raise InputError(f"{source}: {where}.profile: unknown link profile '{access.profile}'{hint}")
+        for key in ("up", "down", "delay", "jitter", "loss", "queue"):
+            if key not in access.model_fields_set:
+                update[key] = getattr(prof, key)
+    for key in ("up_trace", "down_trace"):
+        ref = getattr(access, key)
+        try:
+            if isinstance(ref, str):
+                update[key] = str(traces.resolve(ref, base_dir))
+                traces.load(update[key])
+            elif ref is not None:
+                traces.from_steps([(s.at, s.rate) for s in ref], f"{where}.{key}")
+        except traces.TraceError as exc:
+            raise InputError(f"{source}: {where}.{key}: {exc}") from None
+    return access.model_copy(update=update) if update else access
+
+
 def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
-    """Both validation layers; returns an experiment whose topology is resolved inline."""
+    """Both validation layers; returns an experiment whose topology and link profiles are
+    resolved inline."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: the experiment must be a mapping of keys, got {type(data).__name__}")
     try:
@@ -240,6 +341,14 @@ def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | Non
         raise InputError(_sentence(source, exc)) from None
     if isinstance(exp.topology, str):
         exp = exp.model_copy(update={"topology": load_topology(exp.topology, source, base_dir)})
+    profiles = link_profiles() if any(g.access.profile for _, g in exp.groups()) else {}
+    resolved = {}
+    for key in ("seeders", "peers"):
+        groups = getattr(exp, key)
+        resolved[key] = [g.model_copy(update={"access": resolve_access(g.access, f"{key}[{i}].access", source,
+                                                                        base_dir, profiles)})
+                         for i, g in enumerate(groups)]
+    exp = exp.model_copy(update=resolved)
     check_meaning(exp, source)
     return exp
 
@@ -318,13 +427,43 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 why = refused.get(knob) or (refused.get(f"{knob}={value}") if isinstance(value, str) else None)
                 if why:
                     fail(f"{where}.behaviour.{knob}", why)
-            for d in ("up", "down"):
-                if getattr(g.access, d) <= 0:
-                    fail(f"{where}.access.{d}", "must be a positive rate")
-            if g.access.queue < 1:
-                fail(f"{where}.access.queue", "must be at least 1 packet")
+            check_access(g.access, f"{where}.access", fail)
+            if g.access.plan is not None and g.access.plan.period < exp.timeout:
+                fail(f"{where}.access.plan.period", "is shorter than the run's timeout; a run is billed within "
+                     "one billing period")
             if g.site is not None and g.site not in sites:
                 fail(f"{where}.site", f"unknown site '{g.site}' (sites: {', '.join(topo.sites)})")
+
+
+def check_access(a: AccessLink, where: str, fail) -> None:
+    for d in ("up", "down"):
+        rate = getattr(a, d)
+        if rate is None and getattr(a, f"{d}_trace") is None:
+            fail(f"{where}.{d}", "missing: give a rate, a profile, or a trace")
+        if rate is not None and rate <= 0:
+            fail(f"{where}.{d}", "must be a positive rate")
+    if a.queue < 1:
+        fail(f"{where}.queue", "must be at least 1 packet")
+    if a.delay < 0 or a.jitter < 0:
+        fail(f"{where}.{'delay' if a.delay < 0 else 'jitter'}", "must not be negative")
+    if not 0 <= a.loss < 1:
+        fail(f"{where}.loss", "must be at least 0% and below 100%")
+    p = a.plan
+    if p is None:
+        return
+    if p.cap is not None and p.cap <= 0:
+        fail(f"{where}.plan.cap", "must be a positive size")
+    if p.period <= 0:
+        fail(f"{where}.plan.period", "must be a positive duration")
+    if p.used < 0:
+        fail(f"{where}.plan.used", "must not be negative")
+    if p.at_cap != "overage" and p.cap is None:
+        fail(f"{where}.plan.at_cap", "needs a cap")
+    if isinstance(p.at_cap, Throttle) and p.at_cap.throttle < 8000:
+        fail(f"{where}.plan.at_cap.throttle", "must be at least 8kbit")
+    for key in ("fee", "per_gb", "per_minute", "overage_per_gb"):
+        if getattr(p, key) < 0:
+            fail(f"{where}.plan.{key}", "must not be negative")
 
 
 def resolved_yaml(exp: Experiment) -> str:

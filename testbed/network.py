@@ -8,6 +8,14 @@ link shapes upload on the host's end and download on the switch's end.
 """
 from __future__ import annotations
 
+import json
+import os
+import select
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
 from mininet.link import Intf, Link
 from mininet.net import Mininet
 from mininet.node import Host, OVSBridge
@@ -15,7 +23,8 @@ from mininet.nodelib import LinuxBridge
 
 from testbed.errors import RunError
 from testbed.plan import Plan, Shaping
-from testbed.shaping import LinkShaper
+from testbed.shaping import LinkShaper, path_impairments
+from testbed.wire import IPTABLES
 
 
 class DockerHost(Host):
@@ -90,3 +99,98 @@ def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     if err.strip():
         raise RunError(f"control network address on {ctl.name}: {err.strip()}")
     return net
+
+
+def _tc_in(pid: int | None, line: str) -> subprocess.CompletedProcess:
+    argv = shlex.split(line)
+    if pid is not None:
+        argv = ["nsenter", f"--net=/proc/{pid}/ns/net", *argv]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+class LinkControl:
+    """Changes to a run's access links while it goes on: a trace's next rate, a carrier's
+    throttle or cut. The upload end is eth0 in the host's namespace; the download end is the
+    switch's end of the veth, in the machine's namespace."""
+
+    def __init__(self, plan_: Plan, pids: dict[str, int], shaper: LinkShaper):
+        self.plan, self.pids, self.shaper = plan_, pids, shaper
+        self.switch_end = {lk.node1: lk.intf2 for lk in plan_.links if lk.kind == "access"}
+
+    def set_rate(self, host: str, direction: str, rate_bps: float) -> None:
+        hp = self.plan.host(host)
+        shaping = hp.up if direction == "up" else hp.down
+        pid, dev = (self.pids[host], "eth0") if direction == "up" else (None, self.switch_end[host])
+        for line in self.shaper.rate_change(dev, shaping, rate_bps):
+            r = _tc_in(pid, line)
+            if r.returncode != 0:
+                raise RunError(f"changing {host}'s {direction} rate: `{line}`: {r.stderr.strip()}")
+
+    def cut(self, host: str) -> None:
+        """The carrier cuts the line: the switch's end of the access link goes down."""
+        r = subprocess.run(["ip", "link", "set", "dev", self.switch_end[host], "down"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RunError(f"cutting {host}'s link: {r.stderr.strip()}")
+
+
+class DelayElement:
+    """The userspace delay element of one run (testbed.delayer) and its NFQUEUE rules.
+
+    One process for the whole run, started by the orchestrator and stopped by its PID; it
+    also exits by itself if the orchestrator dies (parent-death signal) or every host of the
+    run is gone, so it can never outlive the run's namespaces."""
+
+    RULE = ["-t", "raw", "-A", "PREROUTING", "-i", "eth0", "-j", "NFQUEUE", "--queue-num", "0"]
+
+    def __init__(self, plan_: Plan, pids: dict[str, int], workdir: Path, seed: int):
+        self.tables = path_impairments(plan_)
+        self.pids = pids
+        self.config = workdir / "delayer.json"
+        self.stats = workdir / "delayer-stats.json"
+        self.log = workdir / "delayer.log"
+        self.seed = seed
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(self.tables)
+
+    def start(self, timeout: float = 15.0) -> None:
+        if not self.tables:
+            return
+        hosts = {name: {**t, "pid": self.pids[name]} for name, t in self.tables.items()}
+        self.config.write_text(json.dumps({"hosts": hosts, "seed": self.seed, "stats": str(self.stats),
+                                           "parent": os.getpid()}, indent=2))
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "testbed.delayer", str(self.config)],
+                                     stdout=subprocess.PIPE, stderr=log, cwd="/", start_new_session=True)
+        log.close()
+        ready = select.select([self.proc.stdout], [], [], timeout)[0]
+        line = self.proc.stdout.readline().decode().strip() if ready else ""
+        if line != "ready":
+            self.stop()
+            raise RunError(f"the userspace delay element did not start (see {self.log})")
+        for name in self.hosts:
+            r = subprocess.run(["nsenter", f"--net=/proc/{self.pids[name]}/ns/net", IPTABLES, "-w", *self.RULE],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RunError(f"{name}: NFQUEUE rule `{IPTABLES} {' '.join(self.RULE)}` failed: {r.stderr.strip()}")
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def stop(self) -> dict:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+        try:
+            return json.loads(self.stats.read_text())
+        except (OSError, ValueError):
+            return {}

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from testbed import cleanup, content, facts, images, runtime, wire
+from testbed import cleanup, content, facts, images, metering, runtime, shaping, wire
 from testbed.clients import DRIVERS, ClientDriver, PeerStats
 from testbed.errors import PreflightError, RunError, TestbedError
 from testbed.model import Experiment, resolved_yaml
 from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, Plan, control_block, plan, run_tag
 from testbed.results import RunDir, write_json
-from testbed.shaping import SHAPERS
+from testbed.shaping import LinkShaper
 
 EventSink = Callable[[dict], None]
 SEED_VERIFY_TIMEOUT = 120.0
@@ -86,12 +87,31 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
     if plan_.experiment.topology.switch == "ovs" and not ovs_available():
         raise PreflightError("topology.switch: ovs is asked for, but Open vSwitch is not available here "
                              "(needs ovs-vsctl and the openvswitch kernel module); use switch: linuxbridge")
+    shaper_cls = shaping.choose(plan_.experiment.shaper, facts.traffic_control()["netem"])
+    if plan_.experiment.shaper == "netem" and not facts.traffic_control()["netem"]:
+        raise PreflightError("shaper: netem is asked for, but this kernel has no sch_netem (modprobe sch_netem "
+                             "fails); use shaper: auto or userspace (see testbed doctor)")
+    impaired = any(s is not None and s.impaired for h in plan_.hosts for s in (h.up, h.down))
+    if impaired and shaper_cls.userspace_element:
+        ok, why = delay_element_available()
+        if not ok:
+            raise PreflightError(f"links with delay, jitter or loss need netem or the userspace delay element, "
+                                 f"and neither works here: {why} (see testbed doctor)")
     if any(not h.behaviour.connectable for h in plan_.hosts):
         ok, why = wire.available()
         if not ok:
             raise PreflightError(f"behaviour.connectable: false needs a packet filter in each peer's namespace, "
                                  f"which does not work here: {why} (see testbed doctor)")
     return images.require(client, {h.image for h in plan_.hosts})
+
+
+def delay_element_available() -> tuple[bool, str]:
+    """Whether the userspace delay element can run: its binding imports and iptables exists."""
+    try:
+        import netfilterqueue  # noqa: F401
+    except ImportError as exc:
+        return False, f"the netfilterqueue Python package does not import ({exc}); run ./setup.sh"
+    return wire.available()
 
 
 def ovs_available() -> bool:
@@ -102,8 +122,21 @@ class Swarm:
     """One run in progress: owns everything it creates, and removes it in close()."""
 
     def __init__(self, plan_: Plan, rd: RunDir, emit: EventSink, docker_client, imgs: dict[str, images.Image],
-                 keep_data: bool, sample_interval: float):
+                 keep_data: bool, sample_interval: float, shaper: LinkShaper):
         self.plan, self.rd, self.emit, self.docker = plan_, rd, emit, docker_client
+        self.shaper = shaper
+        self.element = None                      # the userspace delay element, if used
+        self.element_stats: dict = {}
+        self.links = None                        # network.LinkControl, once the network exists
+        self.link_lock = threading.Lock()
+        self.rate_now: dict[tuple[str, str], float] = {}
+        self.throttle: dict[str, float] = {}     # a carrier's throttle, per host
+        self.stop_schedule = threading.Event()
+        self.scheduler: threading.Thread | None = None
+        self.caps = {h.name: metering.CapWatch(h.data_plan) for h in plan_.hosts if h.data_plan}
+        self.ip_usage: dict[str, tuple[int, int]] = {}   # IP bytes (up, down) since the swarm start
+        self.departed: dict[str, float] = {}     # hosts whose line the carrier cut
+        self.seg_baseline: dict[str, tuple[int, int, int, int]] = {}
         self.images, self.keep_data, self.interval = imgs, keep_data, sample_interval
         self.hosts: dict[str, runtime.ContainerHost] = {}
         self.drivers: dict[str, ClientDriver] = {}
@@ -118,6 +151,7 @@ class Swarm:
         self.infohash = ""
         self.torrent = rd.path / f"{plan_.experiment.name}.torrent"
         self.swarm_t0: float | None = None
+        self.t_end: float | None = None
         self.baseline: dict[str, tuple[int, int]] = {}
         self.versions: dict[str, str] = {}
         self.written: dict[str, dict] = {}       # the settings each driver wrote
@@ -130,6 +164,8 @@ class Swarm:
         self.wire: dict[str, dict | None] = {}
         # the switch end of each host's access link, where its traffic is counted
         self.access_dev = {link.node1: link.intf2 for link in plan_.links if link.kind == "access"}
+        # a core link's counters are read at its first end's interface: tx is ends[0] -> ends[1]
+        self.segments = {f"{lk.node1}-{lk.node2}": lk.intf1 for lk in plan_.links if lk.kind == "core"}
 
     # ------------------------------------------------------------ bring-up
     def make_content(self) -> None:
@@ -146,8 +182,16 @@ class Swarm:
         self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts)
         self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
         t = time.monotonic()
-        self.net = network.build(self.plan, {n: h.pid for n, h in self.hosts.items()}, SHAPERS["htb"]())
-        self.emit(self.rd.event("network", links=len(self.plan.links), seconds=round(time.monotonic() - t, 3)))
+        pids = {n: h.pid for n, h in self.hosts.items()}
+        self.net = network.build(self.plan, pids, self.shaper)
+        self.links = network.LinkControl(self.plan, pids, self.shaper)
+        self.emit(self.rd.event("network", links=len(self.plan.links), shaper=self.shaper.name,
+                                seconds=round(time.monotonic() - t, 3)))
+        if self.shaper.userspace_element:
+            self.element = network.DelayElement(self.plan, pids, self.rd.path, self.plan.experiment.seed)
+            self.element.start()
+            if self.element.hosts:
+                self.emit(self.rd.event("delay_element", hosts=self.element.hosts, pid=self.element.proc.pid))
         for hp in self.plan.hosts:
             if hp.client:
                 try:
@@ -249,9 +293,11 @@ class Swarm:
 
     def start_swarm(self) -> None:
         self.baseline = self.read_counters()
+        self.seg_baseline = {seg: c for seg, dev in self.segments.items() if (c := self.dev_stats(dev))}
         self.swarm_t0 = time.monotonic()
         self.seed_start = {hp.name: 0.0 for hp in self.plan.by_role("seeder")}
         self.emit(self.rd.event("swarm_start", leechers=len(self.plan.by_role("leecher")), t_min_s=self.plan.t_min_s))
+        self.start_rate_schedule()
         for ev in self.plan.timeline:
             if ev.action == "start_leecher":
                 self.drivers[ev.host].add_torrent(self.torrent, seed=False)
@@ -259,17 +305,109 @@ class Swarm:
                 self.rd.event("peer_started", host=ev.host, t_swarm=round(self.peer_started[ev.host], 3))
 
     # ------------------------------------------------------------ measurement
-    def read_counters(self) -> dict[str, tuple[int, int]]:
-        """Bytes (up, down) of each peer from the switch end of its access veth: what the
-        switch received from the host is the host's upload."""
+    @staticmethod
+    def dev_stats(dev: str) -> tuple[int, int, int, int] | None:
+        """(rx_bytes, tx_bytes, rx_packets, tx_packets) of an interface in this namespace."""
+        stats = Path("/sys/class/net") / dev / "statistics"
+        try:
+            return tuple(int((stats / k).read_text()) for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"))
+        except OSError:
+            return None
+
+    def read_counters(self) -> dict[str, tuple[int, int, int, int]]:
+        """Bytes and packets (up, down) of each peer from the switch end of its access veth:
+        what the switch received from the host is the host's upload."""
         out = {}
         for name in self.drivers:
-            stats = Path("/sys/class/net") / self.access_dev[name] / "statistics"
-            try:
-                out[name] = (int((stats / "rx_bytes").read_text()), int((stats / "tx_bytes").read_text()))
-            except OSError:
-                out[name] = self.counters.get(name, (0, 0))
+            out[name] = self.dev_stats(self.access_dev[name]) or self.counters.get(name, (0, 0, 0, 0))
         return out
+
+    def meter(self, t: float, counters: dict[str, tuple[int, int, int, int]]) -> None:
+        """One meter.csv row per peer and per core link: IP bytes since the swarm started."""
+        for name, c in counters.items():
+            b = self.baseline[name]
+            up = metering.ip_bytes(c[0] - b[0], c[2] - b[2])
+            down = metering.ip_bytes(c[1] - b[1], c[3] - b[3])
+            self.ip_usage[name] = (up, down)
+            self.rd.row("meter", {"t": round(t, 3), "scope": "peer", "name": name, "ip_bytes_up": up,
+                                  "ip_bytes_down": down, "packets_up": c[2] - b[2], "packets_down": c[3] - b[3]})
+        for seg, dev in self.segments.items():
+            c = self.dev_stats(dev)
+            if c is None:
+                continue
+            b = self.seg_baseline.setdefault(seg, c)
+            # ends[0] -> ends[1] leaves through the first end's interface (tx)
+            self.rd.row("meter", {"t": round(t, 3), "scope": "segment", "name": seg,
+                                  "ip_bytes_up": metering.ip_bytes(c[1] - b[1], c[3] - b[3]),
+                                  "ip_bytes_down": metering.ip_bytes(c[0] - b[0], c[2] - b[2]),
+                                  "packets_up": c[3] - b[3], "packets_down": c[2] - b[2]})
+
+    # ------------------------------------------------------------ links that change
+    def set_rate(self, host: str, direction: str, rate_bps: float, cause: str, t: float) -> None:
+        """Set an access direction's rate: the trace's (or the original) rate, never above a
+        carrier's throttle."""
+        with self.link_lock:
+            if host in self.departed:
+                return
+            if cause != "throttle":
+                self.rate_now[(host, direction)] = rate_bps
+            effective = min(self.rate_now.get((host, direction), rate_bps), self.throttle.get(host, float("inf")))
+            self.links.set_rate(host, direction, effective)
+            self.rd.row("links", {"t": round(t, 3), "host": host, "direction": direction,
+                                  "rate_bps": round(effective), "cause": cause})
+
+    def start_rate_schedule(self) -> None:
+        """Traced links follow their trace from the swarm's start, in a thread of their own."""
+        changes = []
+        for h in self.plan.hosts:
+            for direction in ("up", "down"):
+                s = getattr(h, direction)
+                if s is None:
+                    continue
+                self.rate_now[(h.name, direction)] = s.rate_bps
+                self.rd.row("links", {"t": 0.0, "host": h.name, "direction": direction,
+                                      "rate_bps": round(s.rate_bps), "cause": "trace" if s.trace else "static"})
+                if s.trace:
+                    changes += [(t, h.name, direction, r) for t, r in s.trace.changes(self.plan.experiment.timeout)
+                                if t > 0]
+        if not changes:
+            return
+        changes.sort()
+
+        def follow() -> None:
+            for t, host, direction, rate in changes:
+                if self.stop_schedule.wait(max(0.0, self.swarm_t0 + t - time.monotonic())):
+                    return
+                try:
+                    self.set_rate(host, direction, rate, "trace", time.monotonic() - self.swarm_t0)
+                except Exception as exc:  # recorded; the run goes on at the last rate
+                    self.emit(self.rd.event("link_error", host=host, error=str(exc)))
+        self.scheduler = threading.Thread(target=follow, name="rate-schedule", daemon=True)
+        self.scheduler.start()
+
+    def enforce_plans(self, t: float) -> None:
+        """A peer whose usage reaches its data plan's cap gets what the plan says."""
+        for name, watch in self.caps.items():
+            up, down = self.ip_usage.get(name, (0, 0))
+            if not watch.update(t, up, down):
+                continue
+            action, rate = metering.at_cap_action(watch.plan)
+            self.emit(self.rd.event("cap_reached", host=name, t_swarm=round(t, 3), action=action,
+                                    ip_bytes_up=up, ip_bytes_down=down))
+            if action == "throttle":
+                self.throttle[name] = rate
+                for direction in ("up", "down"):
+                    self.set_rate(name, direction, rate, "throttle", t)
+            elif action == "cut":
+                with self.link_lock:
+                    self.links.cut(name)
+                    self.departed[name] = t
+                    for direction in ("up", "down"):
+                        self.rd.row("links", {"t": round(t, 3), "host": name, "direction": direction,
+                                              "rate_bps": 0, "cause": "cut"})
+            elif action == "stop_seeding":
+                # the user stops seeding: at once if the download is complete, else on completion
+                self.seeding[name] = ("stop", None)
 
     def _stats(self, name: str) -> PeerStats | None:
         try:
@@ -286,8 +424,12 @@ class Swarm:
         tables = dict(zip(self.drivers, pool.map(
             lambda n: wire.tcp_table(self.hosts[n].pid, self.drivers[n].peer_port), self.drivers)))
         counters = self.read_counters()
+        self.meter(t, counters)
+        self.enforce_plans(t)
+        if self.element is not None and not self.element.alive():
+            raise RunError(f"the userspace delay element exited (see {self.element.log})")
         for name, s in stats.items():
-            up, down = (c - b for c, b in zip(counters[name], self.baseline[name]))
+            up, down = (c - b for c, b in zip(counters[name][:2], self.baseline[name][:2]))
             self.counters[name] = counters[name]
             if s is None:
                 continue
@@ -336,7 +478,8 @@ class Swarm:
             while True:
                 tick = time.monotonic()
                 t = self.sample(pool)
-                done = sum(1 for n in leechers if n in self.completion)
+                # a leecher whose line was cut has left: the swarm is done without it
+                done = sum(1 for n in leechers if n in self.completion or n in self.departed)
                 rate = sum(self.last[n].rate_down for n in leechers if n in self.last)
                 self.emit({"kind": "progress", "t": t, "done": done, "total": len(leechers),
                            "rate_down_Bps": rate, "t_min_s": self.plan.t_min_s})
@@ -368,8 +511,17 @@ class Swarm:
             ok[name] = None if got is None else got == self.content_sha
         return ok
 
+    def stop_link_changes(self) -> None:
+        """Stop following traces and stop the delay element (keeping its counters); idempotent."""
+        self.stop_schedule.set()
+        if self.scheduler is not None:
+            self.scheduler.join(5)
+        if self.element is not None:
+            self.element_stats = self.element.stop() or self.element_stats
+
     def close(self) -> dict:
         """Remove everything of this run; returns what was removed and what is left (nothing)."""
+        self.stop_link_changes()
         if self.net is not None:
             try:
                 self.net.stop()
@@ -391,7 +543,7 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
         if not h.client:
             continue
         s = sw.last.get(h.name)
-        up, down = (c - b for c, b in zip(sw.counters.get(h.name, (0, 0)), sw.baseline.get(h.name, (0, 0))))
+        up, down = (c - b for c, b in zip(sw.counters.get(h.name, (0, 0))[:2], sw.baseline.get(h.name, (0, 0))[:2]))
         completed = h.role == "seeder" or h.name in sw.completion
         policy, amount = h.behaviour.seeding_policy()
         at = sw.at_completion.get(h.name)
@@ -413,6 +565,13 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
             "seeding": {"policy": policy, "amount": amount,
                         "stopped_s": round(stopped, 3) if stopped is not None else None},
             "connectable": h.behaviour.connectable,
+            "access": access_summary(h),
+            "ip_bytes_up": sw.ip_usage.get(h.name, (None, None))[0],
+            "ip_bytes_down": sw.ip_usage.get(h.name, (None, None))[1],
+            "cap_reached_s": round(sw.caps[h.name].reached_at, 3) if h.name in sw.caps
+            and sw.caps[h.name].reached_at is not None else None,
+            "line_cut_s": round(sw.departed[h.name], 3) if h.name in sw.departed else None,
+            "bill": peer_bill(sw, h),
             "tcp_max": sw.tcp_max.get(h.name, {}),     # most at once, over the samples
             "wire": sw.wire.get(h.name),
             "error": sw.errors.get(h.name),
@@ -426,20 +585,48 @@ def summarize(sw: Swarm, status: str, error: str | None, sha_ok: dict[str, bool]
         "swarm_completion_s": round(max(times), 3) if times and len(times) == len(leechers) else None,
         "leechers_completed": sum(1 for x in leechers if x["completed"]), "leechers": len(leechers),
         "content_bytes": p.content_bytes, "content_sha256": sw.content_sha,
+        "shaper": sw.shaper.name,
+        "delay_element": sw.element_stats or None,
         "peers": peers,
     }
 
 
+def access_summary(h) -> dict:
+    def direction(s):
+        return {"rate_bps": s.rate_bps, "delay_s": s.delay_s, "jitter_s": s.jitter_s, "loss": s.loss,
+                "queue": s.queue_pkts, "trace": s.trace.source if s.trace else None}
+    return {"profile": h.profile, "up": direction(h.up), "down": direction(h.down)}
+
+
+def peer_bill(sw: Swarm, h) -> dict | None:
+    """The peer's bill under its data plan: minutes online run from its start to its stop
+    (seeding stopped, line cut) or the end of the swarm."""
+    if h.data_plan is None or sw.swarm_t0 is None:
+        return None
+    up, down = sw.ip_usage.get(h.name, (0, 0))
+    start = sw.peer_started.get(h.name, 0.0)
+    end = min(x for x in (sw.seeding_stopped.get(h.name), sw.departed.get(h.name), sw.t_end) if x is not None)
+    return metering.bill(h.data_plan, up, down, max(0.0, end - start) / 60.0)
+
+
+def delay_emulation(shaper: LinkShaper, tc: dict) -> str:
+    if shaper.name == "netem":
+        return "netem: the kernel's sch_netem adds delay, jitter and loss on each link's egress"
+    why = "" if tc["netem"] else " (this kernel has no sch_netem)"
+    return (f"userspace: an NFQUEUE element at each receiving host adds the path's delay, jitter and "
+            f"loss{why}")
+
+
 def manifest(p: Plan, imgs: dict[str, images.Image], repetition: int) -> dict:
     tc = facts.traffic_control()
+    shaper = shaping.choose(p.experiment.shaper, tc["netem"])()
     return {
         "run_id": p.run_id, "experiment": p.experiment.name, "seed": p.experiment.seed,
         "repetition": repetition, "repetitions": p.experiment.repetitions,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "testbed": facts.testbed_version(), "host": facts.host_facts(),
         "machines": sorted({h.machine for h in p.hosts}),
-        "traffic_control": tc, "shaper": "htb",
-        "delay_emulation": "netem" if tc["netem"] else "unavailable (no sch_netem): links have no added delay",
+        "traffic_control": tc, "shaper": shaper.name, "delay_emulation": delay_emulation(shaper, tc),
         "images": {n: {"tag": i.tag, "packages": list(i.spec.packages)} for n, i in imgs.items()},
         "addresses": {"data": "198.18.0.0/16", "control": f"{p.control_gateway}/{p.control_prefix}"},
         "hosts": [{"name": h.name, "role": h.role, "client": h.client, "site": h.site, "machine": h.machine,
@@ -484,7 +671,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     man = manifest(p, imgs, repetition)
     write_json(rd.path / "manifest.json", man)
     emit(rd.event("run_start", run_id=run_id, run_dir=str(rd.path), hosts=len(p.hosts), t_min_s=p.t_min_s))
-    sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, sample_interval)
+    shaper = shaping.choose(exp.shaper, facts.traffic_control()["netem"])()
+    sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, sample_interval, shaper)
     status, error, sha_ok = "failed", None, {}
     try:
         try:
@@ -501,6 +689,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         sw.start_seeders()
         sw.start_swarm()
         status = sw.measure(exp.timeout)
+        sw.t_end = time.monotonic() - sw.swarm_t0
     except KeyboardInterrupt:
         error = "interrupted"
     except TestbedError as exc:
@@ -513,8 +702,12 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         if sw.hosts:
             sw.read_wire()
         sw.stop_clients()
+        sw.stop_link_changes()
         sha_ok = sw.verify() if sw.hosts else {}
-        if status == "complete" and not all(sha_ok.get(h.name) for h in p.by_role("leecher")):
+        if sw.t_end is None and sw.swarm_t0 is not None:
+            sw.t_end = time.monotonic() - sw.swarm_t0
+        if status == "complete" and not all(sha_ok.get(h.name) for h in p.by_role("leecher")
+                                            if h.name not in sw.departed):
             status, error = "failed", "a leecher's file differs from the origin's (sha256)"
         summary = summarize(sw, status if error is None else "failed", error, sha_ok)
         write_json(rd.path / "summary.json", summary)

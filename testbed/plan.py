@@ -10,9 +10,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from testbed import traces
 from testbed.bounds import kumar_ross_t_min, peer_t_min
 from testbed.clients import DRIVERS
-from testbed.model import Behaviour, Experiment, Topology
+from testbed.model import AccessLink, Behaviour, DataPlan, Experiment, Topology
+from testbed.traces import Trace
 
 DATA_NET = ipaddress.ip_network("198.18.0.0/16")       # RFC 2544 benchmarking range
 CONTROL_NET = ipaddress.ip_network("198.19.0.0/16")    # split in /22 blocks, one per run
@@ -23,10 +25,31 @@ DEFAULT_PIECE = 256 * 1024
 
 @dataclass(frozen=True)
 class Shaping:
-    """What one direction of a link does to packets leaving through it."""
+    """What one direction of a link does to the packets crossing it."""
 
-    rate_bps: float
+    rate_bps: float               # the starting rate when `trace` is set
     queue_pkts: int
+    delay_s: float = 0.0          # one-way delay added in this direction
+    jitter_s: float = 0.0         # +/- uniformly around the delay
+    loss: float = 0.0             # random loss per packet
+    reorder: bool = False         # whether jitter may reorder packets
+    trace: Trace | None = None    # the rate follows this over the run
+
+    @property
+    def impaired(self) -> bool:
+        """Whether this direction needs a delay element (netem or userspace), not only a rate."""
+        return bool(self.delay_s or self.jitter_s or self.loss)
+
+
+def access_shaping(a: AccessLink, direction: str) -> Shaping:
+    ref = getattr(a, f"{direction}_trace")
+    trace = None
+    if isinstance(ref, str):
+        trace = traces.load(ref)
+    elif ref is not None:
+        trace = traces.from_steps([(s.at, s.rate) for s in ref], f"{direction}_trace")
+    rate = trace.rate_at(0.0) if trace else getattr(a, direction)
+    return Shaping(rate, a.queue, a.delay, a.jitter, a.loss, a.reorder, trace)
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,8 @@ class HostPlan:
     container: str
     machine: str = "local"        # placement: which machine runs it (multi-machine later)
     behaviour: Behaviour = Behaviour()
+    profile: str | None = None    # the access link's named profile, if any
+    data_plan: DataPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,11 @@ class Plan:
         return [h for h in self.hosts if h.role == role]
 
 
+def mean_rate(s: Shaping) -> float:
+    """The rate the Kumar-Ross bound uses: a traced link's time-weighted mean."""
+    return s.trace.mean_rate() if s.trace else s.rate_bps
+
+
 def run_tag(run_id: str) -> str:
     tag = run_id.rsplit("-", 1)[-1]
     if len(tag) != 6 or any(c not in "0123456789abcdef" for c in tag):
@@ -148,8 +178,9 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
             hosts.append(HostPlan(
                 name=name, role=role, group=g.name, client=g.client, image=DRIVERS[g.client].image,
                 site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
-                up=Shaping(g.access.up, g.access.queue), down=Shaping(g.access.down, g.access.queue),
-                container=f"tb-{run_id}-{name}", behaviour=g.behaviour))
+                up=access_shaping(g.access, "up"), down=access_shaping(g.access, "down"),
+                container=f"tb-{run_id}-{name}", behaviour=g.behaviour, profile=g.access.profile,
+                data_plan=g.access.plan))
 
     links: list[LinkPlan] = []
     port = {s.name: 0 for s in switches}
@@ -175,15 +206,15 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
     size = exp.content.size
     seeders = [h for h in hosts if h.role == "seeder"]
     leechers = [h for h in hosts if h.role == "leecher"]
-    seed_up = sum(h.up.rate_bps for h in seeders)
-    t_min = kumar_ross_t_min(size, seed_up, [h.up.rate_bps for h in leechers],
-                             [h.down.rate_bps for h in leechers])
+    seed_up = sum(mean_rate(h.up) for h in seeders)
+    t_min = kumar_ross_t_min(size, seed_up, [mean_rate(h.up) for h in leechers],
+                             [mean_rate(h.down) for h in leechers])
     return Plan(
         run_id=run_id, tag=tag, experiment=exp, content_bytes=size,
         piece_bytes=exp.content.piece_size or piece_size(size),
         hosts=tuple(hosts), switches=tuple(switches), links=tuple(links), timeline=tuple(timeline),
         control_gateway=gateway, control_prefix=ctl.prefixlen, data_prefix=DATA_NET.prefixlen,
-        t_min_s=t_min, peer_t_min_s={h.name: peer_t_min(size, seed_up, h.down.rate_bps) for h in leechers},
+        t_min_s=t_min, peer_t_min_s={h.name: peer_t_min(size, seed_up, mean_rate(h.down)) for h in leechers},
         tracker_port=exp.tracker.port)
 
 

@@ -8,7 +8,13 @@ results/<run_id>/
                     established TCP connections accepted (tcp_in) and dialed (tcp_out), and
                     how many carried a 16 KiB block up / down in the interval, and the
                     bytes in their send queues
-  summary.json      status, t_min_s, per-peer outcome (written last; partial on failure)
+  meter.csv         per second: IP bytes and packets up and down since the swarm started, of
+                    each peer (scope 'peer', from its access link) and each core link
+                    (scope 'segment', name 'a-b': up is a -> b), what a carrier would count
+  links.csv         each rate an access link was set to while the run went on (a trace's
+                    steps, a carrier's throttle or cut), with its cause
+  delayer-stats.json  the userspace delay element's counters per receiving host (if used)
+  summary.json      status, t_min_s, per-peer outcome and bill (written last; partial on failure)
   hosts/<name>/     each host's client configuration and logs
 Files that are replaced are written atomically (temp file + rename).
 """
@@ -17,12 +23,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
 SAMPLE_FIELDS = ["t", "peer", "progress", "rate_up", "rate_down", "client_bytes_up", "client_bytes_down",
                  "if_bytes_up", "if_bytes_down", "peers", "tcp_in", "tcp_out", "tcp_uploading", "tcp_downloading",
                  "tcp_send_queue"]
+METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_up", "packets_down"]
+LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -44,7 +53,21 @@ class RunDir:
         self._samples_file = (path / "samples.csv").open("a", newline="", buffering=1)
         self._samples = csv.DictWriter(self._samples_file, fieldnames=SAMPLE_FIELDS)
         self._samples.writeheader()
+        self._tables = {name: self._table(name, fields) for name, fields in
+                        (("meter", METER_FIELDS), ("links", LINK_FIELDS))}
         self.t0 = time.time()
+
+    def _table(self, name: str, fields: list[str]) -> tuple:
+        f = (self.path / f"{name}.csv").open("a", newline="", buffering=1)
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        return f, w, threading.Lock()
+
+    def row(self, table: str, row: dict) -> None:
+        """Append a row to meter.csv or links.csv (safe from several threads)."""
+        _, w, lock = self._tables[table]
+        with lock:
+            w.writerow(row)
 
     @property
     def hosts(self) -> Path:
@@ -61,6 +84,8 @@ class RunDir:
     def close(self) -> None:
         self._events.close()
         self._samples_file.close()
+        for f, _, _ in self._tables.values():
+            f.close()
 
 
 def read_summary(run_dir: Path) -> dict:

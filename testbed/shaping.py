@@ -1,50 +1,138 @@
 """Link shapers: one small interface, implementations side by side, chosen by name.
 
-A shaper turns what one direction of a link should do (plan.Shaping) into tc commands
-for the egress of one interface. The commands are generated purely here and run by the
-network layer inside the right namespace.
+Every shaper makes one direction of a link do what plan.Shaping says: a rate with a
+drop-tail queue of `queue` packets, and delay, jitter and random loss. The rate is always
+an HTB class on the egress of the link's interface (HTB is on every kernel this project has
+met). Delay, jitter and loss are made one of two ways, with the same meaning:
 
-htb: rate via an HTB class and a drop-tail pfifo of `queue` packets beneath it. HTB and
-pfifo are present on every Linux kernel this project has met, netem-less ones included.
+netem      the kernel's sch_netem, as the child of the HTB class (ordinary distribution
+           kernels have it). netem's queue holds the packets in flight too, so its limit is
+           the queue plus the link's bandwidth-delay product. With jitter and no reordering,
+           netem is also given the link's rate: netem then schedules each packet after the
+           one before it (netem_enqueue), so jitter cannot reorder.
+userspace  for kernels without sch_netem: a pfifo beneath HTB, and a userspace element on
+           NFQUEUE at each receiving host (testbed.delayer) that holds each arriving packet
+           for the path's delay, drops it with the path's loss probability and releases it
+           in order. A receiver applies the sender's upload delay and loss as well as its
+           own download ones, so a path's impairments are applied once, at its end (the
+           approach Kollaps takes, measured for this machine kind in PLATFORM.md).
+
+Commands are generated purely here and run by the network layer inside the namespace.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
-from testbed.plan import Shaping
-from testbed.units import tc_rate
+from testbed.plan import Plan, Shaping
+from testbed.units import tc_rate, tc_time
 
 MTU_FRAME = 1514
 
 
+def burst_bytes(rate_bps: float) -> int:
+    # HTB needs a bucket of at least one full frame, and about a timer tick's worth of
+    # bytes at high rates (4 ms here) or it undershoots the rate.
+    return max(2 * MTU_FRAME, int(rate_bps / 8 * 0.004))
+
+
+def htb_class(verb: str, dev: str, rate_bps: float) -> str:
+    rate = tc_rate(rate_bps)
+    burst = burst_bytes(rate_bps)
+    # quantum only matters between sibling classes; one class here, so keep it at a frame
+    # and spare the kernel's "quantum is big" warning at high rates.
+    return (f"tc class {verb} dev {dev} parent 1: classid 1:1 htb rate {rate} ceil {rate} "
+            f"burst {burst}b cburst {burst}b quantum {MTU_FRAME}")
+
+
 class LinkShaper(ABC):
     name: str
+    # whether receiving hosts need the userspace delay element for impaired links
+    userspace_element: bool = False
 
-    @abstractmethod
     def commands(self, dev: str, shaping: Shaping) -> list[str]:
         """tc command lines that make `dev`'s egress behave as `shaping`."""
+        return [f"tc qdisc replace dev {dev} root handle 1: htb default 1",
+                htb_class("replace", dev, shaping.rate_bps),
+                self.leaf("replace", dev, shaping, shaping.rate_bps)]
+
+    def rate_change(self, dev: str, shaping: Shaping, rate_bps: float) -> list[str]:
+        """tc command lines that move a shaped direction to a new rate while traffic flows."""
+        return [htb_class("change", dev, rate_bps)]
+
+    @abstractmethod
+    def leaf(self, verb: str, dev: str, shaping: Shaping, rate_bps: float) -> str:
+        """The qdisc beneath the HTB class."""
 
 
 class HtbShaper(LinkShaper):
+    """Rate and queue only: for links without delay, jitter or loss."""
+
     name = "htb"
 
+    def leaf(self, verb: str, dev: str, shaping: Shaping, rate_bps: float) -> str:
+        return f"tc qdisc {verb} dev {dev} parent 1:1 handle 10: pfifo limit {shaping.queue_pkts}"
+
+
+class NetemShaper(HtbShaper):
+    name = "netem"
+
     @staticmethod
-    def burst_bytes(rate_bps: float) -> int:
-        # HTB needs a bucket of at least one full frame, and about a timer tick's worth
-        # of bytes at high rates (4 ms here) or it undershoots the rate.
-        return max(2 * MTU_FRAME, int(rate_bps / 8 * 0.004))
+    def limit(shaping: Shaping, rate_bps: float) -> int:
+        in_flight = rate_bps * (shaping.delay_s + shaping.jitter_s) / 8 / MTU_FRAME
+        return shaping.queue_pkts + math.ceil(in_flight) + 1
 
-    def commands(self, dev: str, shaping: Shaping) -> list[str]:
-        rate = tc_rate(shaping.rate_bps)
-        burst = self.burst_bytes(shaping.rate_bps)
-        # quantum only matters between sibling classes; one class here, so keep it at a
-        # frame and spare the kernel's "quantum is big" warning at high rates.
-        return [
-            f"tc qdisc replace dev {dev} root handle 1: htb default 1",
-            f"tc class replace dev {dev} parent 1: classid 1:1 htb rate {rate} ceil {rate} "
-            f"burst {burst}b cburst {burst}b quantum {MTU_FRAME}",
-            f"tc qdisc replace dev {dev} parent 1:1 handle 10: pfifo limit {shaping.queue_pkts}",
-        ]
+    def leaf(self, verb: str, dev: str, shaping: Shaping, rate_bps: float) -> str:
+        if not shaping.impaired:
+            return super().leaf(verb, dev, shaping, rate_bps)
+        line = f"tc qdisc {verb} dev {dev} parent 1:1 handle 10: netem limit {self.limit(shaping, rate_bps)}"
+        if shaping.delay_s or shaping.jitter_s:
+            line += f" delay {tc_time(shaping.delay_s)}"
+            if shaping.jitter_s:
+                line += f" {tc_time(shaping.jitter_s)}"
+        if shaping.loss:
+            line += f" loss random {shaping.loss * 100:.6g}%"
+        if shaping.jitter_s and not shaping.reorder:
+            line += f" rate {tc_rate(rate_bps)}"
+        return line
+
+    def rate_change(self, dev: str, shaping: Shaping, rate_bps: float) -> list[str]:
+        lines = super().rate_change(dev, shaping, rate_bps)
+        if shaping.impaired:
+            lines.append(self.leaf("change", dev, shaping, rate_bps))
+        return lines
 
 
-SHAPERS: dict[str, type[LinkShaper]] = {HtbShaper.name: HtbShaper}
+class UserspaceShaper(HtbShaper):
+    name = "userspace"
+    userspace_element = True
+
+
+SHAPERS: dict[str, type[LinkShaper]] = {s.name: s for s in (HtbShaper, NetemShaper, UserspaceShaper)}
+
+
+def choose(requested: str, netem_available: bool) -> type[LinkShaper]:
+    """The shaper for a run: `auto` takes netem where the kernel has it, else userspace."""
+    if requested == "auto":
+        return NetemShaper if netem_available else UserspaceShaper
+    return SHAPERS[requested]
+
+
+def path_impairments(plan: Plan) -> dict[str, dict]:
+    """For the userspace element: per receiving host, what its own download direction adds,
+    and what each sender's upload direction adds, keyed by the sender's data address.
+    Hosts that receive nothing impaired are left out (they need no element)."""
+    def params(s: Shaping | None) -> dict:
+        if s is None:
+            return {"delay": 0.0, "jitter": 0.0, "loss": 0.0}
+        return {"delay": s.delay_s, "jitter": s.jitter_s, "loss": s.loss}
+
+    senders = {h.data_ip: params(h.up) for h in plan.hosts if h.up is not None and h.up.impaired}
+    out = {}
+    for h in plan.hosts:
+        own = params(h.down)
+        from_ = {ip: p for ip, p in senders.items() if ip != h.data_ip}
+        if from_ or (h.down is not None and h.down.impaired):
+            out[h.name] = {"down": own, "from": from_,
+                           "reorder": bool(h.down.reorder) if h.down is not None else False}
+    return out

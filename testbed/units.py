@@ -22,7 +22,7 @@ _SIZE_UNITS = {
     "kb": 1000, "mb": 1000**2, "gb": 1000**3,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3,
 }
-_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class UnitError(ValueError):
@@ -59,7 +59,9 @@ def parse_duration(text: str) -> float:
 
 
 def parse_percent(text: str | float) -> float:
-    """'1%' -> 0.01."""
+    """'1%' -> 0.01; a bare 0 is accepted as 0 %."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool) and text == 0:
+        return 0.0
     if isinstance(text, str) and text.strip().endswith("%"):
         try:
             value = float(text.strip()[:-1])
@@ -67,6 +69,36 @@ def parse_percent(text: str | float) -> float:
             raise UnitError(f"{text!r} is not a percentage (e.g. '1%')") from None
         return value / 100.0
     raise UnitError(f"{text!r} is not a percentage (e.g. '1%')")
+
+
+def fmt_percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _exact(value: float, scales: tuple[tuple[str, float], ...], base: str) -> str:
+    """The largest unit that writes `value` exactly with at most 3 decimals (for configs)."""
+    for unit, scale in scales:
+        q = value / scale
+        if abs(value) >= scale and abs(q - round(q, 3)) < 1e-9 * max(1.0, abs(q)):
+            return f"{round(q, 3):g}{unit}"
+    return f"{value:g}{base}"
+
+
+def exact_size(n_bytes: int) -> str:
+    """A size written exactly, for the resolved configuration: 1000000000 -> '1GB'."""
+    return _exact(n_bytes, (("GiB", 1024**3), ("GB", 1e9), ("MiB", 1024**2), ("MB", 1e6), ("KiB", 1024),
+                            ("kB", 1e3)), "B")
+
+
+def exact_duration(seconds: float) -> str:
+    """A duration written exactly: 0.04 -> '40ms', 2592000 -> '30d'."""
+    return _exact(seconds, (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3), ("us", 1e-6)), "s") \
+        if seconds else "0s"
+
+
+def tc_time(seconds: float) -> str:
+    """A time as tc wants it: integer microseconds."""
+    return f"{int(round(seconds * 1e6))}us"
 
 
 def tc_rate(bits_per_s: float) -> str:

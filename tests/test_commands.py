@@ -5,7 +5,7 @@ from testbed.images import load_image
 from testbed.model import parse_experiment
 from testbed.plan import Shaping, plan
 from testbed.runtime import container_spec
-from testbed.shaping import HtbShaper
+from testbed.shaping import HtbShaper, NetemShaper, UserspaceShaper, burst_bytes, choose, path_impairments
 from tests.conftest import experiment_dict
 
 
@@ -19,8 +19,64 @@ def test_htb_commands_for_a_dsl_uplink():
 
 
 def test_htb_burst_grows_with_rate():
-    assert HtbShaper.burst_bytes(100e6) == 50000
-    assert HtbShaper.burst_bytes(1e6) == 3028
+    assert burst_bytes(100e6) == 50000
+    assert burst_bytes(1e6) == 3028
+
+
+LTE_DOWN = Shaping(9e6, 130, delay_s=0.03, jitter_s=0.005, loss=0.01)
+
+
+def test_netem_sits_beneath_htb_with_room_for_the_packets_in_flight():
+    lines = NetemShaper().commands("tb1s1p2", LTE_DOWN)
+    assert lines[:2] == HtbShaper().commands("tb1s1p2", LTE_DOWN)[:2]
+    # 9 Mbit/s x 35 ms = 26 frames in flight, + the 130-packet queue, + 1
+    # jitter without reorder: netem gets the link rate so it schedules each packet after the last
+    assert lines[2] == ("tc qdisc replace dev tb1s1p2 parent 1:1 handle 10: netem limit 158 "
+                        "delay 30000us 5000us loss random 1% rate 9000000bit")
+
+
+def test_netem_reorders_only_when_asked_and_leaves_unimpaired_links_to_pfifo():
+    reorder = Shaping(9e6, 130, delay_s=0.03, jitter_s=0.005, reorder=True)
+    assert NetemShaper().commands("eth0", reorder)[2].endswith("delay 30000us 5000us")
+    lossy = Shaping(570e3, 14, delay_s=0.028, loss=0.0477)
+    assert NetemShaper().commands("eth0", lossy)[2].endswith("limit 17 delay 28000us loss random 4.77%")
+    assert NetemShaper().commands("eth0", Shaping(1e6, 20))[2] == "tc qdisc replace dev eth0 parent 1:1 handle 10: pfifo limit 20"
+
+
+def test_userspace_shaper_puts_only_rate_and_queue_in_tc():
+    assert UserspaceShaper().commands("eth0", LTE_DOWN) == HtbShaper().commands("eth0", Shaping(9e6, 130))
+    assert UserspaceShaper().rate_change("eth0", LTE_DOWN, 2e6) == [
+        "tc class change dev eth0 parent 1: classid 1:1 htb rate 2000000bit ceil 2000000bit "
+        "burst 3028b cburst 3028b quantum 1514"]
+    # netem must follow a rate change too when it carries the rate (jitter, no reorder)
+    assert NetemShaper().rate_change("eth0", LTE_DOWN, 2e6)[1].endswith("rate 2000000bit")
+
+
+def test_auto_takes_netem_where_the_kernel_has_it():
+    assert choose("auto", True) is NetemShaper and choose("auto", False) is UserspaceShaper
+    assert choose("userspace", True) is UserspaceShaper and choose("netem", False) is NetemShaper
+
+
+def test_userspace_element_applies_each_path_once_at_its_receiver():
+    exp = parse_experiment(experiment_dict(
+        seeders=[{"name": "origin", "access": {"profile": "ftth"}}],
+        peers=[{"name": "phone", "count": 2, "access": {"profile": "lte", "loss": "1%"}}]))
+    p = plan(exp, "t-20261124-120000-0a1b2c")
+    tables = path_impairments(p)
+    assert sorted(tables) == ["origin", "phone1", "phone2", "tracker"]
+    phone1 = tables["phone1"]
+    assert phone1["down"] == {"delay": 0.03, "jitter": 0.005, "loss": 0.01}
+    # from the origin: its 2 ms upload delay; from the other phone: its LTE upload
+    assert phone1["from"][p.host("origin").data_ip] == {"delay": 0.002, "jitter": 0.0, "loss": 0.0}
+    assert phone1["from"][p.host("phone2").data_ip] == {"delay": 0.03, "jitter": 0.005, "loss": 0.01}
+    assert p.host("phone1").data_ip not in phone1["from"]
+    # the tracker's own link is unshaped, but what the phones send it is delayed
+    assert tables["tracker"]["down"] == {"delay": 0.0, "jitter": 0.0, "loss": 0.0}
+
+
+def test_a_swarm_without_impairments_needs_no_element():
+    p = plan(parse_experiment(experiment_dict()), "t-20261124-120000-0a1b2c")
+    assert path_impairments(p) == {}
 
 
 def test_container_spec_is_isolated_and_labelled(tmp_path):
