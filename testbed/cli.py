@@ -82,7 +82,7 @@ def cmd_run(args) -> int:
 
             result = orchestrator.run(exp, results, on_event, repetition=rep, keep_data=args.keep_data,
                                       run_id=args.run_id if exp.repetitions == 1 else None)
-        report.plot(result.run_dir)
+        report.plots(result.run_dir)
         report.render(result.run_dir, console)
         console.print(f"results: {result.run_dir}")
         if result.summary.get("error") == "interrupted":
@@ -145,8 +145,7 @@ def cmd_report(args) -> int:
     from testbed import report
     run_dir = Path(args.run_dir)
     summary = report.render(run_dir, console)
-    png = report.plot(run_dir)
-    if png:
+    for png in report.plots(run_dir):
         console.print(f"plot: {png}")
     return 0 if summary["status"] == "complete" else 1
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from testbed.errors import InputError
 from testbed.results import read_summary
-from testbed.units import fmt_size
+from testbed.units import fmt_size, parse_size
 
 
 def load(run_dir: Path) -> dict:
@@ -80,8 +80,142 @@ def plot(run_dir: Path) -> Path | None:
     return out
 
 
+def bills(summary: dict) -> Table | None:
+    """Each metered peer's usage and bill, and the part its uploading caused."""
+    metered = [p for p in summary["peers"] if p.get("bill")]
+    if not metered:
+        return None
+    t = Table(title="data plans: what each metered peer pays", title_justify="left")
+    for col in ("peer", "profile", "uploaded", "downloaded", "counted", "cap reached", "bill", "by run",
+                "by upload"):
+        t.add_column(col, justify="left" if col in ("peer", "profile") else "right")
+    for p in metered:
+        b = p["bill"]
+        cap = f"{p['cap_reached_s']:.1f}s" if p.get("cap_reached_s") is not None else "-"
+        mb = lambda n: f"{n / 1e6:,.1f} MB"    # noqa: E731 - carriers count decimal units
+        t.add_row(p["name"], (p.get("access") or {}).get("profile") or "-", mb(b["run_bytes_up"]),
+                  mb(b["run_bytes_down"]), mb(b["counted_bytes"]), cap, f"{b['total']:.2f} {b['currency']}",
+                  f"{b['caused_by_run']:.2f}", f"{b['caused_by_upload']:.2f}")
+    return t
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _throughput(meter: list[dict], name: str, key: str) -> tuple[list[float], list[float]]:
+    """Per-interval rate (bit/s) from a cumulative meter.csv column."""
+    pts = [(float(r["t"]), int(r[key])) for r in meter if r["scope"] == "peer" and r["name"] == name]
+    xs, ys = [], []
+    for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
+        if t1 > t0:
+            xs.append(t1)
+            ys.append((b1 - b0) * 8 / (t1 - t0))
+    return xs, ys
+
+
+def _steps(links: list[dict], host: str, direction: str, t_end: float) -> tuple[list[float], list[float]]:
+    pts = [(float(r["t"]), float(r["rate_bps"])) for r in links if r["host"] == host and r["direction"] == direction]
+    xs, ys = [], []
+    for (t, rate), nxt in zip(pts, [*pts[1:], (t_end, None)]):
+        xs += [t, nxt[0]]
+        ys += [rate, rate]
+    return xs, ys
+
+
+def plot_links(run_dir: Path) -> Path | None:
+    """links.png: for each access direction whose rate changed during the run (a trace, a
+    throttle, a cut), the rate it was set to against the throughput measured on it."""
+    links, meter = _rows(run_dir / "links.csv"), _rows(run_dir / "meter.csv")
+    changed = sorted({(r["host"], r["direction"]) for r in links if r["cause"] != "static" and float(r["t"]) > 0}
+                     | {(r["host"], r["direction"]) for r in links if r["cause"] == "trace"})
+    if not changed or not meter:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t_end = max(float(r["t"]) for r in meter)
+    fig, axes = plt.subplots(len(changed), 1, figsize=(8, 2.6 * len(changed)), sharex=True, squeeze=False)
+    for ax, (host, direction) in zip(axes[:, 0], changed):
+        sx, sy = _steps(links, host, direction, t_end)
+        ax.plot(sx, [y / 1e6 for y in sy], color="k", lw=1.2, label="link rate set (trace / plan)")
+        mx, my = _throughput(meter, host, f"ip_bytes_{direction}")
+        ax.plot(mx, [y / 1e6 for y in my], color="tab:blue", lw=1, marker=".", ms=3, label="measured (IP, per second)")
+        ax.set_ylabel("Mbit/s")
+        ax.set_title(f"{host} {direction}load", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds since the swarm started")
+    out = run_dir / "links.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_usage(run_dir: Path) -> Path | None:
+    """usage.png: each metered peer's counted usage against its cap, and its upload rate."""
+    summary = read_summary(run_dir)
+    metered = [p for p in summary["peers"] if p.get("bill")]
+    meter = _rows(run_dir / "meter.csv")
+    if not metered or not meter:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plans = {g["name"]: g["access"].get("plan") for g in _groups(run_dir)}
+    fig, (ax_use, ax_up) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    for i, p in enumerate(metered):
+        color = f"C{i % 10}"
+        plan = plans.get(p["group"]) or {}
+        counts = plan.get("counts", "both")
+        rows = [r for r in meter if r["scope"] == "peer" and r["name"] == p["name"]]
+        xs = [float(r["t"]) for r in rows]
+        used = [int(r["ip_bytes_up"]) * (counts != "down") + int(r["ip_bytes_down"]) * (counts != "up") for r in rows]
+        ax_use.plot(xs, [u / 1e6 for u in used], color=color, lw=1.2, label=p["name"])
+        if plan.get("cap"):
+            # what was left of the allowance when the run started
+            left = parse_size(plan["cap"]) - parse_size(plan.get("used", 0))
+            ax_use.axhline(left / 1e6, color=color, ls="--", lw=0.8)
+        ux, uy = _throughput(meter, p["name"], "ip_bytes_up")
+        ax_up.plot(ux, [y / 1e6 for y in uy], color=color, lw=1, label=p["name"])
+        if p.get("cap_reached_s") is not None:
+            for ax in (ax_use, ax_up):
+                ax.axvline(p["cap_reached_s"], color=color, ls=":", lw=1)
+    ax_use.set_ylabel("counted in the run, MB")
+    ax_use.set_title(f"{summary['experiment']}: data plan usage (dashed: allowance left at the start; "
+                     f"dotted: cap reached)", fontsize=9)
+    ax_up.set_ylabel("upload, Mbit/s (IP)")
+    ax_up.set_xlabel("seconds since the swarm started")
+    for ax in (ax_use, ax_up):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+    out = run_dir / "usage.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _groups(run_dir: Path) -> list[dict]:
+    import yaml
+    exp = yaml.safe_load((run_dir / "experiment.yaml").read_text())
+    return [*exp.get("seeders", []), *exp.get("peers", [])]
+
+
+def plots(run_dir: Path) -> list[Path]:
+    """Every plot the run's results support, written into the run directory."""
+    return [p for p in (plot(run_dir), plot_links(run_dir), plot_usage(run_dir)) if p]
+
+
 def render(run_dir: Path, console: Console) -> dict:
     summary = load(run_dir)
     console.print(table(summary))
+    b = bills(summary)
+    if b is not None:
+        console.print(b)
     console.print(headline(summary))
     return summary
