@@ -141,6 +141,44 @@ def cell(e: dict) -> str:
     return f"[red]{e['status']}"
 
 
+def cmd_calibrate(args) -> int:
+    from rich.table import Table
+
+    from testbed import calibrate
+    from testbed.units import fmt_rate
+    sweep = [x for x in args.sweep.split(",") if x.strip()]
+    n = len(calibrate.targets(args.profiles or None, sweep))
+    from mininet.log import setLogLevel
+    setLogLevel("warning")
+    signal.signal(signal.SIGTERM, _sigterm)
+    with Progress(TextColumn("[bold]calibrate"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.fields[info]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("links", total=n, info="")
+
+        def on_row(row: dict) -> None:
+            progress.update(task, advance=1, info=row["link"])
+        out, summary = calibrate.run(args.profiles or None, sweep, args.trace, Path(args.results), args.shaper,
+                                     args.seconds, args.pings, args.trace_seconds, on_row)
+    t = Table(title=f"configured vs measured (shaper: {summary['shaper']})", title_justify="left")
+    for col in ("link", "up", "down", "RTT", "loss (round trip)", "ok"):
+        t.add_column(col, justify="left" if col == "link" else "right")
+    for r in summary["rows"]:
+        ok = r["rate_ok"] and r["rtt_ok"] and r["loss_ok"]
+        t.add_row(r["link"], f"{fmt_rate(r['up_bps'])} -> {fmt_rate(r['up_measured_bps'])}",
+                  f"{fmt_rate(r['down_bps'])} -> {fmt_rate(r['down_measured_bps'])}",
+                  f"{r['rtt_expected_ms']:.1f} -> {r['rtt_ms']:.1f} ms",
+                  f"{100 * r['loss_expected_rt']:.2f} % -> {r['lost']}/{r['pings']}",
+                  "[green]yes" if ok else "[red]NO")
+    console.print(t)
+    if summary.get("trace"):
+        tr = summary["trace"]
+        console.print(f"trace {tr['trace']}: {tr['within_10pct']}/{tr['seconds']} seconds within 10 % of the trace, "
+                      f"median error {100 * tr['median_abs_error']:.1f} %; plot: {out / 'trace.png'}")
+    console.print(f"results: {out}  (calibration.md is the table for the README)")
+    bad = [r["link"] for r in summary["rows"] if not (r["rate_ok"] and r["rtt_ok"] and r["loss_ok"])]
+    return 1 if bad or summary["status"] != "complete" else 0
+
+
 def cmd_report(args) -> int:
     from testbed import report
     run_dir = Path(args.run_dir)
@@ -201,6 +239,7 @@ def cmd_clean(args) -> int:
 # ------------------------------------------------------------------ parser
 
 def parser() -> argparse.ArgumentParser:
+    from testbed.calibrate import DEFAULT_SWEEP
     p = argparse.ArgumentParser(prog="testbed", description="Real BitTorrent swarms on emulated networks.")
     p.add_argument("--version", action="version", version=f"testbed {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -219,6 +258,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--parallel", type=int, default=3, help="pairs run at once (default 3)")
     s.add_argument("--results", default="results/matrix", help="matrix directory (default results/matrix)")
     s.set_defaults(func=cmd_matrix)
+
+    s = sub.add_parser("calibrate", help="measure each link profile's rate, RTT and loss against its configuration")
+    s.add_argument("profiles", nargs="*", help="profile names (default: every profile in topologies/profiles.yaml)")
+    s.add_argument("--sweep", default=",".join(DEFAULT_SWEEP),
+                   help=f"plain rate-only links to measure too, comma-separated (default {','.join(DEFAULT_SWEEP)}; "
+                        "'' for none)")
+    s.add_argument("--trace", help="a trace to follow on one download for --trace-seconds, plotted in trace.png")
+    s.add_argument("--trace-seconds", type=float, default=40.0)
+    s.add_argument("--seconds", type=float, default=5.0, help="UDP seconds per direction (default 5)")
+    s.add_argument("--pings", type=int, default=500, help="echoes per link (default 500)")
+    s.add_argument("--shaper", choices=("auto", "netem", "userspace"), default="auto")
+    s.add_argument("--results", default="results", help="where the calibration directory goes (default ./results)")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("validate", help="check an experiment file without running it")
     s.add_argument("file")

@@ -14,6 +14,8 @@ import select
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from mininet.link import Intf, Link
@@ -23,7 +25,7 @@ from mininet.nodelib import LinuxBridge
 
 from testbed.errors import RunError
 from testbed.plan import Plan, Shaping
-from testbed.shaping import LinkShaper, path_impairments
+from testbed.shaping import LinkShaper, nfqueue_rules, path_impairments
 from testbed.wire import IPTABLES
 
 
@@ -140,8 +142,6 @@ class DelayElement:
     also exits by itself if the orchestrator dies (parent-death signal) or every host of the
     run is gone, so it can never outlive the run's namespaces."""
 
-    RULE = ["-t", "raw", "-A", "PREROUTING", "-i", "eth0", "-j", "NFQUEUE", "--queue-num", "0"]
-
     def __init__(self, plan_: Plan, pids: dict[str, int], workdir: Path, seed: int):
         self.tables = path_impairments(plan_)
         self.pids = pids
@@ -171,10 +171,11 @@ class DelayElement:
             self.stop()
             raise RunError(f"the userspace delay element did not start (see {self.log})")
         for name in self.hosts:
-            r = subprocess.run(["nsenter", f"--net=/proc/{self.pids[name]}/ns/net", IPTABLES, "-w", *self.RULE],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RunError(f"{name}: NFQUEUE rule `{IPTABLES} {' '.join(self.RULE)}` failed: {r.stderr.strip()}")
+            for rule in nfqueue_rules(self.tables[name]):
+                r = subprocess.run(["nsenter", f"--net=/proc/{self.pids[name]}/ns/net", IPTABLES, "-w", *rule],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise RunError(f"{name}: NFQUEUE rule `{IPTABLES} {' '.join(rule)}` failed: {r.stderr.strip()}")
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
@@ -194,3 +195,20 @@ class DelayElement:
             return json.loads(self.stats.read_text())
         except (OSError, ValueError):
             return {}
+
+
+def follow_rates(changes: list[tuple[float, str, str, float]], apply, t0: float, stop: threading.Event,
+                 on_error=None) -> threading.Thread:
+    """A thread that applies (t, host, direction, rate) changes at monotonic time t0 + t."""
+    def run() -> None:
+        for t, host, direction, rate in sorted(changes):
+            if stop.wait(max(0.0, t0 + t - time.monotonic())):
+                return
+            try:
+                apply(host, direction, rate, time.monotonic() - t0)
+            except Exception as exc:  # reported; the link stays at its last rate
+                if on_error:
+                    on_error(host, exc)
+    thread = threading.Thread(target=run, name="rate-schedule", daemon=True)
+    thread.start()
+    return thread

@@ -370,20 +370,12 @@ class Swarm:
                 if s.trace:
                     changes += [(t, h.name, direction, r) for t, r in s.trace.changes(self.plan.experiment.timeout)
                                 if t > 0]
-        if not changes:
-            return
-        changes.sort()
-
-        def follow() -> None:
-            for t, host, direction, rate in changes:
-                if self.stop_schedule.wait(max(0.0, self.swarm_t0 + t - time.monotonic())):
-                    return
-                try:
-                    self.set_rate(host, direction, rate, "trace", time.monotonic() - self.swarm_t0)
-                except Exception as exc:  # recorded; the run goes on at the last rate
-                    self.emit(self.rd.event("link_error", host=host, error=str(exc)))
-        self.scheduler = threading.Thread(target=follow, name="rate-schedule", daemon=True)
-        self.scheduler.start()
+        if changes:
+            from testbed import network
+            self.scheduler = network.follow_rates(
+                changes, lambda host, direction, rate, t: self.set_rate(host, direction, rate, "trace", t),
+                self.swarm_t0, self.stop_schedule,
+                lambda host, exc: self.emit(self.rd.event("link_error", host=host, error=str(exc))))
 
     def enforce_plans(self, t: float) -> None:
         """A peer whose usage reaches its data plan's cap gets what the plan says."""

@@ -136,3 +136,14 @@ def path_impairments(plan: Plan) -> dict[str, dict]:
             out[h.name] = {"down": own, "from": from_,
                            "reorder": bool(h.down.reorder) if h.down is not None else False}
     return out
+
+
+def nfqueue_rules(table: dict, data_if: str = "eth0") -> list[list[str]]:
+    """iptables argument lists that hand a receiving host's impaired arrivals to the element:
+    everything, if its own download is impaired, else only what comes from impaired senders
+    (so an unimpaired path never passes through userspace)."""
+    base = ["-t", "raw", "-A", "PREROUTING", "-i", data_if]
+    target = ["-j", "NFQUEUE", "--queue-num", "0"]
+    if any(table["down"].values()):
+        return [base + target]
+    return [base + ["-s", f"{ip}/32"] + target for ip in sorted(table["from"])]

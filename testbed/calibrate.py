@@ -1,0 +1,393 @@
+"""`testbed calibrate`: configured against measured, for each link profile.
+
+One emulated network: a reference host on an unimpaired 1 Gbit/s link, and one host per
+profile (and per rate of the sweep) with that access link, built exactly as a run builds it
+(containers, Mininet, the run's shaper, the userspace delay element where it is used).
+One host at a time, it measures:
+
+- rate, each direction: iperf3 sends UDP at 1.25 x the configured rate for `seconds`, and the
+  rate the link let through is read from the interface counters at the shaped egress (over
+  all but the first second). UDP, because a TCP measurement on a lossy, long-delay link
+  measures TCP (Mathis) and not the link; iperf3's own receiver figure is recorded too.
+- RTT and loss: `ping -U` to the reference host, paced to stay under a tenth of the link
+  rate. The expected RTT is the sum of both directions' one-way delays. The expected loss is
+  the round trip's,
+  1 - (1 - up loss)(1 - down loss), judged by its two-sided 95 % binomial interval.
+- with --trace: a host whose download follows the trace gets UDP at 1.25 x the trace's peak,
+  and the throughput measured each second is plotted against the trace (trace.png).
+
+iperf3 and ping are the machine's own, run in the host's network namespace (nsenter --net);
+only that namespace's addresses exist there, so nothing leaves the emulated network.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from testbed import cleanup, facts, runtime, shaping
+from testbed.errors import InputError, PreflightError, RunError
+from testbed.model import link_profiles, parse_experiment
+from testbed.plan import Plan, Shaping, plan
+from testbed.results import write_json
+from testbed.units import fmt_rate, parse_rate
+
+DEFAULT_SWEEP = ("256kbit", "1mbit", "10mbit", "100mbit")
+REFERENCE_RATE = "1gbit"
+PING_FRAME = 98          # bytes on the wire: 56 data + 8 ICMP + 20 IP + 14 Ethernet
+IPERF_PORT = 5201
+OVERLOAD = 1.25
+RATE_TOLERANCE = 0.05
+RTT_TOLERANCE = (0.002, 0.05)    # 2 ms + 5 %
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str       # profile name, or 'rate 256kbit'
+    group: str       # host group name in the plan
+    access: dict
+
+
+def targets(profiles: list[str] | None, sweep: list[str]) -> list[Target]:
+    known = link_profiles()
+    names = profiles if profiles else list(known)
+    for name in names:
+        if name not in known:
+            raise InputError(f"calibrate: unknown link profile '{name}' (known: {', '.join(known)})")
+    out = [Target(name, f"p{i}", {"profile": name}) for i, name in enumerate(names, 1)]
+    for i, rate in enumerate(sweep, 1):
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            raise InputError(f"calibrate --sweep: {exc}") from None
+        out.append(Target(f"rate {rate}", f"r{i}", {"up": rate, "down": rate, "queue": 100}))
+    return out
+
+
+def experiment(ts: list[Target], trace: str | None, shaper: str):
+    peers = [{"name": t.group, "access": t.access} for t in ts]
+    if trace:
+        peers.append({"name": "trace", "access": {"up": "10mbit", "down_trace": trace, "queue": 100}})
+    return parse_experiment({
+        "name": "calibrate", "content": {"size": "1MiB"}, "shaper": shaper, "timeout": "30d",
+        "seeders": [{"name": "ref", "access": {"up": REFERENCE_RATE, "down": REFERENCE_RATE, "queue": 1000}}],
+        "peers": peers}, "calibrate", Path.cwd())
+
+
+# ------------------------------------------------------------------ pure judgement
+
+def binomial_interval(n: int, p: float, level: float = 0.95) -> tuple[int, int]:
+    """The central `level` interval of Binomial(n, p), in counts."""
+    if p <= 0:
+        return 0, 0
+    tail = (1 - level) / 2
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    lo = hi = 0
+    acc = 0.0
+    for k, x in enumerate(pmf):
+        acc += x
+        if acc > tail:
+            lo = k
+            break
+    acc = 0.0
+    for k in range(n, -1, -1):
+        acc += pmf[k]
+        if acc > tail:
+            hi = k
+            break
+    return lo, hi
+
+
+def expected_rtt(up: Shaping, down: Shaping, ref_up: Shaping, ref_down: Shaping) -> float:
+    """The echo crosses host up and reference down; the reply reference up and host down.
+
+    No serialisation time: an HTB bucket holds two full frames, so a lone echo passes a link
+    at once, as it does with Mininet's TCLink; only a queue behind it would delay it."""
+    return sum(s.delay_s for s in (up, ref_down, ref_up, down))
+
+
+def expected_loss(up: Shaping, down: Shaping) -> float:
+    return 1 - (1 - up.loss) * (1 - down.loss)
+
+
+def ping_interval(up: Shaping, down: Shaping) -> float:
+    """Echoes at no more than a tenth of the slower direction's rate (ping's floor: 2 ms)."""
+    return max(0.002, 10 * PING_FRAME * 8 / min(up.rate_bps, down.rate_bps))
+
+
+def judge(row: dict) -> dict:
+    ok_rate = all(abs(row[f"{d}_measured_bps"] / row[f"{d}_bps"] - 1) <= RATE_TOLERANCE for d in ("up", "down"))
+    tol = RTT_TOLERANCE[0] + RTT_TOLERANCE[1] * row["rtt_expected_ms"] / 1000
+    ok_rtt = abs(row["rtt_ms"] - row["rtt_expected_ms"]) / 1000 <= tol
+    lo, hi = row["loss_interval"]
+    ok_loss = lo <= row["lost"] <= hi
+    return {"rate_ok": ok_rate, "rtt_ok": ok_rtt, "loss_ok": ok_loss}
+
+
+# ------------------------------------------------------------------ measuring
+
+def _ns(pid: int, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _counter(dev: str, key: str) -> int:
+    return int((Path("/sys/class/net") / dev / "statistics" / key).read_text())
+
+
+def udp_rate(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float, seconds: float, dev: str,
+             key: str) -> tuple[float, float | None]:
+    """(rate through the shaped egress `dev` in bit/s, iperf3's receiver goodput or None)."""
+    server = subprocess.Popen(["nsenter", f"--net=/proc/{dst_pid}/ns/net", "iperf3", "-s", "-1", "-p",
+                               str(IPERF_PORT), "-B", dst_ip, "-J"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.3)
+        samples: list[tuple[float, int]] = [(time.monotonic(), _counter(dev, key))]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.25):
+                samples.append((time.monotonic(), _counter(dev, key)))
+        w = threading.Thread(target=watch, daemon=True)
+        client = subprocess.Popen(["nsenter", f"--net=/proc/{src_pid}/ns/net", "iperf3", "-c", dst_ip, "-p",
+                                   str(IPERF_PORT), "-u", "-b", str(int(rate_bps * OVERLOAD)), "-l", "1400",
+                                   "-t", str(seconds), "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        w.start()
+        out, err = client.communicate(timeout=seconds + 30)
+        stop.set()
+        w.join()
+        if client.returncode != 0:
+            raise RunError(f"iperf3 failed: {(err or out).strip()[:200]}")
+        measured = active_rate(samples, rate_bps)
+        try:
+            goodput = json.loads(out)["end"]["sum"]["bits_per_second"]
+        except (ValueError, KeyError):
+            goodput = None
+        return measured, goodput
+    finally:
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def active_rate(samples: list[tuple[float, int]], rate_bps: float) -> float:
+    """The rate over the time traffic flowed, from (time, byte counter) samples.
+
+    iperf3's set-up takes a few round trips (seconds on a satellite path) before data flows,
+    so the window is found in the counters: the intervals carrying more than a fifth of the
+    configured rate, less the first and last of them (partly idle)."""
+    steps = [(t1 - t0, b1 - b0) for (t0, b0), (t1, b1) in zip(samples, samples[1:]) if t1 > t0]
+    active = [i for i, (dt, db) in enumerate(steps) if db * 8 / dt > 0.2 * rate_bps]
+    if len(active) < 3:
+        raise RunError("the link carried too little to measure its rate")
+    body = [steps[i] for i in range(active[0] + 1, active[-1])]
+    return sum(db for _, db in body) * 8 / sum(dt for dt, _ in body)
+
+
+def ping(pid: int, dst_ip: str, count: int, interval: float, deadline: float) -> tuple[int, int, float]:
+    """(sent, received, mean RTT in ms)."""
+    # -U: the time the reply reached ping, not the kernel's receive timestamp, which is taken
+    # before netfilter (and so before the userspace element holds the packet)
+    r = _ns(pid, ["ping", "-U", "-n", "-q", "-c", str(count), "-i", f"{interval:.3f}", "-W", "3", dst_ip],
+            timeout=deadline)
+    sent = recv = 0
+    avg = float("nan")
+    for line in r.stdout.splitlines():
+        if "packets transmitted" in line:
+            parts = line.split(",")
+            sent, recv = int(parts[0].split()[0]), int(parts[1].split()[0])
+        if line.startswith("rtt") or line.startswith("round-trip"):
+            avg = float(line.split("=")[1].split("/")[1])
+    if sent == 0:
+        raise RunError(f"ping failed: {(r.stderr or r.stdout).strip()[:200]}")
+    return sent, recv, avg
+
+
+def measure_target(p: Plan, t: Target, pids: dict[str, int], switch_end: dict[str, str], seconds: float,
+                   pings: int) -> dict:
+    h = p.host(t.group)
+    ref = p.host("ref")
+    dev = switch_end[h.name]
+    up_bps, up_good = udp_rate(pids[h.name], pids["ref"], ref.data_ip, h.up.rate_bps, seconds, dev, "rx_bytes")
+    down_bps, down_good = udp_rate(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps, seconds, dev, "tx_bytes")
+    interval = ping_interval(h.up, h.down)
+    n = pings if h.up.rate_bps >= 200e3 else max(50, pings // 5)
+    sent, recv, rtt = ping(pids[h.name], ref.data_ip, n, interval, deadline=n * interval + 60)
+    p_loss = expected_loss(h.up, h.down)
+    row = {
+        "link": t.label, "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
+        "up_measured_bps": round(up_bps), "down_measured_bps": round(down_bps),
+        "up_iperf3_goodput_bps": round(up_good) if up_good else None,
+        "down_iperf3_goodput_bps": round(down_good) if down_good else None,
+        "delay_ms": h.up.delay_s * 1000, "jitter_ms": h.up.jitter_s * 1000,
+        "rtt_expected_ms": round(1000 * expected_rtt(h.up, h.down, ref.up, ref.down), 3), "rtt_ms": rtt,
+        "loss_configured": h.up.loss, "loss_expected_rt": p_loss, "pings": sent, "lost": sent - recv,
+        "loss_measured_rt": (sent - recv) / sent, "loss_interval": list(binomial_interval(sent, p_loss)),
+    }
+    row.update(judge(row))
+    return row
+
+
+def trace_check(p: Plan, pids: dict[str, int], switch_end: dict[str, str], control, out_dir: Path,
+                seconds: float) -> dict:
+    """Drive the traced host's download with UDP above its peak; per-second throughput vs trace."""
+    from testbed import network
+    h = p.host("trace")
+    trace = h.down.trace
+    dev = switch_end[h.name]
+    seconds = min(seconds, trace.period or seconds)
+    stop = threading.Event()
+    changes = [(t, h.name, "down", r) for t, r in trace.changes(seconds) if t > 0]
+    peak = max(r for _, r in trace.steps)
+    server = subprocess.Popen(["nsenter", f"--net=/proc/{pids[h.name]}/ns/net", "iperf3", "-s", "-1", "-p",
+                               str(IPERF_PORT), "-B", h.data_ip], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    control.set_rate(h.name, "down", trace.rate_at(0))
+    client = subprocess.Popen(["nsenter", f"--net=/proc/{pids['ref']}/ns/net", "iperf3", "-c", h.data_ip, "-p",
+                               str(IPERF_PORT), "-u", "-b", str(int(peak * OVERLOAD)), "-l", "1400",
+                               "-t", str(int(seconds) + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    follower = network.follow_rates(changes, lambda host, d, r, _t: control.set_rate(host, d, r), t0, stop)
+    points = []
+    last = (t0, _counter(dev, "tx_bytes"))
+    try:
+        for k in range(1, int(seconds) + 1):
+            time.sleep(max(0.0, t0 + k - time.monotonic()))
+            now = (time.monotonic(), _counter(dev, "tx_bytes"))
+            points.append({"t": round(now[0] - t0, 3), "set_bps": trace.rate_at(k - 0.5),
+                           "measured_bps": round((now[1] - last[1]) * 8 / (now[0] - last[0]))})
+            last = now
+    finally:
+        stop.set()
+        follower.join(5)
+        for proc in (client, server):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    errors = sorted(abs(pt["measured_bps"] / pt["set_bps"] - 1) for pt in points)
+    result = {"trace": trace.source, "seconds": len(points), "mean_set_bps": round(trace.mean_rate()),
+              "median_abs_error": round(errors[len(errors) // 2], 4) if errors else None,
+              "within_10pct": sum(e <= 0.10 for e in errors), "points": points}
+    plot_trace(result, out_dir / "trace.png")
+    return result
+
+
+def plot_trace(result: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = result["points"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.step([pt["t"] for pt in pts], [pt["set_bps"] / 1e6 for pt in pts], where="pre", color="k", lw=1.2,
+            label="trace (rate set each second)")
+    ax.plot([pt["t"] for pt in pts], [pt["measured_bps"] / 1e6 for pt in pts], ".-", color="tab:blue", lw=1,
+            label="measured at the shaped egress")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("Mbit/s")
+    ax.set_title(f"{Path(result['trace']).name}: median error {100 * (result['median_abs_error'] or 0):.1f} %",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ the command
+
+def markdown(rows: list[dict], shaper: str) -> str:
+    lines = [f"Shaper: {shaper}. Rates: UDP at 1.25x, counted at the shaped egress (L2 bytes). "
+             "RTT: mean of `ping -U`; expected = the one-way delays of both directions. "
+             "Loss: round trip, with the 95 % binomial interval of the expected count.", "",
+             "| link | up set | up measured | down set | down measured | RTT set | RTT measured | loss set (rt) "
+             "| lost / pings (95 % interval) | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ok = "yes" if r["rate_ok"] and r["rtt_ok"] and r["loss_ok"] else \
+            "NO: " + ", ".join(k[:-3] for k in ("rate_ok", "rtt_ok", "loss_ok") if not r[k])
+        lines.append(
+            f"| {r['link']} | {fmt_rate(r['up_bps'])} | {fmt_rate(r['up_measured_bps'])} "
+            f"({100 * (r['up_measured_bps'] / r['up_bps'] - 1):+.1f} %) | {fmt_rate(r['down_bps'])} | "
+            f"{fmt_rate(r['down_measured_bps'])} ({100 * (r['down_measured_bps'] / r['down_bps'] - 1):+.1f} %) | "
+            f"{r['rtt_expected_ms']:.1f} ms | {r['rtt_ms']:.1f} ms | {100 * r['loss_expected_rt']:.2f} % | "
+            f"{r['lost']} / {r['pings']} ({r['loss_interval'][0]}-{r['loss_interval'][1]}) | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(profiles: list[str] | None, sweep: list[str], trace: str | None, results_root: Path, shaper: str = "auto",
+        seconds: float = 5.0, pings: int = 500, trace_seconds: float = 40.0,
+        on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict]:
+    from testbed import network
+    ts = targets(profiles, sweep)
+    exp = experiment(ts, trace, shaper)
+    run_id = f"calibrate-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    from testbed.orchestrator import BringupLock, free_control_block, preflight
+    from testbed.plan import run_tag
+    lock = BringupLock()
+    client = runtime.docker_client()
+    try:
+        p = plan(exp, run_id, block=free_control_block(run_tag(run_id)))
+        imgs = preflight(p, client)
+        for tool in ("iperf3", "ping", "nsenter"):
+            if not shutil.which(tool):
+                raise PreflightError(f"'{tool}' is not installed; run ./setup.sh (calibrate measures with it)")
+        out = results_root.resolve() / run_id
+        out.mkdir(parents=True)
+        tc = facts.traffic_control()
+        shaper_obj = shaping.choose(shaper, tc["netem"])()
+        hosts = element = net = None
+        try:
+            hosts = runtime.start_containers(client, p, imgs, out / "hosts")
+            pids = {n: h.pid for n, h in hosts.items()}
+            net = network.build(p, pids, shaper_obj)
+        finally:
+            lock.release()
+        summary: dict = {"run_id": run_id, "shaper": shaper_obj.name, "host": facts.host_facts(),
+                         "testbed": facts.testbed_version(), "traffic_control": tc, "status": "failed", "rows": []}
+        try:
+            if shaper_obj.userspace_element:
+                element = network.DelayElement(p, pids, out, seed=1)
+                element.start()
+            switch_end = {lk.node1: lk.intf2 for lk in p.links if lk.kind == "access"}
+            for t in ts:
+                row = measure_target(p, t, pids, switch_end, seconds, pings)
+                summary["rows"].append(row)
+                write_json(out / "calibration.json", summary)
+                if on_row:
+                    on_row(row)
+            if trace:
+                control = network.LinkControl(p, pids, shaper_obj)
+                summary["trace"] = trace_check(p, pids, switch_end, control, out, trace_seconds)
+            summary["status"] = "complete"
+        finally:
+            if element is not None:
+                summary["delay_element"] = element.stop()
+            if net is not None:
+                net.stop()
+            cleanup.clean(client, run_id)
+            summary["left_behind"] = cleanup.find(client, run_id)
+            write_json(out / "calibration.json", summary)
+            with (out / "calibration.csv").open("w", newline="") as f:
+                fields = [k for k in (summary["rows"][0] if summary["rows"] else {}) if k != "loss_interval"]
+                w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(summary["rows"])
+            (out / "calibration.md").write_text(markdown(summary["rows"], shaper_obj.name))
+        return out, summary
+    finally:
+        lock.release()
