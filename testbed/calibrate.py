@@ -171,7 +171,7 @@ def udp_rate(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float, seconds: 
             raise RunError(f"iperf3 failed: {(err or out).strip()[:200]}")
         measured = active_rate(samples, rate_bps)
         try:
-            goodput = json.loads(out)["end"]["sum"]["bits_per_second"]
+            goodput = json.loads(out)["end"]["sum_received"]["bits_per_second"]
         except (ValueError, KeyError):
             goodput = None
         return measured, goodput
@@ -216,13 +216,26 @@ def ping(pid: int, dst_ip: str, count: int, interval: float, deadline: float) ->
     return sent, recv, avg
 
 
+def retried(measure: Callable[[], tuple], attempts: int = 3) -> tuple:
+    """iperf3's set-up datagrams cross the lossy link too; a lost one ends a test early."""
+    for k in range(attempts):
+        try:
+            return measure()
+        except RunError:
+            if k == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def measure_target(p: Plan, t: Target, pids: dict[str, int], switch_end: dict[str, str], seconds: float,
                    pings: int) -> dict:
     h = p.host(t.group)
     ref = p.host("ref")
     dev = switch_end[h.name]
-    up_bps, up_good = udp_rate(pids[h.name], pids["ref"], ref.data_ip, h.up.rate_bps, seconds, dev, "rx_bytes")
-    down_bps, down_good = udp_rate(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps, seconds, dev, "tx_bytes")
+    up_bps, up_good = retried(lambda: udp_rate(pids[h.name], pids["ref"], ref.data_ip, h.up.rate_bps, seconds, dev,
+                                               "rx_bytes"))
+    down_bps, down_good = retried(lambda: udp_rate(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps, seconds,
+                                                   dev, "tx_bytes"))
     interval = ping_interval(h.up, h.down)
     n = pings if h.up.rate_bps >= 200e3 else max(50, pings // 5)
     sent, recv, rtt = ping(pids[h.name], ref.data_ip, n, interval, deadline=n * interval + 60)

@@ -74,10 +74,18 @@ def checks() -> list[Check]:
     out.append(Check("tc pfifo", tc["pfifo"], "pfifo qdisc attaches" if tc["pfifo"] else "pfifo missing",
                      "a kernel with CONFIG_NET_SCH_FIFO"))
     out.append(Check("tc netem", tc["netem"],
-                     "netem attaches: links can add delay, jitter and loss" if tc["netem"] else
-                     "sch_netem is absent from this kernel: links are shaped in rate and queue only, "
-                     "with no added delay, jitter or loss (recorded in each run's manifest)",
+                     "netem attaches: runs add delay, jitter and loss with sch_netem" if tc["netem"] else
+                     "sch_netem is absent from this kernel: runs use the userspace delay element instead "
+                     "(recorded in each run's manifest)",
                      "modprobe sch_netem (distribution kernels ship it as a module)", required=False))
+    from testbed.orchestrator import delay_element_available
+    ok, detail = delay_element_available() if root else (False, "not root")
+    shaper = "netem" if tc["netem"] else "userspace"
+    out.append(Check("delay element", ok or tc["netem"],
+                     (f"NFQUEUE binding and iptables work; links with delay, jitter or loss use: {shaper}" if ok else
+                      f"{detail}; links with delay, jitter or loss use: "
+                      + ("netem" if tc["netem"] else "nothing (such runs are refused)")),
+                     "apt-get install libnetfilter-queue-dev gcc python3-dev, then ./setup.sh", required=False))
     from testbed import wire
     ok, detail = wire.available() if root else (False, "not root")
     out.append(Check("packet filter", ok,

@@ -111,7 +111,19 @@ def delay_element_available() -> tuple[bool, str]:
         import netfilterqueue  # noqa: F401
     except ImportError as exc:
         return False, f"the netfilterqueue Python package does not import ({exc}); run ./setup.sh"
-    return wire.available()
+    if not runtime.is_root():
+        return False, "not root"
+    ns = f"tb{os.getpid() % 0xFFFFFF:06x}-nqprobe"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        return False, "cannot create a network namespace"
+    try:
+        rule = ["-t", "raw", "-A", "PREROUTING", "-i", "lo", "-j", "NFQUEUE", "--queue-num", "0"]
+        r = subprocess.run(["ip", "netns", "exec", ns, wire.IPTABLES, "-w", *rule], capture_output=True, text=True)
+        if r.returncode != 0:
+            return False, f"the NFQUEUE target does not load: {r.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return True, "NFQUEUE works"
 
 
 def ovs_available() -> bool:

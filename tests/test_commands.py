@@ -105,3 +105,14 @@ def test_every_client_has_an_image():
     from testbed.clients import DRIVERS
     for driver in DRIVERS.values():
         assert (Path(__file__).parent.parent / "images" / driver.image / "image.yaml").is_file()
+
+
+def test_nfqueue_rules_queue_everything_only_where_the_own_download_is_impaired():
+    from testbed.shaping import nfqueue_rules
+    impaired = {"down": {"delay": 0.03, "jitter": 0.0, "loss": 0.0}, "from": {"198.18.0.3": {}}}
+    assert nfqueue_rules(impaired) == [
+        ["-t", "raw", "-A", "PREROUTING", "-i", "eth0", "-j", "NFQUEUE", "--queue-num", "0"]]
+    clean = {"down": {"delay": 0.0, "jitter": 0.0, "loss": 0.0}, "from": {"198.18.0.9": {}, "198.18.0.3": {}}}
+    assert nfqueue_rules(clean) == [
+        ["-t", "raw", "-A", "PREROUTING", "-i", "eth0", "-s", f"198.18.0.{n}/32", "-j", "NFQUEUE", "--queue-num", "0"]
+        for n in (3, 9)]
