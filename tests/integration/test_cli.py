@@ -63,7 +63,7 @@ def test_validate_and_show_config():
     assert r.returncode == 0 and "valid" in r.stdout
     r = cli("run", str(ROOT / "experiments" / "quickstart.yaml"), "--show-config")
     resolved = yaml.safe_load(r.stdout)
-    assert r.returncode == 0 and resolved["topology"]["sites"] == ["s1"] and resolved["timeout"] == "300s"
+    assert r.returncode == 0 and resolved["topology"]["sites"] == ["s1"] and resolved["timeout"] == "5m"
 
 
 def test_timeout_leaves_partial_results_and_exits_1(docker_client, tmp_path):

@@ -103,3 +103,36 @@ def test_a_throttled_line_follows_the_carrier(metered):
     assert {(r["direction"], r["rate_bps"]) for r in rows if r["cause"] == "throttle"} == {("up", "512000"),
                                                                                           ("down", "512000")}
     assert (run / "links.png").stat().st_size > 10_000
+
+
+def test_traced_links_follow_their_trace_in_a_swarm_and_a_cut_line_departs(docker_client, tmp_path):
+    """experiments/lte-trace.yaml, plus one peer whose carrier cuts it at a small cap."""
+    import yaml
+    exp = yaml.safe_load((ROOT / "experiments" / "lte-trace.yaml").read_text())
+    exp["content"]["size"] = "8MiB"
+    exp["peers"][0]["count"] = 2
+    exp["peers"].append({"name": "cut", "access": {"profile": "lte", "plan": {"cap": "2MB", "at_cap": "cut"}}})
+    for group in exp["peers"]:
+        for key in ("down_trace", "up_trace"):
+            if key in group["access"]:
+                group["access"][key] = str(ROOT / "topologies" / "traces" / group["access"][key])
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    r = cli("run", str(path), "--results", str(tmp_path / "results"), timeout=600)
+    run = only_dir(tmp_path / "results")
+    summary = json.loads((run / "summary.json").read_text())
+    assert r.returncode == 0 and summary["status"] == "complete", (summary.get("error"), r.stderr[-2000:])
+    from testbed import traces
+    trace = traces.load(str(ROOT / "topologies" / "traces" / "lte-drive.down"))
+    with (run / "links.csv").open() as f:
+        rows = [row for row in csv.DictReader(f) if row["host"] == "car1" and row["direction"] == "down"]
+    assert len(rows) >= 10
+    for row in rows:       # each step was applied when the trace says, at the trace's rate
+        t = float(row["t"])
+        assert abs(float(row["rate_bps"]) - trace.rate_at(round(t))) < 1, row
+        assert abs(t - round(t)) < 0.3, row
+    assert (run / "links.png").stat().st_size > 10_000
+    cut = next(p for p in summary["peers"] if p["name"] == "cut")
+    assert cut["line_cut_s"] is not None and not cut["completed"]
+    up = per_second_upload(run)["cut"]
+    assert all(b == 0 for t, b in up if t > cut["line_cut_s"] + 1)
