@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
@@ -32,6 +32,41 @@ Rate = Annotated[float, *_unit(units.parse_rate, units.fmt_rate)]
 Size = Annotated[int, *_unit(units.parse_size, units.exact_size)]
 Duration = Annotated[float, *_unit(units.parse_duration, units.exact_duration)]
 Percent = Annotated[float, *_unit(units.parse_percent, units.fmt_percent)]
+
+
+class Directions(NamedTuple):
+    """A value for each direction of an access link: up (host to network) and down."""
+
+    up: float
+    down: float
+
+
+def _directional(parser, formatter):
+    """One value for both directions ('30ms') or one each ({up: 30ms, down: 10ms})."""
+    def one(value: Any) -> float:
+        try:
+            return parser(value)
+        except units.UnitError as exc:
+            raise ValueError(str(exc)) from None
+
+    def parse(value: Any) -> Directions:
+        if isinstance(value, Directions):
+            return value
+        if isinstance(value, dict):
+            if set(value) != {"up", "down"}:
+                raise ValueError(f"give one value, or both 'up' and 'down' (got {', '.join(map(str, value))})")
+            return Directions(one(value["up"]), one(value["down"]))
+        v = one(value)
+        return Directions(v, v)
+
+    def write(d: Directions) -> Any:
+        return formatter(d.up) if d.up == d.down else {"up": formatter(d.up), "down": formatter(d.down)}
+    return [BeforeValidator(parse), PlainSerializer(write)]
+
+
+DirDuration = Annotated[Any, *_directional(units.parse_duration, units.exact_duration)]
+DirPercent = Annotated[Any, *_directional(units.parse_percent, units.fmt_percent)]
+NO_IMPAIRMENT = Directions(0.0, 0.0)
 
 
 class Strict(BaseModel):
@@ -82,9 +117,10 @@ class AccessLink(Strict):
     profile: str | None = None
     up: Rate | None = None              # host -> network
     down: Rate | None = None            # network -> host
-    delay: Duration = 0.0               # one-way, added in each direction of this link
-    jitter: Duration = 0.0              # +/- uniformly around the delay
-    loss: Percent = 0.0                 # random per packet, each direction
+    # each one value for both directions, or {up: ..., down: ...}
+    delay: DirDuration = NO_IMPAIRMENT  # one-way, added in each direction of this link
+    jitter: DirDuration = NO_IMPAIRMENT  # +/- uniformly around the delay
+    loss: DirPercent = NO_IMPAIRMENT    # random per packet
     reorder: bool = False               # True: jitter may reorder packets (as netem's own default)
     queue: int = Field(100, description="drop-tail queue length, packets, each direction")
     up_trace: RateTrace | None = None   # the upload rate follows this trace instead of `up`
@@ -97,9 +133,9 @@ class LinkProfile(Strict):
     source: str
     up: Rate
     down: Rate
-    delay: Duration = 0.0
-    jitter: Duration = 0.0
-    loss: Percent = 0.0
+    delay: DirDuration = NO_IMPAIRMENT
+    jitter: DirDuration = NO_IMPAIRMENT
+    loss: DirPercent = NO_IMPAIRMENT
     queue: int = 100
 
 
@@ -444,9 +480,10 @@ def check_access(a: AccessLink, where: str, fail) -> None:
             fail(f"{where}.{d}", "must be a positive rate")
     if a.queue < 1:
         fail(f"{where}.queue", "must be at least 1 packet")
-    if a.delay < 0 or a.jitter < 0:
-        fail(f"{where}.{'delay' if a.delay < 0 else 'jitter'}", "must not be negative")
-    if not 0 <= a.loss < 1:
+    for key in ("delay", "jitter"):
+        if min(getattr(a, key)) < 0:
+            fail(f"{where}.{key}", "must not be negative")
+    if not all(0 <= x < 1 for x in a.loss):
         fail(f"{where}.loss", "must be at least 0% and below 100%")
     p = a.plan
     if p is None:

@@ -49,7 +49,8 @@ def access_shaping(a: AccessLink, direction: str) -> Shaping:
     elif ref is not None:
         trace = traces.from_steps([(s.at, s.rate) for s in ref], f"{direction}_trace")
     rate = trace.rate_at(0.0) if trace else getattr(a, direction)
-    return Shaping(rate, a.queue, a.delay, a.jitter, a.loss, a.reorder, trace)
+    pick = 0 if direction == "up" else 1
+    return Shaping(rate, a.queue, a.delay[pick], a.jitter[pick], a.loss[pick], a.reorder, trace)
 
 
 @dataclass(frozen=True)

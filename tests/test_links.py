@@ -19,15 +19,27 @@ def test_every_profile_has_its_source_and_the_issue_s_seven_exist():
         assert prof.source.strip(), name
         assert prof.up > 0 and prof.down > 0 and prof.queue >= 1
     sat = profiles["satellite"]
-    assert (sat.down, sat.delay, sat.loss, sat.queue) == (42e6, 0.4, 0.0074, 1500)
+    assert (sat.down, sat.delay, sat.loss, sat.queue) == (42e6, (0.4, 0.4), (0.0074, 0.0074), 1500)
 
 
 def test_a_profile_fills_the_access_link_and_written_fields_win():
     exp = parse_experiment(with_access(profile="lte", up="3mbit", loss="2%"))
     a = exp.peers[0].access
-    assert (a.up, a.down, a.delay, a.jitter, a.loss, a.queue) == (3e6, 9e6, 0.03, 0.005, 0.02, 130)
+    assert (a.up, a.down, a.queue) == (3e6, 9e6, 130)
+    assert (a.delay, a.jitter, a.loss) == ((0.03, 0.03), (0.005, 0.005), (0.02, 0.02))
     # the resolved file shows every value, and reads back to the same experiment
     assert parse_experiment(__import__("yaml").safe_load(resolved_yaml(exp))) == exp
+
+
+def test_delay_jitter_and_loss_may_differ_by_direction():
+    exp = parse_experiment(with_access(profile="lte", loss={"up": "2%", "down": "0.5%"}, delay={"up": "40ms", "down": "20ms"}))
+    p = plan(exp, "t-20261124-120000-0a1b2c")
+    up, down = p.host("phone1").up, p.host("phone1").down
+    assert (up.delay_s, up.loss, up.jitter_s) == (0.04, 0.02, 0.005)
+    assert (down.delay_s, down.loss, down.jitter_s) == (0.02, 0.005, 0.005)
+    text = resolved_yaml(exp)
+    assert "loss:\n      up: 2%\n      down: 0.5%" in text and "jitter: 5ms" in text
+    assert parse_experiment(__import__("yaml").safe_load(text)) == exp
 
 
 def test_unknown_profile_is_named_with_a_suggestion():
@@ -40,6 +52,8 @@ def test_unknown_profile_is_named_with_a_suggestion():
     ({"profile": "lte", "loss": "100%"}, "access.loss", "below 100%"),
     ({"profile": "lte", "loss": "1"}, "access.loss", "is not a percentage"),
     ({"profile": "lte", "delay": "-5ms"}, "access.delay", "must not be negative"),
+    ({"profile": "lte", "delay": {"up": "5ms"}}, "access.delay", "both 'up' and 'down'"),
+    ({"profile": "lte", "loss": {"up": "1%", "down": "50"}}, "access.loss", "is not a percentage"),
     ({"profile": "lte", "plan": {"at_cap": "cut"}}, "access.plan.at_cap", "needs a cap"),
     ({"profile": "lte", "plan": {"cap": "1GB", "at_cap": "explode"}}, "access.plan.at_cap", ""),
     ({"profile": "lte", "plan": {"cap": "1GB", "period": "1m"}}, "access.plan.period", "shorter than the run"),
