@@ -77,10 +77,13 @@ class HostQueue:
 
 
 def compose(down: dict, up: dict | None) -> Path_:
-    """The path from a sender with upload impairments `up` through this host's download."""
-    up = up or {"delay": 0.0, "jitter": 0.0, "loss": 0.0}
+    """The path from a sender whose own stages add `up` (its upload and the core links on the
+    way), through this host's download. Jitter: one value or a list, one per stage."""
+    up = up or {"delay": 0.0, "jitter": [], "loss": 0.0}
+    jitters = [j for part in (up["jitter"], down["jitter"])
+               for j in (part if isinstance(part, list) else [part]) if j]
     loss = 1 - (1 - up["loss"]) * (1 - down["loss"])
-    return Path_(up["delay"] + down["delay"], tuple(j for j in (up["jitter"], down["jitter"]) if j), loss)
+    return Path_(up["delay"] + down["delay"], tuple(jitters), loss)
 
 
 def host_queue(name: str, spec: dict) -> HostQueue:

@@ -146,6 +146,9 @@ class CoreLink(Strict):
     rate: Rate
     reverse_rate: Rate | None = None
     queue: int = 1000
+    delay: Duration = 0.0       # one-way, each direction (e.g. the distance between two ISPs)
+    jitter: Duration = 0.0
+    loss: Percent = 0.0
 
 
 class Topology(Strict):
@@ -416,6 +419,11 @@ def check_meaning(exp: Experiment, source: str) -> None:
             value = getattr(link, key)
             if value is not None and value <= 0:
                 fail(f"topology.core[{i}].{key}", "must be a positive rate")
+        for key in ("delay", "jitter"):
+            if getattr(link, key) < 0:
+                fail(f"topology.core[{i}].{key}", "must not be negative")
+        if not 0 <= link.loss < 1:
+            fail(f"topology.core[{i}].loss", "must be at least 0% and below 100%")
     if exp.tracker.site is not None and exp.tracker.site not in sites:
         fail("tracker.site", f"unknown site '{exp.tracker.site}' (sites: {', '.join(topo.sites)})")
     if exp.content.size <= 0:

@@ -194,8 +194,8 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
         links.append(LinkPlan("access", h.name, h.site, "eth0", switch_port(h.site), h.up, h.down))
     for link in topo.core:
         a, b = link.ends
-        fwd = Shaping(link.rate, link.queue)
-        rev = Shaping(link.reverse_rate or link.rate, link.queue)
+        fwd = Shaping(link.rate, link.queue, link.delay, link.jitter, link.loss)
+        rev = Shaping(link.reverse_rate or link.rate, link.queue, link.delay, link.jitter, link.loss)
         links.append(LinkPlan("core", a, b, switch_port(a), switch_port(b), fwd, rev))
     for h in hosts:
         links.append(LinkPlan("control", h.name, "control", "ctl0", switch_port("control"), None, None))

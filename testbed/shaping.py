@@ -118,21 +118,56 @@ def choose(requested: str, netem_available: bool) -> type[LinkShaper]:
     return SHAPERS[requested]
 
 
+def core_paths(plan: Plan) -> dict[tuple[str, str], list[Shaping]]:
+    """For each ordered pair of sites, the core-link directions a packet crosses (fewest hops)."""
+    adjacent: dict[str, list[tuple[str, Shaping]]] = {}
+    for lk in plan.links:
+        if lk.kind == "core":
+            adjacent.setdefault(lk.node1, []).append((lk.node2, lk.egress1))
+            adjacent.setdefault(lk.node2, []).append((lk.node1, lk.egress2))
+    sites = {h.site for h in plan.hosts}
+    paths: dict[tuple[str, str], list[Shaping]] = {}
+    for start in sites:
+        seen, frontier = {start: []}, [start]
+        while frontier:
+            nxt = []
+            for site in frontier:
+                for other, shaping in adjacent.get(site, []):
+                    if other not in seen:
+                        seen[other] = seen[site] + [shaping]
+                        nxt.append(other)
+            frontier = nxt
+        paths.update({(start, end): hops for end, hops in seen.items()})
+    return paths
+
+
+def _params(stages: list[Shaping | None]) -> dict:
+    """Stages crossed one after another: delays add, jitters stay separate, losses compound."""
+    stages = [s for s in stages if s is not None]
+    keep = 1.0
+    for s in stages:
+        keep *= 1 - s.loss
+    return {"delay": sum(s.delay_s for s in stages), "jitter": [s.jitter_s for s in stages if s.jitter_s],
+            "loss": 1 - keep}
+
+
 def path_impairments(plan: Plan) -> dict[str, dict]:
     """For the userspace element: per receiving host, what its own download direction adds,
-    and what each sender's upload direction adds, keyed by the sender's data address.
-    Hosts that receive nothing impaired are left out (they need no element)."""
-    def params(s: Shaping | None) -> dict:
-        if s is None:
-            return {"delay": 0.0, "jitter": 0.0, "loss": 0.0}
-        return {"delay": s.delay_s, "jitter": s.jitter_s, "loss": s.loss}
-
-    senders = {h.data_ip: params(h.up) for h in plan.hosts if h.up is not None and h.up.impaired}
+    and what each sender's path adds before it (its upload, then the core links between
+    their sites), keyed by the sender's data address. Hosts that receive nothing impaired
+    are left out (they need no element)."""
+    core = core_paths(plan)
     out = {}
     for h in plan.hosts:
-        own = params(h.down)
-        from_ = {ip: p for ip, p in senders.items() if ip != h.data_ip}
-        if from_ or (h.down is not None and h.down.impaired):
+        from_ = {}
+        for s in plan.hosts:
+            if s.name == h.name:
+                continue
+            p = _params([s.up, *core.get((s.site, h.site), [])])
+            if p["delay"] or p["jitter"] or p["loss"]:
+                from_[s.data_ip] = p
+        own = _params([h.down])
+        if from_ or own["delay"] or own["jitter"] or own["loss"]:
             out[h.name] = {"down": own, "from": from_,
                            "reorder": bool(h.down.reorder) if h.down is not None else False}
     return out

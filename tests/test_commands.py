@@ -1,6 +1,9 @@
 """The exact commands and specs the executors will use, asserted without root."""
 from pathlib import Path
 
+import pytest
+from pytest import approx
+
 from testbed.images import load_image
 from testbed.model import parse_experiment
 from testbed.plan import Shaping, plan
@@ -65,13 +68,29 @@ def test_userspace_element_applies_each_path_once_at_its_receiver():
     tables = path_impairments(p)
     assert sorted(tables) == ["origin", "phone1", "phone2", "tracker"]
     phone1 = tables["phone1"]
-    assert phone1["down"] == {"delay": 0.03, "jitter": 0.005, "loss": 0.01}
+    assert phone1["down"] == {"delay": 0.03, "jitter": [0.005], "loss": approx(0.01)}
     # from the origin: its 2 ms upload delay; from the other phone: its LTE upload
-    assert phone1["from"][p.host("origin").data_ip] == {"delay": 0.002, "jitter": 0.0, "loss": 0.0}
-    assert phone1["from"][p.host("phone2").data_ip] == {"delay": 0.03, "jitter": 0.005, "loss": 0.01}
+    assert phone1["from"][p.host("origin").data_ip] == {"delay": 0.002, "jitter": [], "loss": 0.0}
+    assert phone1["from"][p.host("phone2").data_ip] == {"delay": 0.03, "jitter": [0.005], "loss": approx(0.01)}
     assert p.host("phone1").data_ip not in phone1["from"]
     # the tracker's own link is unshaped, but what the phones send it is delayed
-    assert tables["tracker"]["down"] == {"delay": 0.0, "jitter": 0.0, "loss": 0.0}
+    assert tables["tracker"]["down"] == {"delay": 0.0, "jitter": [], "loss": 0.0}
+
+
+def test_core_link_impairments_apply_only_across_the_core():
+    topo = {"sites": ["left", "right"], "core": [{"ends": ["left", "right"], "rate": "20mbit", "delay": "20ms",
+                                                  "loss": "1%"}]}
+    exp = parse_experiment(experiment_dict(topology=topo, peers=[
+        {"name": "west", "site": "left", "access": {"up": "2mbit", "down": "10mbit"}},
+        {"name": "east", "site": "right", "access": {"up": "2mbit", "down": "10mbit", "delay": "5ms"}}]))
+    p = plan(exp, "t-20261124-120000-0a1b2c")
+    tables = path_impairments(p)
+    # origin and west share the left site: nothing between them; east is across the core
+    assert p.host("origin").data_ip not in tables["west"]["from"]
+    assert tables["west"]["from"][p.host("east").data_ip] == {"delay": approx(0.025), "jitter": [], "loss": approx(0.01)}
+    assert tables["east"]["from"][p.host("west").data_ip] == {"delay": 0.02, "jitter": [], "loss": approx(0.01)}
+    core = next(lk for lk in p.links if lk.kind == "core")
+    assert NetemShaper().commands(core.intf1, core.egress1)[2].endswith("delay 20000us loss random 1%")
 
 
 def test_a_swarm_without_impairments_needs_no_element():

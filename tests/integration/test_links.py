@@ -142,3 +142,32 @@ def test_netem_gives_the_same_round_trip(docker_client, tmp_path):
         if mn is not None:
             mn.stop()
         cleanup.clean(docker_client, run_id)
+
+
+def test_core_link_delay_applies_across_the_core_only(docker_client, tmp_path):
+    run_id = "core-20261124-000000-0ddba3"
+    topo = {"sites": ["left", "right"], "core": [{"ends": ["left", "right"], "rate": "50mbit", "delay": "20ms"}]}
+    exp = small_experiment(topology=topo, seeders=[{"name": "origin", "site": "left",
+                                                     "access": {"up": "20mbit", "down": "20mbit"}}],
+                           peers=[{"name": "west", "site": "left", "access": {"up": "10mbit", "down": "10mbit"}},
+                                  {"name": "east", "site": "right", "access": {"up": "10mbit", "down": "10mbit"}}])
+    p = plan(exp, run_id)
+    imgs = images.require(docker_client, {h.image for h in p.hosts})
+    mn = element = None
+    try:
+        hosts = runtime.start_containers(docker_client, p, imgs, tmp_path / "hosts")
+        pids = {n: h.pid for n, h in hosts.items()}
+        mn = network.build(p, pids, UserspaceShaper())
+        element = network.DelayElement(p, pids, tmp_path, seed=3)
+        element.start()
+        _, _, across = ping(pids["west"], p.host("east").data_ip, 50)
+        _, _, beside = ping(pids["west"], p.host("origin").data_ip, 50)
+        assert abs(across - 40) <= 2 + 0.05 * 40, across
+        assert beside < 2, beside
+    finally:
+        if element is not None:
+            element.stop()
+        if mn is not None:
+            mn.stop()
+        cleanup.clean(docker_client, run_id)
+        assert nothing_left(docker_client, run_id)
