@@ -4,6 +4,7 @@ The userspace element is tested always (it is what runs where sch_netem is absen
 tested where the kernel has it, and skipped with that reason where it does not.
 """
 import json
+from contextlib import contextmanager
 import subprocess
 import time
 
@@ -24,14 +25,31 @@ PEERS = [
 ]
 
 
-def bring_up(docker_client, tmp_path, shaper, run_id):
-    exp = small_experiment(peers=PEERS, seeders=[{"name": "origin", "access": {
-        "up": "20mbit", "down": "20mbit", "delay": "10ms", "queue": 100}}])
-    p = plan(exp, run_id)
-    imgs = images.require(docker_client, {h.image for h in p.hosts})
-    hosts = runtime.start_containers(docker_client, p, imgs, tmp_path / "hosts")
-    pids = {n: h.pid for n, h in hosts.items()}
-    return p, pids, network.build(p, pids, shaper)
+def phones(run_id: str):
+    return plan(small_experiment(peers=PEERS, seeders=[{"name": "origin", "access": {
+        "up": "20mbit", "down": "20mbit", "delay": "10ms", "queue": 100}}]), run_id)
+
+
+@contextmanager
+def emulated(docker_client, p, tmp_path, shaper, element: bool = True):
+    """The plan's containers and links, with the userspace element if asked; all removed after."""
+    mn = elem = None
+    try:
+        imgs = images.require(docker_client, {h.image for h in p.hosts})
+        hosts = runtime.start_containers(docker_client, p, imgs, tmp_path / "hosts")
+        pids = {n: h.pid for n, h in hosts.items()}
+        mn = network.build(p, pids, shaper)
+        if element:
+            elem = network.DelayElement(p, pids, tmp_path, seed=5)
+            elem.start()
+        yield pids, mn, elem
+    finally:
+        if elem is not None:
+            elem.stop()
+        if mn is not None:
+            mn.stop()
+        cleanup.clean(docker_client, p.run_id)
+        assert nothing_left(docker_client, p.run_id)
 
 
 def ping(pid: int, addr: str, count: int, interval: float = 0.01) -> tuple[int, int, float]:
@@ -51,21 +69,9 @@ def udp_out_of_order(pids, p, src: str, dst: str, rate: str = "4M", seconds: int
 
 @pytest.fixture(scope="module")
 def userspace(docker_client, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("userspace")
-    run_id = "links-20261124-000000-0ddba1"
-    mn = element = None
-    try:
-        p, pids, mn = bring_up(docker_client, tmp, UserspaceShaper(), run_id)
-        element = network.DelayElement(p, pids, tmp, seed=5)
-        element.start()
+    p = phones("links-20261124-000000-0ddba1")
+    with emulated(docker_client, p, tmp_path_factory.mktemp("userspace"), UserspaceShaper()) as (pids, mn, element):
         yield p, pids, mn, element
-    finally:
-        if element is not None:
-            element.stop()
-        if mn is not None:
-            mn.stop()
-        cleanup.clean(docker_client, run_id)
-        assert nothing_left(docker_client, run_id)
 
 
 def test_only_impaired_paths_are_queued_to_userspace(userspace):
@@ -129,45 +135,24 @@ def test_the_element_stops_with_its_counters(userspace):
 @pytest.mark.skipif(not facts.traffic_control()["netem"],
                     reason="this kernel has no sch_netem (testbed doctor); the userspace element is tested instead")
 def test_netem_gives_the_same_round_trip(docker_client, tmp_path):
-    run_id = "netem-20261124-000000-0ddba2"
-    mn = None
-    try:
-        p, pids, mn = bring_up(docker_client, tmp_path, NetemShaper(), run_id)
+    p = phones("netem-20261124-000000-0ddba2")
+    with emulated(docker_client, p, tmp_path, NetemShaper(), element=False) as (pids, _, _):
         _, _, rtt = ping(pids["origin"], p.host("jumpy").data_ip, 100)
         assert abs(rtt - 80) <= 2 + 0.05 * 80, rtt
         sent, recv, _ = ping(pids["plain"], p.host("phone").data_ip, 600, 0.005)
         lo, hi = binomial_interval(sent, 1 - (1 - 0.02) ** 2)
         assert lo <= sent - recv <= hi
-    finally:
-        if mn is not None:
-            mn.stop()
-        cleanup.clean(docker_client, run_id)
 
 
 def test_core_link_delay_applies_across_the_core_only(docker_client, tmp_path):
-    run_id = "core-20261124-000000-0ddba3"
     topo = {"sites": ["left", "right"], "core": [{"ends": ["left", "right"], "rate": "50mbit", "delay": "20ms"}]}
     exp = small_experiment(topology=topo, seeders=[{"name": "origin", "site": "left",
                                                      "access": {"up": "20mbit", "down": "20mbit"}}],
                            peers=[{"name": "west", "site": "left", "access": {"up": "10mbit", "down": "10mbit"}},
                                   {"name": "east", "site": "right", "access": {"up": "10mbit", "down": "10mbit"}}])
-    p = plan(exp, run_id)
-    imgs = images.require(docker_client, {h.image for h in p.hosts})
-    mn = element = None
-    try:
-        hosts = runtime.start_containers(docker_client, p, imgs, tmp_path / "hosts")
-        pids = {n: h.pid for n, h in hosts.items()}
-        mn = network.build(p, pids, UserspaceShaper())
-        element = network.DelayElement(p, pids, tmp_path, seed=3)
-        element.start()
+    p = plan(exp, "core-20261124-000000-0ddba3")
+    with emulated(docker_client, p, tmp_path, UserspaceShaper()) as (pids, _, _):
         _, _, across = ping(pids["west"], p.host("east").data_ip, 50)
         _, _, beside = ping(pids["west"], p.host("origin").data_ip, 50)
         assert abs(across - 40) <= 2 + 0.05 * 40, across
         assert beside < 2, beside
-    finally:
-        if element is not None:
-            element.stop()
-        if mn is not None:
-            mn.stop()
-        cleanup.clean(docker_client, run_id)
-        assert nothing_left(docker_client, run_id)
