@@ -52,11 +52,24 @@ class DockerHost(Host):
         return super()._popen(cmd, **params)
 
 
+def disable_ipv6(dev: str) -> None:
+    """The emulated network is IPv4 only (containers start with IPv6 off): no IPv6 on the
+    run's own interfaces in the machine's namespace either."""
+    try:
+        Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6").write_text("1")
+    except OSError:
+        pass        # a kernel without IPv6 has nothing to turn off
+
+
 class ShapedIntf(Intf):
     """An interface whose egress is shaped by a LinkShaper."""
 
     def config(self, shaping: Shaping | None = None, shaper: LinkShaper | None = None, **params):
         result = super().config(**params)
+        if not isinstance(self.node, DockerHost):
+            # a switch's end lives in the machine's namespace, where IPv6 is on by default:
+            # it would send router solicitations and MLD reports into the run's bridge
+            disable_ipv6(self.name)
         if shaping is not None and shaper is not None:
             # Shaping is only exact without segmentation offload: otherwise the qdisc sees
             # 64 KiB super-packets and a queue of N packets is not N wire packets.
@@ -93,6 +106,8 @@ def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
                     params2={"shaping": link.egress2, "shaper": shaper})
     net.build()
     net.start()
+    for sw in plan.switches:
+        disable_ipv6(sw.device)
     for h in plan.hosts:
         node = nodes[h.name]
         node.intf("ctl0").setIP(h.ctl_ip, plan.control_prefix)

@@ -80,3 +80,14 @@ def test_uplink_rate_is_enforced(net):
     sent_bits = (int(stats.read_text()) - before) * 8
     assert sent_bits <= 1.1 * 1e6 * 2 + 8 * 3028 * 2
     assert sent_bits >= 0.5 * 1e6 * 2
+
+
+def test_the_emulated_network_is_ipv4_only_on_both_sides(net):
+    """No IPv6 address on a host's interfaces, nor on the run's bridges and veth ends in the
+    machine's namespace: nothing sends router solicitations or MLD reports into the run."""
+    p, hosts, _ = net
+    for h in hosts.values():
+        _, out = h.exec(["ip", "-6", "addr"])
+        assert out.strip() == "", (h.name, out)
+    out = subprocess.run(["ip", "-6", "-br", "addr"], capture_output=True, text=True).stdout
+    assert [line for line in out.splitlines() if line.startswith(f"tb{p.tag}")] == []
