@@ -125,6 +125,9 @@ class AccessLink(Strict):
     queue: int = Field(100, description="drop-tail queue length, packets, each direction")
     up_trace: RateTrace | None = None   # the upload rate follows this trace instead of `up`
     down_trace: RateTrace | None = None
+    # where in its traces the link starts: a duration, or `spread`: the members of a group
+    # start evenly spaced over the trace's length, so they do not move in step
+    trace_offset: Duration | Literal["spread"] = 0.0
     plan: DataPlan | None = None
 
 

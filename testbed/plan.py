@@ -41,13 +41,17 @@ class Shaping:
         return bool(self.delay_s or self.jitter_s or self.loss)
 
 
-def access_shaping(a: AccessLink, direction: str) -> Shaping:
+def access_shaping(a: AccessLink, direction: str, member: int = 0, members: int = 1) -> Shaping:
+    """One direction of a group member's access link (member counts from 0)."""
     ref = getattr(a, f"{direction}_trace")
     trace = None
     if isinstance(ref, str):
         trace = traces.load(ref)
     elif ref is not None:
         trace = traces.from_steps([(s.at, s.rate) for s in ref], f"{direction}_trace")
+    if trace is not None:
+        offset = trace.length() * member / members if a.trace_offset == "spread" else a.trace_offset
+        trace = trace.starting_at(offset)
     rate = trace.rate_at(0.0) if trace else getattr(a, direction)
     pick = 0 if direction == "up" else 1
     return Shaping(rate, a.queue, a.delay[pick], a.jitter[pick], a.loss[pick], a.reorder, trace)
@@ -179,7 +183,8 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
             hosts.append(HostPlan(
                 name=name, role=role, group=g.name, client=g.client, image=DRIVERS[g.client].image,
                 site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
-                up=access_shaping(g.access, "up"), down=access_shaping(g.access, "down"),
+                up=access_shaping(g.access, "up", i - 1, g.count),
+                down=access_shaping(g.access, "down", i - 1, g.count),
                 container=f"tb-{run_id}-{name}", behaviour=g.behaviour, profile=g.access.profile,
                 data_plan=g.access.plan))
 

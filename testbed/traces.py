@@ -43,6 +43,23 @@ class Trace:
             rate = r
         return rate
 
+    def starting_at(self, offset: float) -> "Trace":
+        """The same trace entered `offset` seconds in (a repeating trace wraps around)."""
+        if not offset:
+            return self
+        if self.period:
+            offset %= self.period
+            later = [(t - offset, r) for t, r in self.steps if t > offset]
+            wrapped = [(t + self.period - offset, r) for t, r in self.steps if t < offset]
+            steps = [(0.0, self.rate_at(offset)), *later, *wrapped]
+        else:
+            steps = [(0.0, self.rate_at(offset)), *[(t - offset, r) for t, r in self.steps if t > offset]]
+        return Trace(f"{self.source}@{offset:g}s", tuple(steps), self.period)
+
+    def length(self) -> float:
+        """One repetition, or (for a trace that holds its last rate) the time of its last step."""
+        return self.period or self.steps[-1][0]
+
     def mean_rate(self) -> float:
         """Time-weighted mean over one period (or over the schedule's steps, last held 1 step)."""
         end = self.period or (self.steps[-1][0] + (self.steps[-1][0] - self.steps[-2][0] if len(self.steps) > 1 else 1.0))

@@ -112,3 +112,16 @@ def test_cap_is_reached_once_and_ip_bytes_drop_the_ethernet_header():
     assert w.update(2.0, 50_000_000, 50_000_000) and w.reached_at == 2.0
     assert not w.update(3.0, 60_000_000, 60_000_000)
     assert metering.ip_bytes(1514 * 10, 10) == 1500 * 10
+
+
+def test_a_trace_can_start_part_way_and_a_group_can_spread_over_it():
+    t = traces.from_steps([(0.0, 1e6), (2.0, 2e6), (4.0, 3e6)], "x")
+    assert t.starting_at(3.0).steps == ((0.0, 2e6), (1.0, 3e6))
+    looped = traces.Trace("y", ((0.0, 1e6), (1.0, 2e6), (2.0, 3e6)), period=3.0)
+    assert looped.starting_at(1.5).steps == ((0.0, 2e6), (0.5, 3e6), (1.5, 1e6), (2.5, 2e6))
+    assert looped.starting_at(1.5).rate_at(2.0) == 1e6 and looped.starting_at(4.5).steps == looped.starting_at(1.5).steps
+    exp = parse_experiment(with_access(profile="lte", down_trace="lte-drive.down", trace_offset="spread"))
+    p = plan(exp, "t-20261124-120000-0a1b2c")
+    full = traces.load(exp.peers[0].access.down_trace)
+    assert p.host("phone1").down.trace.steps == full.steps
+    assert p.host("phone2").down.rate_bps == full.rate_at(30.0)       # half of the 60 s trace
