@@ -91,7 +91,7 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
     if plan_.experiment.shaper == "netem" and not facts.traffic_control()["netem"]:
         raise PreflightError("shaper: netem is asked for, but this kernel has no sch_netem (modprobe sch_netem "
                              "fails); use shaper: auto or userspace (see testbed doctor)")
-    impaired = any(s is not None and s.impaired for h in plan_.hosts for s in (h.up, h.down))
+    impaired = any(s is not None and s.impaired for lk in plan_.links for s in (lk.egress1, lk.egress2))
     if impaired and shaper_cls.userspace_element:
         ok, why = delay_element_available()
         if not ok:
