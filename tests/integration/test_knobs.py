@@ -118,10 +118,12 @@ def test_stop_on_completion_uploads_nothing_after_completing(runs):
         rows = r.rows[name]
         i = next(k for k, row in enumerate(rows) if row["t"] == p["seeding"]["stopped_s"])
         at_stop, last = rows[i], rows[-1]
-        # the client's own count stops within a second (transmission carries out a stop on
-        # its next one-second pass; libtorrent-based counters lag up to a second), but for a
-        # few blocks peers had already requested (qBittorrent pauses gracefully: 2 seen)
-        assert last["client_bytes_up"] - rows[i + 1]["client_bytes_up"] <= 4 * BLOCK, name
+        # the client's own count stops within two seconds, but for a few blocks peers had
+        # already requested (qBittorrent pauses gracefully: 2 seen). Two, because counters
+        # lag: transmission carries out a stop on its next one-second pass, and qBittorrent
+        # refreshes its numbers every 1.5 s (CI once saw 6 blocks counted between 1 and 2 s
+        # after its stop; the wire check below held)
+        assert last["client_bytes_up"] - rows[i + 2]["client_bytes_up"] <= 4 * BLOCK, name
         # on the wire, all that left after the stop is what the kernel already held in its
         # send queues then (TCP delivers a closed socket's data; to a slow peer that takes
         # seconds), what the client reports sending before it acted, headers and chatter
