@@ -46,14 +46,26 @@ def headline(summary: dict) -> str:
     return line
 
 
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only (no display on a CI machine)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(plt, fig, out: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot(run_dir: Path) -> Path | None:
     """progress.png: each leecher's progress over time, with the Kumar-Ross minimum."""
     samples = run_dir / "samples.csv"
     if not samples.is_file():
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     summary = read_summary(run_dir)
     leechers = {p["name"] for p in summary["peers"] if p["role"] == "leecher"}
@@ -74,9 +86,7 @@ def plot(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     out = run_dir / "progress.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out)
     return out
 
 
@@ -134,9 +144,7 @@ def plot_links(run_dir: Path) -> Path | None:
                      | {(r["host"], r["direction"]) for r in links if r["cause"] == "trace"})
     if not changed or not meter:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     t_end = max(float(r["t"]) for r in meter)
     fig, axes = plt.subplots(len(changed), 1, figsize=(8, 2.6 * len(changed)), sharex=True, squeeze=False)
     for ax, (host, direction) in zip(axes[:, 0], changed):
@@ -150,9 +158,7 @@ def plot_links(run_dir: Path) -> Path | None:
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("seconds since the swarm started")
     out = run_dir / "links.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out)
     return out
 
 
@@ -163,9 +169,7 @@ def plot_usage(run_dir: Path) -> Path | None:
     meter = _rows(run_dir / "meter.csv")
     if not metered or not meter:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     plans = {g["name"]: g["access"].get("plan") for g in _groups(run_dir)}
     fig, (ax_use, ax_up) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     for i, p in enumerate(metered):
@@ -194,9 +198,7 @@ def plot_usage(run_dir: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, loc="upper left")
     out = run_dir / "usage.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out)
     return out
 
 
