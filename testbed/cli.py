@@ -148,6 +148,12 @@ def cmd_calibrate(args) -> int:
     from testbed.units import fmt_rate
     sweep = [x for x in args.sweep.split(",") if x.strip()]
     n = len(calibrate.targets(args.profiles or None, sweep))
+    if args.trace:
+        from testbed import traces
+        try:
+            traces.load(str(traces.resolve(args.trace, Path.cwd())))
+        except traces.TraceError as exc:
+            raise InputError(f"calibrate --trace: {exc}") from None
     from mininet.log import setLogLevel
     setLogLevel("warning")
     signal.signal(signal.SIGTERM, _sigterm)
