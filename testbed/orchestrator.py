@@ -405,9 +405,11 @@ class Swarm:
             elif action == "cut":
                 with self.link_lock:
                     self.links.cut(name)
-                    self.departed[name] = t
+                    # the line went down now, after this sample's counters were read
+                    t_cut = time.monotonic() - self.swarm_t0
+                    self.departed[name] = t_cut
                     for direction in ("up", "down"):
-                        self.rd.row("links", {"t": round(t, 3), "host": name, "direction": direction,
+                        self.rd.row("links", {"t": round(t_cut, 3), "host": name, "direction": direction,
                                               "rate_bps": 0, "cause": "cut"})
             elif action == "stop_seeding":
                 # the user stops seeding: at once if the download is complete, else on completion
