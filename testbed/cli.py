@@ -79,6 +79,8 @@ def cmd_run(args) -> int:
                     progress.update(task, description=f"{exp.name}{label}: {kind.replace('_', ' ')}")
                 elif kind == "client_error":
                     progress.console.print(f"[yellow]{e['host']}: {e['error']}")
+                elif kind == "warning":
+                    progress.console.print(f"[yellow]warning: {e['message']}")
 
             result = orchestrator.run(exp, results, on_event, repetition=rep, keep_data=args.keep_data,
                                       run_id=args.run_id if exp.repetitions == 1 else None)

@@ -203,7 +203,16 @@ class Swarm:
             self.element = network.DelayElement(self.plan, pids, self.rd.path, self.plan.experiment.seed)
             self.element.start()
             if self.element.hosts:
-                self.emit(self.rd.event("delay_element", hosts=self.element.hosts, pid=self.element.proc.pid))
+                load = shaping.element_load_pps(self.plan, self.element.tables)
+                self.emit(self.rd.event("delay_element", hosts=self.element.hosts, pid=self.element.proc.pid,
+                                        max_pps=None if load is None else round(load)))
+                if load is None or load > shaping.ELEMENT_CAPACITY_PPS:
+                    # a warning, not a refusal: the capacity was measured on one machine
+                    self.emit(self.rd.event("warning", message=(
+                        f"the delay element may have to pass {'unbounded' if load is None else f'{load:,.0f}'} "
+                        f"packets/s, more than the {shaping.ELEMENT_CAPACITY_PPS:,} it passes without loss on "
+                        f"a 2-core machine (benchmarks/delayer.py); delayer-stats.json shows what it held and "
+                        f"dropped")))
         for hp in self.plan.hosts:
             if hp.client:
                 try:

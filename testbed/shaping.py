@@ -173,6 +173,34 @@ def path_impairments(plan: Plan) -> dict[str, dict]:
     return out
 
 
+# Packets per second one delay element passes with under 0.1 % loss: benchmarks/delayer.py
+# on this project's 2-core CI machine (400 Mbit/s of 1400-byte datagrams, 7 us of CPU each;
+# it saturates near 70,000/s). A faster core carries more; the figure is for a warning.
+ELEMENT_CAPACITY_PPS = 35_000
+
+
+def peak_rate(s: Shaping | None) -> float | None:
+    """The highest rate a direction can reach over the run (None: not shaped)."""
+    if s is None:
+        return None
+    return max([s.rate_bps, *(r for _, r in s.trace.steps)] if s.trace else [s.rate_bps])
+
+
+def element_load_pps(plan: Plan, tables: dict[str, dict]) -> float | None:
+    """An upper bound on the packets per second the element must pass: full frames into its
+    receiving hosts, at most the sum of their download rates and of every host's upload
+    rate, plus one ACK per two segments (delayed ACK). None when a rate is unbounded."""
+    by_name = {h.name: h for h in plan.hosts}
+    downs = [peak_rate(by_name[n].down) for n in tables]
+    ups = [peak_rate(h.up) for h in plan.hosts if h.client]
+    if not tables:
+        return 0.0
+    bounds = [sum(rates) for rates in (downs, ups) if None not in rates]
+    if not bounds:
+        return None
+    return min(bounds) / (MTU_FRAME * 8) * 1.5
+
+
 def nfqueue_rules(table: dict, data_if: str = "eth0") -> list[list[str]]:
     """iptables argument lists that hand a receiving host's impaired arrivals to the element:
     everything, if its own download is impaired, else only what comes from impaired senders

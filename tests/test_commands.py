@@ -8,7 +8,16 @@ from testbed.images import load_image
 from testbed.model import parse_experiment
 from testbed.plan import Shaping, plan
 from testbed.runtime import container_spec
-from testbed.shaping import HtbShaper, NetemShaper, UserspaceShaper, burst_bytes, choose, path_impairments
+from testbed.shaping import (
+    ELEMENT_CAPACITY_PPS,
+    HtbShaper,
+    NetemShaper,
+    UserspaceShaper,
+    burst_bytes,
+    choose,
+    element_load_pps,
+    path_impairments,
+)
 from tests.conftest import experiment_dict
 
 
@@ -135,3 +144,26 @@ def test_nfqueue_rules_queue_everything_only_where_the_own_download_is_impaired(
     assert nfqueue_rules(clean) == [
         ["-t", "raw", "-A", "PREROUTING", "-i", "eth0", "-s", f"198.18.0.{n}/32", "-j", "NFQUEUE", "--queue-num", "0"]
         for n in (3, 9)]
+
+
+def test_the_element_s_load_is_bounded_by_the_swarm_s_rates_and_large_swarms_are_flagged():
+    def load(peers, seeder="ftth"):
+        exp = parse_experiment(experiment_dict(seeders=[{"name": "origin", "access": {"profile": seeder}}],
+                                               peers=peers))
+        p = plan(exp, "t-20261124-120000-0a1b2c")
+        return element_load_pps(p, path_impairments(p))
+    # 40 LTE peers: every upload (40 x 1.5 Mbit/s + the origin's 5) is below every download
+    lte = load([{"name": "phone", "count": 40, "access": {"profile": "lte"}}])
+    assert lte == approx((40 * 1.5e6 + 5e6) / (1514 * 8) * 1.5)
+    assert lte < ELEMENT_CAPACITY_PPS
+    # 40 peers on 100 Mbit/s with 5 ms of delay: more than one element passes
+    lan = load([{"name": "desk", "count": 40, "access": {"up": "100mbit", "down": "100mbit", "delay": "5ms"}}])
+    assert lan > ELEMENT_CAPACITY_PPS
+    # a traced link counts at its trace's highest rate
+    traced = load([{"name": "car", "count": 2, "access": {"profile": "lte", "down_trace": [
+        {"at": "0s", "rate": "1mbit"}, {"at": "5s", "rate": "50mbit"}], "up_trace": [
+        {"at": "0s", "rate": "1mbit"}, {"at": "5s", "rate": "50mbit"}]}}])
+    assert traced == approx((2 * 50e6 + 5e6) / (1514 * 8) * 1.5)
+    # a swarm with no impaired path puts nothing through the element
+    p = plan(parse_experiment(experiment_dict()), "t-20261124-120000-0a1b2c")
+    assert element_load_pps(p, path_impairments(p)) == 0.0
