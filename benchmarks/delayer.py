@@ -5,7 +5,9 @@
 Two hosts on 1 Gbit/s links; the receiver's download adds 10 ms, so every packet it gets
 passes through the element. For each offered rate, iperf3 sends UDP (1400-byte datagrams)
 for 4 s. Printed per rate: what arrived (iperf3's receiver), the loss, the element's CPU
-time per packet (from /proc), and its mean added delay against the 10 ms set. The
+time per packet (from /proc), its mean added delay against the 10 ms set, and the packets
+the kernel dropped because the element's queue was full (overflow) or because iperf3's
+socket buffer was (rcvbuf): where the loss happened. The
 ratio that matters is received / offered: below 1 the element, not the link, is the limit.
 """
 from __future__ import annotations
@@ -32,6 +34,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100.0     # utime + stime, clock ticks
 
 
+def udp_rcvbuf_errors(pid: int) -> int:
+    """Datagrams the host's kernel dropped because a UDP socket's buffer was full."""
+    lines = [ln.split() for ln in Path(f"/proc/{pid}/net/snmp").read_text().splitlines() if ln.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
 def main(rates_mbit: list[float]) -> None:
     setLogLevel("warning")
     client = runtime.docker_client()
@@ -51,24 +59,25 @@ def main(rates_mbit: list[float]) -> None:
         element = network.DelayElement(p, pids, work, seed=1)
         element.start()
         ns = lambda h: ["nsenter", f"--net=/proc/{pids[h]}/ns/net"]   # noqa: E731
-        print(f"{'offered':>10} {'received':>10} {'ratio':>6} {'lost':>7} {'cpu/packet':>11} {'added delay':>12}")
+        print(f"{'offered':>10} {'received':>10} {'ratio':>6} {'lost':>7} {'cpu/packet':>11} {'added delay':>12} "
+              f"{'overflow':>9} {'rcvbuf':>7}")
         for mbit in rates_mbit:
             server = subprocess.Popen([*ns("dst"), "iperf3", "-s", "-1", "-J"], stdout=subprocess.PIPE, text=True)
             time.sleep(0.3)
             before = json.loads((work / "delayer-stats.json").read_text())["dst"] \
-                if (work / "delayer-stats.json").exists() else {"packets": 0, "held": 0}
-            cpu0 = cpu_seconds(element.proc.pid)
+                if (work / "delayer-stats.json").exists() else {"packets": 0, "held": 0, "overflow": 0}
+            cpu0, rcvbuf0 = cpu_seconds(element.proc.pid), udp_rcvbuf_errors(pids["dst"])
             subprocess.run([*ns("src"), "iperf3", "-c", p.host("dst").data_ip, "-u", "-b", f"{mbit}M", "-l", "1400",
                             "-t", "4"], capture_output=True, timeout=60)
             out, _ = server.communicate(timeout=30)
             time.sleep(1.2)        # the element writes its counters once a second
-            cpu = cpu_seconds(element.proc.pid) - cpu0
+            cpu, rcvbuf = cpu_seconds(element.proc.pid) - cpu0, udp_rcvbuf_errors(pids["dst"]) - rcvbuf0
             after = json.loads((work / "delayer-stats.json").read_text())["dst"]
             udp = json.loads(out)["end"]["sum_received"]
             packets = after["packets"] - before["packets"]
             print(f"{mbit:>8g}M {udp['bits_per_second'] / 1e6:>9.1f}M {udp['bits_per_second'] / 1e6 / mbit:>6.2f} "
                   f"{udp['lost_percent']:>6.2f}% {1e6 * cpu / max(1, packets):>8.1f} us "
-                  f"{after['mean_added_delay_ms']:>9.2f} ms")
+                  f"{after['mean_added_delay_ms']:>9.2f} ms {after['overflow'] - before['overflow']:>9} {rcvbuf:>7}")
     finally:
         if element is not None:
             element.stop()

@@ -74,6 +74,26 @@ class HostQueue:
     delay_sum: float = 0.0
     max_held: int = 0
     holding: int = 0
+    overflow: int = 0      # dropped by the kernel: the queue was full or its socket overran
+
+
+def queue_overflow(pid: int, queue_num: int = QUEUE_NUM) -> int | None:
+    """Packets the kernel dropped before the element saw them, in `pid`'s namespace: the
+    queue's queue_dropped plus user_dropped (/proc/net/netfilter/nfnetlink_queue, per
+    namespace; fields as nfnetlink_queue.c seq_show prints them). None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/net/netfilter/nfnetlink_queue") as f:
+            return overflow_in(f.read(), queue_num)
+    except OSError:
+        return None
+
+
+def overflow_in(text: str, queue_num: int) -> int | None:
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 7 and int(f[0]) == queue_num:
+            return int(f[5]) + int(f[6])
+    return None
 
 
 def compose(down: dict, up: dict | None) -> Path_:
@@ -186,9 +206,11 @@ class Delayer:
     def write_stats(self) -> None:
         if not self.stats_path:
             return
+        for h in self.hosts:
+            h.overflow = queue_overflow(h.pid) or h.overflow       # kept once the host is gone
         data = {h.name: {"packets": h.packets, "dropped": h.dropped, "held": h.held,
                          "mean_added_delay_ms": round(1000 * h.delay_sum / h.held, 3) if h.held else 0.0,
-                         "max_held": h.max_held} for h in self.hosts}
+                         "max_held": h.max_held, "overflow": h.overflow} for h in self.hosts}
         tmp = f"{self.stats_path}.tmp"
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)

@@ -210,8 +210,8 @@ class Swarm:
                     # a warning, not a refusal: the capacity was measured on one machine
                     self.emit(self.rd.event("warning", message=(
                         f"the delay element may have to pass {'unbounded' if load is None else f'{load:,.0f}'} "
-                        f"packets/s, more than the {shaping.ELEMENT_CAPACITY_PPS:,} it passes without loss on "
-                        f"a 2-core machine (benchmarks/delayer.py); delayer-stats.json shows what it held and "
+                        f"packets/s, more than the {shaping.ELEMENT_CAPACITY_PPS:,} a 2-core machine carried through "
+                        f"it without loss (benchmarks/delayer.py); delayer-stats.json shows what it held and "
                         f"dropped")))
         for hp in self.plan.hosts:
             if hp.client:

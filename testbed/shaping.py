@@ -173,9 +173,10 @@ def path_impairments(plan: Plan) -> dict[str, dict]:
     return out
 
 
-# Packets per second one delay element passes with under 0.1 % loss: benchmarks/delayer.py
-# on this project's 2-core CI machine (400 Mbit/s of 1400-byte datagrams, 7 us of CPU each;
-# it saturates near 70,000/s). A faster core carries more; the figure is for a warning.
+# Packets per second that crossed the delay element with under 0.1 % loss: benchmarks/delayer.py
+# on this project's 2-core CI machine (400 Mbit/s of 1400-byte datagrams, 7.5 us of element
+# CPU each). At 71,000/s the element still passed every packet, but the machine's other work
+# (the receiving application) lost 6-12 %. A figure for a warning, not a limit.
 ELEMENT_CAPACITY_PPS = 35_000
 
 

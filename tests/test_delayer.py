@@ -1,7 +1,7 @@
 """The userspace delay element's arithmetic, without a kernel queue."""
 import socket
 
-from testbed.delayer import Delayer, compose
+from testbed.delayer import Delayer, compose, overflow_in
 
 
 class FakePacket:
@@ -58,3 +58,9 @@ def test_loss_is_random_per_packet_at_the_configured_rate():
     dropped = sum(pkt.verdict == "drop" for pkt in pkts)
     # 95 % interval of Binomial(20000, 0.05): 939..1061
     assert 939 <= dropped <= 1061, dropped
+
+
+def test_kernel_overflow_is_read_from_the_queue_s_line():
+    # nfnetlink_queue.c: queue, portid, queued, copy mode, copy range, queue_dropped, user_dropped, id, 1
+    text = "    0  29714     3 2    20     5     7   571391  1\n    1  29715     0 2    20     9     9       10  1\n"
+    assert overflow_in(text, 0) == 12 and overflow_in(text, 1) == 18 and overflow_in(text, 2) is None

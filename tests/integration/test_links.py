@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from testbed import cleanup, facts, images, network, runtime
+from testbed import cleanup, delayer, facts, images, network, runtime
 from testbed import calibrate
 from testbed.calibrate import binomial_interval
 from testbed.plan import plan
@@ -126,10 +126,13 @@ def test_a_rate_change_takes_effect_while_the_link_carries_traffic(userspace):
 def test_the_element_stops_with_its_counters(userspace):
     p, pids, _, element = userspace
     pid = element.proc.pid
+    # the kernel's own count of packets it dropped for a full queue, read in the host's namespace
+    assert delayer.queue_overflow(pids["phone"]) == 0
     stats = element.stop()
     assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
     assert stats["phone"]["packets"] > 0 and stats["phone"]["dropped"] > 0
     assert 25 <= stats["jumpy"]["mean_added_delay_ms"] <= 45
+    assert all(s["overflow"] == 0 for s in stats.values()), stats
 
 
 @pytest.mark.skipif(not facts.traffic_control()["netem"],
