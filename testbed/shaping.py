@@ -189,13 +189,13 @@ def peak_rate(s: Shaping | None) -> float | None:
 
 def element_load_pps(plan: Plan, tables: dict[str, dict]) -> float | None:
     """An upper bound on the packets per second the element must pass: full frames into its
-    receiving hosts, at most the sum of their download rates and of every host's upload
-    rate, plus one ACK per two segments (delayed ACK). None when a rate is unbounded."""
-    by_name = {h.name: h for h in plan.hosts}
-    downs = [peak_rate(by_name[n].down) for n in tables]
-    ups = [peak_rate(h.up) for h in plan.hosts if h.client]
+    receiving hosts (`tables`), at most the smaller of their summed download rates and every
+    peer's summed upload rate, plus one ACK per two segments (delayed ACK). None when both
+    sums are unbounded (an unshaped link)."""
     if not tables:
         return 0.0
+    downs = [peak_rate(plan.host(n).down) for n in tables]
+    ups = [peak_rate(h.up) for h in plan.hosts if h.client]
     bounds = [sum(rates) for rates in (downs, ups) if None not in rates]
     if not bounds:
         return None
