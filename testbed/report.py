@@ -46,6 +46,18 @@ def headline(summary: dict) -> str:
     return line
 
 
+def element_note(summary: dict) -> str | None:
+    """A line when the delay element's kernel queue overflowed: packets lost beyond the
+    configured loss, so the run asked more of the machine than it emulates faithfully."""
+    stats = summary.get("delay_element") or {}
+    lost = {host: s["overflow"] for host, s in stats.items() if s.get("overflow")}
+    if not lost:
+        return None
+    where = ", ".join(f"{host} {n}" for host, n in sorted(lost.items()))
+    return (f"delay element: the kernel dropped {sum(lost.values())} packets for a full queue ({where}), "
+            f"beyond the configured loss; see delayer-stats.json and benchmarks/delayer.py")
+
+
 def _pyplot():
     """matplotlib's pyplot, drawing to files only (no display on a CI machine)."""
     import matplotlib
@@ -220,4 +232,7 @@ def render(run_dir: Path, console: Console) -> dict:
     if b is not None:
         console.print(b)
     console.print(headline(summary))
+    note = element_note(summary)
+    if note:
+        console.print(f"[yellow]{note}")
     return summary

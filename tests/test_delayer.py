@@ -64,3 +64,11 @@ def test_kernel_overflow_is_read_from_the_queue_s_line():
     # nfnetlink_queue.c: queue, portid, queued, copy mode, copy range, queue_dropped, user_dropped, id, 1
     text = "    0  29714     3 2    20     5     7   571391  1\n    1  29715     0 2    20     9     9       10  1\n"
     assert overflow_in(text, 0) == 12 and overflow_in(text, 1) == 18 and overflow_in(text, 2) is None
+
+
+def test_the_report_names_hosts_whose_element_queue_overflowed():
+    from testbed.report import element_note
+    assert element_note({"delay_element": None}) is None
+    assert element_note({"delay_element": {"a": {"overflow": 0}, "b": {"packets": 3}}}) is None
+    note = element_note({"delay_element": {"b": {"overflow": 5}, "a": {"overflow": 2}, "c": {"overflow": 0}}})
+    assert note.startswith("delay element: the kernel dropped 7 packets for a full queue (a 2, b 5)")
