@@ -3,9 +3,18 @@ two-peer swarm, each run in its own `testbed run` process, several at a time.
 
 The matrix directory holds runs/<run-id>/ (one results directory per pair) and
 matrix.json: one entry per pair with status, completion time and SHA-256 verdict.
+
+A failed pair is classified from its run directory (classify): "interop" when both
+clients ran and the data did not arrive (the run timed out, or the file differs from the
+origin's), "driver" when the testbed or a driver raised (a traceback or client_error in
+events.jsonl, a peer's error, a RunError before the swarm started). A driver-kind failure
+is retried once, the first attempt kept under "first_attempt": a race in a driver cannot
+fail the matrix, while an interoperability failure, or a driver failure that happens
+again, still does.
 """
 from __future__ import annotations
 
+import csv
 import json
 import secrets
 import subprocess
@@ -18,6 +27,8 @@ import yaml
 
 from testbed.results import read_summary, write_json
 
+INTEROP, DRIVER = "interop", "driver"
+SHA_MISMATCH = "the leecher completed but its file differs from the origin's (sha256)"
 
 TRANSMISSION_UTP = ("transmission 3.00 tries uTP first and its fallback to TCP is broken: the uTP attempt "
                     "never times out and the TCP socket it opens is closed at once (transmission#4033, fixed "
@@ -53,13 +64,88 @@ def run_pair(seeder: str, leecher: str, size: str, out: Path, transmission_utp: 
     entry = {"seeder": seeder, "leecher": leecher, "exit": proc.returncode}
     if not (run_dir / "summary.json").is_file():
         entry.update(status="failed", error=(proc.stderr.strip().splitlines() or ["no run directory"])[-1])
-        return entry
-    s = read_summary(run_dir)
-    peer = next(p for p in s["peers"] if p["role"] == "leecher")
-    entry.update(status=s["status"], run_dir=str(run_dir), completion_s=peer["completion_s"],
-                 sha256_ok=peer["sha256_ok"], error=s.get("error"),
-                 ok=s["status"] == "complete" and peer["sha256_ok"])
+    else:
+        s = read_summary(run_dir)
+        peer = next((p for p in s["peers"] if p["role"] == "leecher"), {})
+        entry.update(status=s["status"], run_dir=str(run_dir), completion_s=peer.get("completion_s"),
+                     sha256_ok=bool(peer.get("sha256_ok")), error=s.get("error"),
+                     ok=s["status"] == "complete" and bool(peer.get("sha256_ok")))
+    if not entry.get("ok"):
+        entry["failure"], entry["reason"] = classify(entry)
     return entry
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """events.jsonl, skipping a line cut short by a process that died while writing it."""
+    path = run_dir / "events.jsonl"
+    events = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def leecher_progress(run_dir: Path, leecher: str) -> float | None:
+    """The leecher's last progress sample (0..1), if any."""
+    path = run_dir / "samples.csv"
+    if not path.is_file():
+        return None
+    rows = [r for r in csv.DictReader(path.open()) if r.get("peer") == leecher and r.get("progress")]
+    return float(rows[-1]["progress"]) if rows else None
+
+
+def classify(entry: dict) -> tuple[str, str]:
+    """Why a pair failed: (DRIVER, reason) when the testbed or a driver raised, (INTEROP, reason)
+    when both clients ran fine and the data did not arrive."""
+    if not entry.get("run_dir"):
+        return DRIVER, f"`testbed run` exited {entry.get('exit')} without a run directory: {entry.get('error')}"
+    run_dir = Path(entry["run_dir"])
+    try:
+        s = read_summary(run_dir)
+        events = read_events(run_dir)
+    except (OSError, ValueError) as exc:
+        return DRIVER, f"the run directory could not be read: {exc.__class__.__name__}: {exc}"
+    for e in events:
+        if e.get("kind") == "traceback":
+            last = (e.get("text") or "").strip().splitlines()
+            return DRIVER, f"the testbed raised {s.get('error') or (last[-1] if last else 'an exception')}"
+    for e in events:
+        if e.get("kind") == "client_error":
+            return DRIVER, f"{e.get('host')}'s client failed: {e.get('error')}"
+    peers = s.get("peers", [])
+    for p in peers:
+        if p.get("error"):
+            return DRIVER, f"{p['name']} ({p.get('client')}) failed: {p['error']}"
+    if s.get("status") != "timeout" and not any(e.get("kind") == "swarm_start" for e in events):
+        return DRIVER, f"the run failed before the swarm started: {s.get('error') or 'no error recorded'}"
+    leechers = [p for p in peers if p.get("role") == "leecher"]
+    if s.get("status") == "timeout":
+        after = next((e.get("after_s") for e in events if e.get("kind") == "timeout"), None)
+        within = f" within {after:g}s" if isinstance(after, (int, float)) else ""
+        got = [f"{p.get('client')} {pct * 100:.0f} %" for p in leechers
+               if p.get("completion_s") is None and (pct := leecher_progress(run_dir, p["name"])) is not None]
+        return INTEROP, f"the leecher did not complete{within}" + (f" ({', '.join(got)} verified)" if got else "")
+    if leechers and all(p.get("completion_s") is not None for p in leechers) and \
+            not all(p.get("sha256_ok") for p in leechers):
+        return INTEROP, SHA_MISMATCH
+    return DRIVER, f"the testbed stopped the run: {s.get('error') or 'no error recorded'}"
+
+
+def attempt(seeder: str, leecher: str, size: str, out: Path, transmission_utp: bool | None = None) -> dict:
+    """run_pair, once more if the first run failed on the testbed's or a driver's side."""
+    entry = run_pair(seeder, leecher, size, out, transmission_utp)
+    if not entry.get("ok") and entry.get("failure") == DRIVER:
+        first, entry = entry, run_pair(seeder, leecher, size, out, transmission_utp)
+        entry["first_attempt"] = first
+    return entry
+
+
+def retries(entry: dict) -> int:
+    """Driver-kind retries in an entry, its transmission-without-uTP run included."""
+    nested = entry.get("without_transmission_utp")
+    return ("first_attempt" in entry) + (retries(nested) if nested else 0)
 
 
 def run_matrix(clients: list[str], size: str, out: Path, parallel: int = 3,
@@ -68,10 +154,11 @@ def run_matrix(clients: list[str], size: str, out: Path, parallel: int = 3,
     pairs = [(s, le) for s in clients for le in clients]
 
     def one(pair):
-        entry = run_pair(*pair, size, out)
-        if not entry.get("ok") and "transmission" in pair and pair != ("transmission", "transmission"):
+        entry = attempt(*pair, size, out)
+        if not entry.get("ok") and entry.get("failure") == INTEROP and "transmission" in pair \
+                and pair != ("transmission", "transmission"):
             # the one failure seen with the clients' defaults: show it is transmission's uTP bug
-            retry = run_pair(*pair, size, out, transmission_utp=False)
+            retry = attempt(*pair, size, out, transmission_utp=False)
             entry["without_transmission_utp"] = retry
             if retry.get("ok"):
                 entry["explained"] = TRANSMISSION_UTP
@@ -81,10 +168,13 @@ def run_matrix(clients: list[str], size: str, out: Path, parallel: int = 3,
 
     with ThreadPoolExecutor(parallel) as pool:
         entries = list(pool.map(one, pairs))
+    failed = [e for e in entries if not e.get("ok") and not e.get("explained")]
     result = {"clients": clients, "size": size, "pairs": entries,
               "passed": sum(1 for e in entries if e.get("ok")),
               "explained": sum(1 for e in entries if not e.get("ok") and e.get("explained")),
-              "total": len(entries)}
+              "total": len(entries),
+              "failures": {kind: sum(1 for e in failed if e.get("failure") == kind) for kind in (INTEROP, DRIVER)},
+              "driver_retries": sum(retries(e) for e in entries)}
     write_json(out / "matrix.json", result)
     return result
 

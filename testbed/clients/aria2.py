@@ -10,16 +10,8 @@ SECRET = "testbed"
 
 class Aria2Driver(ClientDriver):
     name = "aria2"
-    image = "aria2"
     rpc_port = 6800
     _seed = False           # set when the torrent is added as a seeder
-    unsupported = {
-        "utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set",
-        "upload_slots": "aria2 has no setting for upload slots (its choker unchokes a fixed number of peers), "
-                        "so 'upload_slots' cannot be set",
-        "encryption=disable": "aria2 always tries the encrypted handshake first and accepts it, "
-                              "so 'encryption: disable' cannot be set",
-    }
 
     def options(self) -> dict:
         """aria2c options that differ from aria2 1.36's defaults, and why."""
@@ -92,11 +84,15 @@ class Aria2Driver(ClientDriver):
     def effective_settings(self) -> dict:
         return dict(self._client().client.get_global_option())
 
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
         self._seed = seed
         opts = {"dir": self.data_dir, "check-integrity": "true" if seed else "false",
                 "bt-seed-unverified": "false"}
         self._torrent = self._client().add_torrent(str(torrent), options=opts).gid
+
+    def has_torrent(self) -> bool:
+        status = self._client().client.tell_status(self._torrent, ["gid", "infoHash"])
+        return status.get("infoHash", "").lower() == self.infohash
 
     def stop_torrent(self) -> None:
         # aria2.remove ends a seeding download; tellStatus still answers for it (status 'removed')

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+from testbed import catalog
 from testbed.errors import RunError
 from testbed.model import Behaviour
 
@@ -46,19 +47,29 @@ def infohash_of(torrent: Path) -> str:
     return torf.Torrent.read(torrent).infohash
 
 
+TORRENT_LISTED_TIMEOUT = 30.0   # s from "add torrent" until the client must list it
+
+
 class ClientDriver(ABC):
     name: ClassVar[str]
     image: ClassVar[str]          # name of the image in images/ that carries the client
     rpc_port: ClassVar[int]
-    peer_port: ClassVar[int] = 51413
+    peer_port: ClassVar[int] = catalog.PEER_PORT
     # behaviour knobs this client cannot honour -> the sentence validation gives (exit 2)
     unsupported: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kw):
+        # the image and the refusals are data in testbed/catalog.py, which validation reads
+        super().__init_subclass__(**kw)
+        facts = catalog.CLIENTS[cls.name]
+        cls.image, cls.unsupported = facts.image, facts.unsupported
 
     def __init__(self, host: HostHandle, behaviour: Behaviour | None = None):
         self.host = host
         self.behaviour = behaviour or Behaviour()
         self._api = None          # the connection to the client's control API, made on first use
         self._torrent = None      # the client's handle (id, hash, gid) of the swarm's torrent
+        self.infohash = ""        # v1 info-hash (hex, lower case) of the torrent added, set by add_torrent
 
     @abstractmethod
     def configure(self) -> dict:
@@ -72,9 +83,42 @@ class ClientDriver(ABC):
     def ready(self) -> bool:
         """True once the control API answers."""
 
+    def add_torrent(self, torrent: Path, seed: bool, timeout: float = TORRENT_LISTED_TIMEOUT) -> None:
+        """Add the torrent; seed=True means the data is already in place and is verified.
+
+        Returns once the client itself lists the torrent: several clients accept "add" and
+        register the torrent a moment later (rtorrent's load.raw_start_verbose, qBittorrent's
+        torrents/add), and a stats() or recheck sent in between fails or is lost."""
+        self.infohash = infohash_of(torrent)
+        self.submit_torrent(torrent, seed)
+        self.wait_torrent_listed(timeout)
+        self.torrent_listed(seed)
+
     @abstractmethod
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
-        """Add the torrent; seed=True means the data is already in place and is verified."""
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
+        """Hand the torrent to the client (its "add" call) and keep its handle in _torrent;
+        the client may register it asynchronously."""
+
+    @abstractmethod
+    def has_torrent(self) -> bool:
+        """True once the client's own API lists the submitted torrent (self.infohash)."""
+
+    def torrent_listed(self, seed: bool) -> None:
+        """What to tell the client once it lists the torrent (e.g. a recheck); nothing by default."""
+
+    def wait_torrent_listed(self, timeout: float = TORRENT_LISTED_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.has_torrent():
+                    return
+                last = "it answered without the torrent"
+            except Exception as exc:   # not listed yet, or the client went away: said if it never lists it
+                last = f"its last answer was {exc.__class__.__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise RunError(f"{self.host.name}: {self.name} did not list the torrent {self.infohash} within "
+                               f"{timeout:g}s of adding it ({last}; see {self.host.host_dir}/log)")
+            time.sleep(0.1)
 
     @abstractmethod
     def stats(self) -> PeerStats:
@@ -87,16 +131,26 @@ class ClientDriver(ABC):
 
     def stop(self) -> None:
         """Ask the client to exit cleanly (SIGTERM to the process spawn() started)."""
-        self.host.exec(["sh", "-c", f"kill -TERM $(cat {self._pidfile}) 2>/dev/null || true"])
+        self.host.exec(["sh", "-c", f"kill -TERM $(cat {self.pidfile}) 2>/dev/null || true"])
 
     def spawn(self, argv: list[str]) -> None:
         """Start the client in its container, recording its pid and logging to log/."""
         log = f"{self.host.container_dir}/log/{self.name}.out"
-        script = f"echo $$ > {self._pidfile}; exec \"$@\" >>{log} 2>&1"
+        script = f"echo $$ > {self.pidfile}; exec \"$@\" >>{log} 2>&1"
         self.host.exec(["sh", "-c", script, "client", *argv], detach=True)
 
+    def reset_session(self) -> None:
+        """Forget the client's session state (everything it keeps under config/ but the
+        testbed's own record), as after a crash without fast-resume; the data stays."""
+        import shutil
+        for entry in (self.host.host_dir / "config").iterdir():
+            if entry.name != "effective.json":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        self._api = None
+        self._torrent = None
+
     @property
-    def _pidfile(self) -> str:
+    def pidfile(self) -> str:
         return f"{self.host.container_dir}/run/{self.name}.pid"
 
     def version(self) -> str:

@@ -10,15 +10,14 @@ from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats
 from testbed.clients.libtorrent import ENC_POLICY
+from testbed.errors import RunError
 
 USER, PASSWORD = "testbed", "testbed"
 
 
 class DelugeDriver(ClientDriver):
     name = "deluge"
-    image = "deluge"
     rpc_port = 58846
-    unsupported = {"utp": "deluge 2.0.3 has no setting for uTP (its libtorrent default, on, applies), so 'utp' cannot be set"}
 
     def core_settings(self) -> dict:
         """core.conf settings that differ from deluge 2.0.3's defaults, and why."""
@@ -85,14 +84,18 @@ class DelugeDriver(ClientDriver):
     def effective_settings(self) -> dict:
         return dict(self._client().call("core.get_config"))
 
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
         import base64
         # No recheck for a seeder: with no resume data libtorrent checks the files it finds
         # on its own. A recheck sent on top (as before) left the torrent Queued, announced
         # 'stopped', until libtorrent's next queue pass up to 30 s later.
-        self._torrent = self._client().call("core.add_torrent_file", torrent.name,
-                                            base64.b64encode(torrent.read_bytes()).decode(),
-                                            {"download_location": self.data_dir})
+        torrent_id = self._client().call("core.add_torrent_file", torrent.name,
+                                         base64.b64encode(torrent.read_bytes()).decode(),
+                                         {"download_location": self.data_dir})
+        self._torrent = torrent_id or self.infohash     # deluge's torrent id is the info-hash
+
+    def has_torrent(self) -> bool:
+        return self._torrent in self._client().call("core.get_session_state")
 
     def stop_torrent(self) -> None:
         self._client().call("core.pause_torrent", self._torrent)
@@ -101,6 +104,8 @@ class DelugeDriver(ClientDriver):
         s = self._client().call("core.get_torrent_status", self._torrent, [
             "progress", "upload_payload_rate", "download_payload_rate", "total_uploaded",
             "all_time_download", "num_peers", "state"])
+        if not s:   # deluge answers {} for a torrent it does not know
+            raise RunError(f"{self.host.name}: deluge does not list the torrent {self._torrent}")
         # deluge reports progress 100 while it is still checking: only trust it once not checking
         progress = 0.0 if s["state"] in ("Checking", "Allocating") else s["progress"] / 100.0
         return PeerStats(progress=progress, rate_up=s["upload_payload_rate"], rate_down=s["download_payload_rate"],

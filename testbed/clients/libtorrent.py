@@ -13,11 +13,12 @@ from testbed.errors import RunError
 # libtorrent's enc_policy values (pe_forced, pe_enabled, pe_disabled); deluge and
 # qBittorrent sit on libtorrent, deluge passes these through as they are
 ENC_POLICY = {"require": 0, "prefer": 1, "disable": 2}
+# torrent_status states in which status.progress is the progress of a check, not verified bytes
+CHECKING = {"checking_files", "checking_resume_data", "queued_for_checking", "allocating", "downloading_metadata"}
 
 
 class LibtorrentDriver(ClientDriver):
     name = "libtorrent"
-    image = "libtorrent"
     rpc_port = 6881
 
     def settings(self) -> dict:
@@ -80,14 +81,20 @@ class LibtorrentDriver(ClientDriver):
     def effective_settings(self) -> dict:
         return self.call("effective_settings")
 
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
-        self.call("add_torrent", torrent_b64=base64.b64encode(torrent.read_bytes()).decode(),
-                  save_path=self.data_dir, seed=seed)
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
+        self._torrent = self.call("add_torrent", torrent_b64=base64.b64encode(torrent.read_bytes()).decode(),
+                                  save_path=self.data_dir, seed=seed)
+
+    def has_torrent(self) -> bool:
+        # lt-client keeps one torrent: status answers once its handle exists (an error before)
+        return self.call("status") is not None and str(self._torrent).lower() == self.infohash
 
     def stop_torrent(self) -> None:
         self.call("stop_torrent")
 
     def stats(self) -> PeerStats:
         s = self.call("status")
-        return PeerStats(progress=s["progress"], rate_up=s["rate_up"], rate_down=s["rate_down"],
+        # while libtorrent checks, its progress is the check's, not verified bytes
+        progress = 0.0 if s.get("state") in CHECKING else s["progress"]
+        return PeerStats(progress=progress, rate_up=s["rate_up"], rate_down=s["rate_down"],
                          bytes_up=s["bytes_up"], bytes_down=s["bytes_down"], peers=s["peers"])

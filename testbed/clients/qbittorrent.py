@@ -1,16 +1,17 @@
 """qbittorrent-nox 4.5, driven through its Web API (qbittorrent-api)."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats, infohash_of
+from testbed.clients.base import ClientDriver, PeerStats
 from testbed.errors import RunError
+
+# states in which qBittorrent reports the progress of a check, or nothing verified yet
+CHECKING = {"checkingUP", "checkingDL", "checkingResumeData", "allocating", "metaDL"}
 
 
 class QBittorrentDriver(ClientDriver):
     name = "qbittorrent"
-    image = "qbittorrent"
     rpc_port = 8080
 
     def preferences(self) -> dict:
@@ -91,23 +92,29 @@ class QBittorrentDriver(ClientDriver):
     def effective_settings(self) -> dict:
         return dict(self._client().app_preferences())
 
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
-        self._torrent = infohash_of(torrent)
-        self._client().torrents_add(torrent_files=torrent.read_bytes(), save_path=self.data_dir)
-        # torrents_add returns before the torrent exists; a recheck sent then is lost
-        deadline = time.monotonic() + 15
-        while not self._client().torrents_info(torrent_hashes=self._torrent):
-            if time.monotonic() > deadline:
-                raise RunError(f"{self.host.name}: qBittorrent did not add the torrent within 15s")
-            time.sleep(0.1)
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
+        self._torrent = self.infohash
+        # torrents/add returns before the torrent exists (add_torrent waits for has_torrent).
         # No recheck for a seeder: with no resume data qBittorrent checks the files it finds
         # on its own, and a recheck sent while it checks resume data stalls in checkingDL
         # (seen with 4.5.2).
+        answer = self._client().torrents_add(torrent_files=torrent.read_bytes(), save_path=self.data_dir)
+        if isinstance(answer, str) and answer.strip() != "Ok.":
+            raise RunError(f"{self.host.name}: qBittorrent answered {answer.strip()!r} to adding the torrent "
+                           f"(see {self.host.host_dir}/log)")
+
+    def has_torrent(self) -> bool:
+        return bool(self._client().torrents_info(torrent_hashes=self._torrent))
 
     def stop_torrent(self) -> None:
         self._client().torrents_pause(torrent_hashes=self._torrent)
 
     def stats(self) -> PeerStats:
-        (t,) = self._client().torrents_info(torrent_hashes=self._torrent)
-        return PeerStats(progress=float(t.progress), rate_up=t.upspeed, rate_down=t.dlspeed,
+        found = self._client().torrents_info(torrent_hashes=self._torrent)
+        if not found:
+            raise RunError(f"{self.host.name}: qBittorrent no longer lists the torrent {self._torrent}")
+        t = found[0]
+        # while qBittorrent checks, its progress is the check's, not verified bytes
+        progress = 0.0 if t.state in CHECKING else float(t.progress)
+        return PeerStats(progress=progress, rate_up=t.upspeed, rate_down=t.dlspeed,
                          bytes_up=t.uploaded, bytes_down=t.downloaded, peers=t.num_seeds + t.num_leechs)

@@ -10,7 +10,7 @@ import socket
 import xmlrpc.client
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats, infohash_of
+from testbed.clients.base import ClientDriver, PeerStats
 
 
 def scgi_call(host: str, port: int, method: str, *params, timeout: float = 5.0):
@@ -30,9 +30,7 @@ def kib(bits_per_s: float | None) -> int:
 
 class RTorrentDriver(ClientDriver):
     name = "rtorrent"
-    image = "rtorrent"
     rpc_port = 5000
-    unsupported = {"utp": "rtorrent has no uTP (rakshasa/rtorrent#912), so 'utp' cannot be set"}
 
     def settings(self) -> dict:
         """rtorrent.rc settings that differ from rtorrent 0.9.8's defaults, and why."""
@@ -106,19 +104,25 @@ class RTorrentDriver(ClientDriver):
                 out[q] = f"unavailable: {exc}"
         return out
 
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
-        self._torrent = infohash_of(torrent).upper()
-        # rtorrent hash-checks files that already exist when it starts a torrent
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
+        self._torrent = self.infohash.upper()
+        # rtorrent hash-checks files that already exist when it starts a torrent. The call
+        # returns before the download is registered: until then d.* answer fault -501
+        # 'Could not find info-hash', hence add_torrent waits for has_torrent().
         self.call("load.raw_start_verbose", "", xmlrpc.client.Binary(torrent.read_bytes()),
                   f"d.directory.set={self.data_dir}")
+
+    def has_torrent(self) -> bool:
+        return self._torrent in self.call("download_list", "")
 
     def stop_torrent(self) -> None:
         self.call("d.stop", self._torrent)
 
     def stats(self) -> PeerStats:
         h = self._torrent
-        done, size, up, down, up_total, down_total, peers = (
+        done, size, up, down, up_total, down_total, peers, hashing = (
             self.call(m, h) for m in ("d.completed_bytes", "d.size_bytes", "d.up.rate", "d.down.rate",
-                                      "d.up.total", "d.down.total", "d.peers_connected"))
-        return PeerStats(progress=done / size if size else 0.0, rate_up=up, rate_down=down,
+                                      "d.up.total", "d.down.total", "d.peers_connected", "d.is_hash_checking"))
+        # only trust the verified bytes once rtorrent's hash check is over
+        return PeerStats(progress=done / size if size and not hashing else 0.0, rate_up=up, rate_down=down,
                          bytes_up=up_total, bytes_down=down_total, peers=peers)

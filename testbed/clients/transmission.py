@@ -9,10 +9,7 @@ from testbed.clients.base import ClientDriver, PeerStats
 
 class TransmissionDriver(ClientDriver):
     name = "transmission"
-    image = "transmission"
     rpc_port = 9091
-    unsupported = {"encryption=disable": "transmission 3.00 always accepts encrypted peers (its modes are "
-                   "tolerated, preferred and required), so 'encryption: disable' cannot be set"}
 
     def settings(self) -> dict:
         """Settings that differ from transmission 3.00's defaults, and why."""
@@ -88,11 +85,17 @@ class TransmissionDriver(ClientDriver):
     def effective_settings(self) -> dict:
         return {k: v for k, v in self._client().get_session().fields.items() if not isinstance(v, (dict, list))}
 
-    def add_torrent(self, torrent: Path, seed: bool) -> None:
+    def submit_torrent(self, torrent: Path, seed: bool) -> None:
         t = self._client().add_torrent(torrent.read_bytes(), download_dir=self.data_dir, paused=False)
         self._torrent = t.id
+
+    def has_torrent(self) -> bool:
+        return any(t.hash_string.lower() == self.infohash
+                   for t in self._client().get_torrents(ids=[self._torrent], arguments=["id", "hashString"]))
+
+    def torrent_listed(self, seed: bool) -> None:
         if seed:
-            self._client().verify_torrent(t.id)
+            self._client().verify_torrent(self._torrent)
 
     def stop_torrent(self) -> None:
         self._client().stop_torrent(self._torrent)

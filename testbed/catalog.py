@@ -1,0 +1,46 @@
+"""What the experiment model and the plan need to know about each client, as data.
+
+Validation and planning read this table, not the driver registry: importing a driver
+pulls in its control library and the run's machinery, and the model must stay pure. Each
+driver in testbed/clients/ takes its image and refusals from its entry here, so the two
+can never disagree; a test checks that every entry has a driver and every driver an entry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    image: str                                   # the image in images/ that carries the client
+    version: str                                 # the Debian 12 package the image installs
+    # behaviour knobs (or knob=value) the client cannot honour -> the sentence validation gives
+    unsupported: dict[str, str] = field(default_factory=dict)
+    utp: bool = True                             # whether the client speaks uTP at all
+
+
+PEER_PORT = 51413      # every client listens for peers here (the tracker hands out one port)
+
+CLIENTS: dict[str, ClientFacts] = {
+    "transmission": ClientFacts("transmission", "transmission-daemon 3.00", {
+        "encryption=disable": "transmission 3.00 always accepts encrypted peers (its modes are tolerated, "
+                              "preferred and required), so 'encryption: disable' cannot be set"}),
+    "qbittorrent": ClientFacts("qbittorrent", "qbittorrent-nox 4.5.2"),
+    "aria2": ClientFacts("aria2", "aria2c 1.36", {
+        "utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set",
+        "upload_slots": "aria2 has no setting for upload slots (its choker unchokes a fixed number of peers), "
+                        "so 'upload_slots' cannot be set",
+        "encryption=disable": "aria2 always tries the encrypted handshake first and accepts it, "
+                              "so 'encryption: disable' cannot be set"}, utp=False),
+    "libtorrent": ClientFacts("libtorrent", "python3-libtorrent 2.0.8"),
+    "rtorrent": ClientFacts("rtorrent", "rtorrent 0.9.8", {
+        "utp": "rtorrent has no uTP (rakshasa/rtorrent#912), so 'utp' cannot be set"}, utp=False),
+    "deluge": ClientFacts("deluge", "deluged 2.0.3", {
+        "utp": "deluge 2.0.3 has no setting for uTP (its libtorrent default, on, applies), so 'utp' cannot be set"}),
+}
+
+
+def refusal(client: str, knob: str, value) -> str | None:
+    """Why `client` cannot take `knob: value`, or None if it can."""
+    refused = CLIENTS[client].unsupported
+    return refused.get(knob) or (refused.get(f"{knob}={value}") if isinstance(value, str) else None)
