@@ -20,7 +20,7 @@ from mininet.log import setLogLevel
 
 from testbed.clients import DRIVERS
 from testbed.model import parse_experiment
-from testbed.orchestrator import run
+from testbed.run import run
 from testbed.runtime import docker_client
 from testbed.units import parse_size
 

@@ -349,7 +349,7 @@ def run(profiles: list[str] | None, sweep: list[str], trace: str | None, results
     ts = targets(profiles, sweep)
     exp = experiment(ts, trace, shaper)
     run_id = f"calibrate-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    from testbed.orchestrator import BringupLock, free_control_block, preflight
+    from testbed.run.preflight import BringupLock, free_control_block, preflight
     from testbed.plan import run_tag
     lock = BringupLock()
     client = runtime.docker_client()

@@ -56,7 +56,8 @@ def cmd_run(args) -> int:
             raise InputError(f"--run-id: {exc}") from None
     from mininet.log import setLogLevel
     setLogLevel("warning")
-    from testbed import orchestrator, report
+    from testbed import report
+    from testbed.run import run as run_experiment
     signal.signal(signal.SIGTERM, _sigterm)
     results = Path(args.results)
     worst = 0
@@ -72,7 +73,8 @@ def cmd_run(args) -> int:
                     progress.update(task, description=f"{exp.name}{label}: swarm", total=e["total"],
                                     completed=e["done"],
                                     info=f"{e['done']}/{e['total']} done  {e['rate_down_Bps'] * 8 / 1e6:6.2f} Mbit/s "
-                                         f" t={e['t']:5.1f}s  (min {e['t_min_s']:.1f}s)")
+                                         f" t={e['t']:5.1f}s  {e['online']} online"
+                                         + (f"  (min {e['t_min_s']:.1f}s)" if e["t_min_s"] is not None else ""))
                 elif kind == "run_start":
                     progress.console.print(f"run directory: {e['run_dir']}")
                 elif kind in ("containers", "network", "tracker_started", "clients_ready", "teardown"):
@@ -82,7 +84,7 @@ def cmd_run(args) -> int:
                 elif kind == "warning":
                     progress.console.print(f"[yellow]warning: {e['message']}")
 
-            result = orchestrator.run(exp, results, on_event, repetition=rep, keep_data=args.keep_data,
+            result = run_experiment(exp, results, on_event, repetition=rep, keep_data=args.keep_data,
                                       run_id=args.run_id if exp.repetitions == 1 else None)
         report.plots(result.run_dir)
         report.render(result.run_dir, console)

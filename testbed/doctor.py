@@ -78,7 +78,7 @@ def checks() -> list[Check]:
                      "sch_netem is absent from this kernel: runs use the userspace delay element instead "
                      "(recorded in each run's manifest)",
                      "modprobe sch_netem (distribution kernels ship it as a module)", required=False))
-    from testbed.orchestrator import delay_element_available
+    from testbed.run.preflight import delay_element_available
     ok, detail = delay_element_available() if root else (False, "not root")
     shaper = "netem" if tc["netem"] else "userspace"
     out.append(Check("delay element", ok or tc["netem"],

@@ -91,7 +91,7 @@ SWITCHES = {"linuxbridge": LinuxBridge, "ovs": OVSBridge}
 
 def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     """Create bridges, veths and shaping for the plan; hosts are the given containers."""
-    net = Mininet(topo=None, build=False, controller=None, switch=SWITCHES[plan.experiment.topology.switch],
+    net = Mininet(topo=None, build=False, controller=None, switch=SWITCHES[plan.switch],
                   host=DockerHost,
                   link=Link, intf=ShapedIntf, autoSetMacs=False, autoStaticArp=False, waitConnected=False)
     nodes = {}
@@ -143,11 +143,12 @@ class LinkControl:
             if r.returncode != 0:
                 raise RunError(f"changing {host}'s {direction} rate: `{line}`: {r.stderr.strip()}")
 
-    def cut(self, host: str) -> None:
-        """The carrier cuts the line: the switch's end of the access link goes down."""
-        r = subprocess.run(["ip", "link", "set", "dev", self.switch_end[host], "down"], capture_output=True, text=True)
+    def carrier(self, host: str, up: bool) -> None:
+        """The line goes down (the switch's end of the access link: a cut, a paused host) or up."""
+        state = "up" if up else "down"
+        r = subprocess.run(["ip", "link", "set", "dev", self.switch_end[host], state], capture_output=True, text=True)
         if r.returncode != 0:
-            raise RunError(f"cutting {host}'s link: {r.stderr.strip()}")
+            raise RunError(f"setting {host}'s line {state}: {r.stderr.strip()}")
 
 
 class DelayElement:

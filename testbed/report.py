@@ -21,14 +21,21 @@ def load(run_dir: Path) -> dict:
 
 def table(summary: dict) -> Table:
     t = Table(title=f"{summary['run_id']}  status: {summary['status']}", title_justify="left")
-    for col in ("peer", "group", "client", "done", "completion", "bound", "up", "down", "sha256"):
-        t.add_column(col, justify="right" if col in ("completion", "bound", "up", "down") else "left")
+    churn = not summary.get("flash_crowd", True)
+    cols = ["peer", "group", "client", *(("profile", "arrived", "left") if churn else ()), "done", "completion",
+            "bound", "up", "down", "sha256"]
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("arrived", "completion", "bound", "up", "down") else "left")
+
+    def secs(v) -> str:
+        return f"{v:.1f}s" if v is not None else "-"
     for p in summary["peers"]:
-        comp = f"{p['completion_s']:.1f}s" if p["completion_s"] is not None else "-"
-        bound = f"{p['t_min_s']:.1f}s" if p.get("t_min_s") is not None else "-"
         up = fmt_size(p["if_bytes_up"]) if p.get("if_bytes_up") is not None else "-"
         down = fmt_size(p["if_bytes_down"]) if p.get("if_bytes_down") is not None else "-"
-        t.add_row(p["name"], p["group"], p["client"], "yes" if p["completed"] else "NO", comp, bound, up, down,
+        left = f"{p['left_s']:.0f}s {p['left_reason']}" if p.get("left_s") is not None else "-"
+        extra = (p.get("profile") or "-", secs(p.get("arrived_s")), left) if churn else ()
+        t.add_row(p["name"], p["group"], p["client"], *extra, "yes" if p["completed"] else "NO",
+                  secs(p["completion_s"]), secs(p.get("t_min_s")), up, down,
                   "ok" if p["sha256_ok"] else ("MISMATCH" if p.get("file_present") else "missing"))
     return t
 
@@ -37,7 +44,14 @@ def headline(summary: dict) -> str:
     t_min = summary["t_min_s"]
     done = summary.get("swarm_completion_s")
     line = f"{summary['leechers_completed']}/{summary['leechers']} leechers completed"
-    if done is not None:
+    if summary.get("leechers_arrived", summary["leechers"]) != summary["leechers"]:
+        line += f" ({summary['leechers_arrived']} arrived)"
+    if t_min is None:
+        line += f" in {done:.1f}s" if done is not None else ""
+        line += "; no Kumar-Ross bound: it is for a flash crowd"
+        if summary.get("ended_by"):
+            line += f"; ended by {summary['ended_by']}"
+    elif done is not None:
         line += f" in {done:.1f}s; Kumar-Ross minimum {t_min:.1f}s (ratio {done / t_min:.2f})"
     else:
         line += f"; Kumar-Ross minimum {t_min:.1f}s"
@@ -90,7 +104,8 @@ def plot(run_dir: Path) -> Path | None:
     for name in sorted(series):
         xs, ys = zip(*series[name])
         ax.plot(xs, ys, lw=1.2, label=name)
-    ax.axvline(summary["t_min_s"], color="k", ls="--", lw=1, label=f"Kumar-Ross min {summary['t_min_s']:.1f}s")
+    if summary.get("t_min_s") is not None:
+        ax.axvline(summary["t_min_s"], color="k", ls="--", lw=1, label=f"Kumar-Ross min {summary['t_min_s']:.1f}s")
     ax.set_xlabel("seconds since the swarm started")
     ax.set_ylabel("verified data, %")
     ax.set_ylim(0, 101)

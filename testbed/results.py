@@ -11,6 +11,11 @@ results/<run_id>/
   meter.csv         per second: IP bytes and packets up and down since the swarm started, of
                     each peer (scope 'peer', from its access link) and each core link
                     (scope 'segment', name 'a-b': up is a -> b), what a carrier would count
+  plan.json         the plan of the run: hosts, links, what each peer's user does, the bound
+  timeline.csv      every planned event (arrive, leave, crash, pause, set_rate, ...), written
+                    before anything starts
+  swarm.csv         per second: peers online, seeds and leechers online, paused, offline,
+                    crashed, gone
   links.csv         each rate an access link was set to while the run went on (a trace's
                     steps, a carrier's throttle or cut), with its cause
   delayer-stats.json  the userspace delay element's counters per receiving host (if used)
@@ -32,6 +37,7 @@ SAMPLE_FIELDS = ["t", "peer", "progress", "rate_up", "rate_down", "client_bytes_
                  "tcp_send_queue"]
 METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_up", "packets_down"]
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
+SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -54,7 +60,8 @@ class RunDir:
         self._samples = csv.DictWriter(self._samples_file, fieldnames=SAMPLE_FIELDS)
         self._samples.writeheader()
         self._tables = {name: self._table(name, fields) for name, fields in
-                        (("meter", METER_FIELDS), ("links", LINK_FIELDS))}
+                        (("meter", METER_FIELDS), ("links", LINK_FIELDS),
+                                                                    ("swarm", SWARM_FIELDS))}
         self.t0 = time.time()
 
     def _table(self, name: str, fields: list[str]) -> tuple:
@@ -86,6 +93,26 @@ class RunDir:
         self._samples_file.close()
         for f, _, _ in self._tables.values():
             f.close()
+
+
+def write_plan(path: Path, plan) -> None:
+    """plan.json and timeline.csv: what the run is going to do, before it does anything."""
+    import dataclasses
+    from testbed.plan import TIMELINE_FIELDS
+
+    def default(o):
+        if hasattr(o, "steps") and hasattr(o, "source"):       # a trace: named, not copied
+            return o.source
+        if dataclasses.is_dataclass(o):
+            return {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name != "timeline"}
+        if hasattr(o, "model_dump"):
+            return o.model_dump(mode="json")
+        return str(o)
+    write_atomic(path / "plan.json", json.dumps(plan, default=default, indent=1) + "\n")
+    with (path / "timeline.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=TIMELINE_FIELDS)
+        w.writeheader()
+        w.writerows(ev.row() for ev in plan.timeline)
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -59,8 +59,8 @@ class ContainerHost:
     def pid(self) -> int:
         return int(self.container.attrs["State"]["Pid"])
 
-    def exec(self, argv: list[str], detach: bool = False) -> tuple[int, str]:
-        res = self.container.exec_run(argv, detach=detach)
+    def exec(self, argv: list[str], detach: bool = False, user: str = "") -> tuple[int, str]:
+        res = self.container.exec_run(argv, detach=detach, user=user)
         out = res.output.decode(errors="replace") if isinstance(res.output, bytes) else ""
         return (res.exit_code or 0), out
 

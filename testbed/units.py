@@ -58,6 +58,31 @@ def parse_duration(text: str) -> float:
     return _split(text, _TIME_UNITS, "duration", "40ms")
 
 
+_PER_UNITS = {"s": 1.0, "sec": 1.0, "min": 1 / 60.0, "m": 1 / 60.0, "h": 1 / 3600.0, "d": 1 / 86400.0}
+
+
+def parse_frequency(text: str) -> float:
+    """How often something happens: '2/min' -> 0.0333 per second ('0.5/s', '30/h', '4/d')."""
+    if not isinstance(text, str) or "/" not in text:
+        raise UnitError(f"expected a rate of events such as '2/min' (per s, min, h or d), got {text!r}")
+    num, _, per = text.strip().partition("/")
+    try:
+        value = float(num)
+    except ValueError:
+        raise UnitError(f"{text!r} is not a rate of events (e.g. '2/min')") from None
+    if per.strip().lower() not in _PER_UNITS:
+        raise UnitError(f"{text!r}: per what? use /s, /min, /h or /d (e.g. '2/min')")
+    return value * _PER_UNITS[per.strip().lower()]
+
+
+def fmt_frequency(per_second: float) -> str:
+    """The inverse of parse_frequency, in the unit that reads best: 0.0333 -> '2/min'."""
+    for unit, scale in (("s", 1.0), ("min", 60.0), ("h", 3600.0)):
+        if per_second * scale >= 1 or unit == "h":
+            return f"{round(per_second * scale, 6):g}/{unit}"
+    return f"{per_second:g}/s"
+
+
 def parse_percent(text: str | float) -> float:
     """'1%' -> 0.01; a bare 0 is accepted as 0 %."""
     if isinstance(text, (int, float)) and not isinstance(text, bool) and text == 0:

@@ -1,6 +1,6 @@
 import pytest
 
-from testbed.bounds import kumar_ross_t_min
+from testbed.plan.bounds import kumar_ross_t_min
 from testbed.model import parse_experiment
 from testbed.plan import plan, run_tag
 from tests.conftest import experiment_dict
@@ -63,8 +63,9 @@ def test_kumar_ross_terms():
 
 def test_timeline_is_a_flash_crowd():
     p = make()
-    assert [e.action for e in p.timeline][:2] == ["start_tracker", "start_seeder"]
-    assert {e.t for e in p.timeline} == {0.0}
+    assert {(e.kind, e.t) for e in p.timeline} == {("arrive", 0.0)}
+    assert sorted(e.host for e in p.timeline) == ["leecher1", "leecher2", "leecher3", "leecher4", "origin"]
+    assert p.t_min_s is not None
 
 
 def test_plan_is_deterministic_and_immutable():

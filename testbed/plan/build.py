@@ -1,4 +1,4 @@
-"""Experiment -> immutable Plan. Pure: no I/O, no clock, no randomness beyond the inputs.
+"""Experiment -> immutable Plan. Pure: no I/O, no clock, no randomness beyond the seed.
 
 The plan names every object the executor will create, with the run's identity in it:
 containers 'tb-<run_id>-<host>', bridges and root-namespace veth ends 'tb<tag>...'
@@ -10,10 +10,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from testbed import traces
-from testbed.bounds import kumar_ross_t_min, peer_t_min
-from testbed.clients import DRIVERS
+from testbed import catalog
 from testbed.model import AccessLink, Behaviour, DataPlan, Experiment, Topology
+from testbed.model.churn import EndAfter
+from testbed.plan import bounds, draws
+from testbed.plan.timeline import (Event, Participant, behaviour_of, fault_events, group_events, ordered,
+                                   rate_events)
 from testbed.traces import Trace
 
 DATA_NET = ipaddress.ip_network("198.18.0.0/16")       # RFC 2544 benchmarking range
@@ -43,12 +45,7 @@ class Shaping:
 
 def access_shaping(a: AccessLink, direction: str, member: int = 0, members: int = 1) -> Shaping:
     """One direction of a group member's access link (member counts from 0)."""
-    ref = getattr(a, f"{direction}_trace")
-    trace = None
-    if isinstance(ref, str):
-        trace = traces.load(ref)
-    elif ref is not None:
-        trace = traces.from_steps([(s.at, s.rate) for s in ref], f"{direction}_trace")
+    trace = a.trace(direction)
     if trace is not None:
         offset = trace.length() * member / members if a.trace_offset == "spread" else a.trace_offset
         trace = trace.starting_at(offset)
@@ -74,6 +71,7 @@ class HostPlan:
     behaviour: Behaviour = Behaviour()
     profile: str | None = None    # the access link's named profile, if any
     data_plan: DataPlan | None = None
+    participant: Participant | None = None   # peers: what its user does
 
 
 @dataclass(frozen=True)
@@ -95,17 +93,17 @@ class LinkPlan:
 
 
 @dataclass(frozen=True)
-class Event:
-    t: float                      # seconds after the swarm starts
-    action: Literal["start_tracker", "start_seeder", "start_leecher"]
-    host: str
-
-
-@dataclass(frozen=True)
 class Plan:
     run_id: str
     tag: str
-    experiment: Experiment
+    name: str                     # the experiment's
+    repetition: int
+    seeds: dict                   # purpose -> derived integer seed (content, impairments)
+    switch: str                   # linuxbridge | ovs
+    shaper: str                   # auto | netem | userspace, as asked
+    end: str                      # all_done | duration
+    horizon_s: float              # the end's duration, or the timeout
+    timeout_s: float
     content_bytes: int
     piece_bytes: int
     hosts: tuple[HostPlan, ...]
@@ -115,7 +113,8 @@ class Plan:
     control_gateway: str          # the orchestrator's address on the control network
     control_prefix: int
     data_prefix: int
-    t_min_s: float
+    t_min_s: float | None         # Kumar-Ross, for a flash crowd only
+    t_min_terms: dict = field(default_factory=dict)
     peer_t_min_s: dict = field(default_factory=dict)
     tracker_port: int = 6969
 
@@ -130,9 +129,10 @@ class Plan:
         return [h for h in self.hosts if h.role == role]
 
 
-def mean_rate(s: Shaping) -> float:
-    """The rate the Kumar-Ross bound uses: a traced link's time-weighted mean."""
-    return s.trace.mean_rate() if s.trace else s.rate_bps
+def rate_steps(s: Shaping, horizon: float, cap: float | None = None) -> bounds.Steps:
+    """A direction's rate over the run as steps (a trace's, or one constant), under a client cap."""
+    steps = tuple(s.trace.changes(horizon)) if s.trace else bounds.constant(s.rate_bps)
+    return bounds.capped(steps, cap)
 
 
 def run_tag(run_id: str) -> str:
@@ -156,7 +156,8 @@ def piece_size(content_bytes: int) -> int:
     return size
 
 
-def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
+
+def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int = 1) -> Plan:
     """Turn a validated experiment into the plan of one run (one repetition)."""
     topo = exp.topology
     assert isinstance(topo, Topology), "parse_experiment resolves the topology"
@@ -167,6 +168,7 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
     gateway = str(next(ctl_addrs))
     data_addrs = DATA_NET.hosts()
     default_site = topo.sites[0]
+    horizon = exp.end.duration if isinstance(exp.end, EndAfter) else exp.timeout
 
     switches = [SwitchPlan(site, f"tb{tag}s{i}") for i, site in enumerate(topo.sites, 1)]
     switches.append(SwitchPlan("control", f"tb{tag}c"))
@@ -176,17 +178,24 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
         name="tracker", role="tracker", group="tracker", client=None, image=TRACKER_IMAGE,
         site=exp.tracker.site or default_site, data_ip=str(next(data_addrs)),
         ctl_ip=str(next(ctl_addrs)), up=None, down=None, container=f"tb-{run_id}-tracker")]
+    events: list[Event] = fault_events(exp, horizon)
+    names = exp.host_names()
     for role, g in exp.groups():
-        width = len(str(g.count))
-        for i in range(1, g.count + 1):
-            name = f"{g.name}{i:0{width}d}" if g.count > 1 else g.name
+        members, planned = group_events(exp, g, names[g.name], repetition, horizon)
+        events += planned
+        for i, name in enumerate(names[g.name]):
+            use, who = members[name]
+            up = access_shaping(g.access, "up", i, g.count)
+            down = access_shaping(g.access, "down", i, g.count)
             hosts.append(HostPlan(
-                name=name, role=role, group=g.name, client=g.client, image=DRIVERS[g.client].image,
+                name=name, role=role, group=g.name, client=g.client, image=catalog.CLIENTS[g.client].image,
                 site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
-                up=access_shaping(g.access, "up", i - 1, g.count),
-                down=access_shaping(g.access, "down", i - 1, g.count),
-                container=f"tb-{run_id}-{name}", behaviour=g.behaviour, profile=g.access.profile,
-                data_plan=g.access.plan))
+                up=up, down=down, container=f"tb-{run_id}-{name}",
+                behaviour=behaviour_of(g, use, up.trace.mean_rate() if up.trace else up.rate_bps),
+                profile=g.access.profile, data_plan=g.access.plan, participant=who))
+            for direction, s in (("up", up), ("down", down)):
+                if s.trace:
+                    events += rate_events(name, direction, s.trace, horizon)
 
     links: list[LinkPlan] = []
     port = {s.name: 0 for s in switches}
@@ -205,22 +214,28 @@ def plan(exp: Experiment, run_id: str, block: int | None = None) -> Plan:
     for h in hosts:
         links.append(LinkPlan("control", h.name, "control", "ctl0", switch_port("control"), None, None))
 
-    timeline = [Event(0.0, "start_tracker", "tracker")]
-    timeline += [Event(0.0, "start_seeder", h.name) for h in hosts if h.role == "seeder"]
-    timeline += [Event(0.0, "start_leecher", h.name) for h in hosts if h.role == "leecher"]
-
     size = exp.content.size
     seeders = [h for h in hosts if h.role == "seeder"]
     leechers = [h for h in hosts if h.role == "leecher"]
-    seed_up = sum(mean_rate(h.up) for h in seeders)
-    t_min = kumar_ross_t_min(size, seed_up, [mean_rate(h.up) for h in leechers],
-                             [mean_rate(h.down) for h in leechers])
+    bound_horizon = 10 * exp.timeout
+    seed_up = [rate_steps(h.up, bound_horizon, h.behaviour.upload_limit) for h in seeders]
+    t_min, terms, peer_t_min = None, {}, {}
+    if exp.flash_crowd:
+        cuts = bounds.seedless_cuts(list(topo.sites), [(c.ends[0], c.ends[1], c.rate, c.reverse_rate or c.rate)
+                                                       for c in topo.core],
+                                    {h.site for h in seeders}, {h.site for h in leechers})
+        t_min, terms = bounds.kumar_ross(size, seed_up, [bounds.PeerRates(
+            rate_steps(h.up, bound_horizon, h.behaviour.upload_limit),
+            rate_steps(h.down, bound_horizon, h.behaviour.download_limit)) for h in leechers], cuts)
+        peer_t_min = {h.name: bounds.peer_t_min(size, seed_up, rate_steps(h.down, bound_horizon,
+                                                                          h.behaviour.download_limit))
+                      for h in leechers}
     return Plan(
-        run_id=run_id, tag=tag, experiment=exp, content_bytes=size,
+        run_id=run_id, tag=tag, name=exp.name, repetition=repetition,
+        seeds={purpose: draws.derived_seed(exp.seed, repetition, purpose) for purpose in ("content", "impairments")},
+        switch=topo.switch, shaper=exp.shaper, end="duration" if isinstance(exp.end, EndAfter) else "all_done",
+        horizon_s=horizon, timeout_s=exp.timeout, content_bytes=size,
         piece_bytes=exp.content.piece_size or piece_size(size),
-        hosts=tuple(hosts), switches=tuple(switches), links=tuple(links), timeline=tuple(timeline),
+        hosts=tuple(hosts), switches=tuple(switches), links=tuple(links), timeline=ordered(events),
         control_gateway=gateway, control_prefix=ctl.prefixlen, data_prefix=DATA_NET.prefixlen,
-        t_min_s=t_min, peer_t_min_s={h.name: peer_t_min(size, seed_up, mean_rate(h.down)) for h in leechers},
-        tracker_port=exp.tracker.port)
-
-
+        t_min_s=t_min, t_min_terms=terms, peer_t_min_s=peer_t_min, tracker_port=exp.tracker.port)

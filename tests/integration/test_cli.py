@@ -138,7 +138,7 @@ def test_doctor_passes_on_a_set_up_machine():
 
 
 def test_open_vswitch_asked_for_where_it_does_not_exist(docker_client, tmp_path):
-    from testbed.orchestrator import ovs_available
+    from testbed.run.preflight import ovs_available
     if ovs_available():
         pytest.skip("this machine has Open vSwitch: the preflight refusal cannot be shown here")
     d = experiment_dict(topology={"switch": "ovs", "sites": ["s1"]})

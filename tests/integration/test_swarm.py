@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.orchestrator import run
+from testbed.run import run
 from tests.integration.conftest import nothing_left, small_experiment
 
 

@@ -1,0 +1,214 @@
+"""Layer 2 of validation: cross-references and values that the schema alone cannot judge."""
+from __future__ import annotations
+
+from testbed import catalog, units
+from testbed.errors import InputError
+from testbed.model.churn import Decaying, EndAfter, Exponential, FlashCrowd, Lognormal, Poisson, ProfileUse, Weibull
+from testbed.model.schema import AccessLink, Experiment, PeerGroup, Throttle, Topology
+
+
+def check_meaning(exp: Experiment, source: str) -> None:
+    """Layer 2: cross-references and values that the schema alone cannot judge."""
+    def fail(key: str, why: str) -> None:
+        raise InputError(f"{source}: {key}: {why}")
+
+    topo = exp.topology
+    assert isinstance(topo, Topology)
+    sites = set(topo.sites)
+    if len(sites) != len(topo.sites):
+        fail("topology.sites", "site names must be unique")
+    for i, link in enumerate(topo.core):
+        for end in link.ends:
+            if end not in sites:
+                fail(f"topology.core[{i}].ends", f"unknown site '{end}' (sites: {', '.join(topo.sites)})")
+        if link.ends[0] == link.ends[1]:
+            fail(f"topology.core[{i}].ends", "a core link must join two different sites")
+        for key in ("rate", "reverse_rate"):
+            value = getattr(link, key)
+            if value is not None and value <= 0:
+                fail(f"topology.core[{i}].{key}", "must be a positive rate")
+        for key in ("delay", "jitter"):
+            if getattr(link, key) < 0:
+                fail(f"topology.core[{i}].{key}", "must not be negative")
+        if not 0 <= link.loss < 1:
+            fail(f"topology.core[{i}].loss", "must be at least 0% and below 100%")
+    if exp.tracker.site is not None and exp.tracker.site not in sites:
+        fail("tracker.site", f"unknown site '{exp.tracker.site}' (sites: {', '.join(topo.sites)})")
+    if exp.content.size <= 0:
+        fail("content.size", "must be a positive size")
+    if exp.content.piece_size is not None:
+        ps = exp.content.piece_size
+        if ps < 16 * 1024 or ps & (ps - 1):
+            fail("content.piece_size", "must be a power of two of at least 16KiB")
+    if exp.timeout <= 0:
+        fail("timeout", "must be a positive duration")
+    if exp.repetitions < 1:
+        fail("repetitions", "must be at least 1")
+    names: set[str] = set()
+    for key, groups in (("seeders", exp.seeders), ("peers", exp.peers)):
+        for i, g in enumerate(groups):
+            where = f"{key}[{i}]"
+            if g.name in names or g.name == "tracker":
+                fail(f"{where}.name", f"group name '{g.name}' is used twice (or is reserved)")
+            names.add(g.name)
+            if g.count < 1:
+                fail(f"{where}.count", "must be at least 1")
+            if g.client not in catalog.CLIENTS:
+                fail(f"{where}.client", f"unknown client '{g.client}' (known: {', '.join(sorted(catalog.CLIENTS))})")
+            for knob in ("upload_limit", "download_limit"):
+                value = getattr(g.behaviour, knob)
+                if value is not None and value < 8 * 1024:
+                    fail(f"{where}.behaviour.{knob}", "must be at least 8kbit (clients cap in whole KiB/s)")
+            b = g.behaviour
+            for knob in ("max_connections", "upload_slots"):
+                value = getattr(b, knob)
+                if value is not None and value < 1:
+                    fail(f"{where}.behaviour.{knob}", "must be at least 1")
+            policy, amount = b.seeding_policy()
+            if policy == "duration" and amount <= 0:
+                fail(f"{where}.behaviour.seeding.duration", "must be a positive duration")
+            if policy == "ratio" and amount <= 0:
+                fail(f"{where}.behaviour.seeding.ratio", "must be a positive number")
+            if key == "seeders" and policy == "stop":
+                fail(f"{where}.behaviour.seeding", "a seeder that stops on completion would never upload; "
+                     "use forever, {duration: ...} or {ratio: ...}")
+            for knob, value in b.model_dump(mode="json").items():
+                if value is None:
+                    continue
+                why = catalog.refusal(g.client, knob, value)
+                if why:
+                    fail(f"{where}.behaviour.{knob}", why)
+            check_access(g.access, f"{where}.access", fail)
+            if g.access.plan is not None and g.access.plan.period < exp.timeout:
+                fail(f"{where}.access.plan.period", "is shorter than the run's timeout; a run is billed within "
+                     "one billing period")
+            if g.site is not None and g.site not in sites:
+                fail(f"{where}.site", f"unknown site '{g.site}' (sites: {', '.join(topo.sites)})")
+            check_arrivals(g, key, where, fail)
+            for j, use in enumerate(g.participation or ()):
+                check_participation(use, g, f"{where}.participation[{j}]", fail)
+            check_shares(g.participation or [], f"{where}.participation", fail)
+    check_faults(exp, fail)
+    if isinstance(exp.end, EndAfter):
+        if exp.end.duration <= 0:
+            fail("end.duration", "must be a positive duration")
+        if exp.end.duration > exp.timeout:
+            fail("end.duration", f"is longer than the run's timeout ({units.exact_duration(exp.timeout)})")
+
+
+def check_access(a: AccessLink, where: str, fail) -> None:
+    for d in ("up", "down"):
+        rate = getattr(a, d)
+        if rate is None and getattr(a, f"{d}_trace") is None:
+            fail(f"{where}.{d}", "missing: give a rate, a profile, or a trace")
+        if rate is not None and rate <= 0:
+            fail(f"{where}.{d}", "must be a positive rate")
+    if a.queue < 1:
+        fail(f"{where}.queue", "must be at least 1 packet")
+    for key in ("delay", "jitter"):
+        if min(getattr(a, key)) < 0:
+            fail(f"{where}.{key}", "must not be negative")
+    if not all(0 <= x < 1 for x in a.loss):
+        fail(f"{where}.loss", "must be at least 0% and below 100%")
+    p = a.plan
+    if p is None:
+        return
+    if p.cap is not None and p.cap <= 0:
+        fail(f"{where}.plan.cap", "must be a positive size")
+    if p.period <= 0:
+        fail(f"{where}.plan.period", "must be a positive duration")
+    if p.used < 0:
+        fail(f"{where}.plan.used", "must not be negative")
+    if p.at_cap != "overage" and p.cap is None:
+        fail(f"{where}.plan.at_cap", "needs a cap")
+    if isinstance(p.at_cap, Throttle) and p.at_cap.throttle < 8000:
+        fail(f"{where}.plan.at_cap.throttle", "must be at least 8kbit")
+    for key in ("fee", "per_gb", "per_minute", "overage_per_gb"):
+        if getattr(p, key) < 0:
+            fail(f"{where}.plan.{key}", "must not be negative")
+
+
+
+
+def check_arrivals(g: PeerGroup, key: str, where: str, fail) -> None:
+    a = g.arrivals
+    if key == "seeders" and not (isinstance(a, FlashCrowd) and a.at == 0):
+        fail(f"{where}.arrivals", "origin seeders are in place when the swarm starts; make a late seeder a "
+             "peer group, or fail the origin with a fault")
+    for field in ("at", "after", "tau"):
+        if getattr(a, field, 0) < 0 or (field == "tau" and getattr(a, field, 1) == 0):
+            fail(f"{where}.arrivals.{field}", "must be a positive duration" if field == "tau" else
+                 "must not be negative")
+    if isinstance(a, (Poisson, Decaying)) and a.rate <= 0:
+        fail(f"{where}.arrivals.rate", "must be a positive rate of arrivals, such as 2/min")
+
+
+def check_distribution(d, where: str, fail) -> None:
+    if d is None:
+        return
+    for field in ("value", "mean", "scale", "median"):
+        if getattr(d, field, 1) < 0 or (field != "value" and getattr(d, field, 1) == 0):
+            fail(f"{where}.{field}", "must be a positive duration")
+    if isinstance(d, Weibull) and d.shape <= 0:
+        fail(f"{where}.shape", "must be a positive number")
+    if isinstance(d, Lognormal) and d.sigma < 0:
+        fail(f"{where}.sigma", "must not be negative")
+    if isinstance(d, Exponential) and d.mean <= 0:
+        fail(f"{where}.mean", "must be a positive duration")
+
+
+def check_participation(use: ProfileUse, g: PeerGroup, where: str, fail) -> None:
+    for field in ("seed_time", "session", "abort_after", "online", "offline", "crash_after", "rejoin_after"):
+        check_distribution(getattr(use, field), f"{where}.{field}", fail)
+    stops = [k for k in ("seeding", "seed_time", "ratio") if getattr(use, k) is not None]
+    if len(stops) > 1:
+        fail(f"{where}", f"says both {stops[0]} and {stops[1]}: seeding ends one way (set the other to null)")
+    if use.ratio is not None and use.ratio <= 0:
+        fail(f"{where}.ratio", "must be a positive number")
+    if use.abort_at is not None and not 0 < use.abort_at < 1:
+        fail(f"{where}.abort_at", "must be above 0% and below 100%")
+    if use.upload_share is not None and not 0 < use.upload_share <= 1:
+        fail(f"{where}.upload_share", "must be above 0% and at most 100%")
+    if use.upload_limit is not None and use.upload_limit < 8 * 1024:
+        fail(f"{where}.upload_limit", "must be at least 8kbit (clients cap in whole KiB/s)")
+    if (use.online is None) != (use.offline is None):
+        fail(f"{where}", "an intermittent peer needs both 'online' and 'offline'")
+    if use.rejoin_after is not None and use.crash_after is None:
+        fail(f"{where}.rejoin_after", "needs crash_after")
+    for knob, value in (("upload_limit", use.upload_limit or use.upload_share), ("connectable", use.connectable)):
+        if value is not None and (why := catalog.refusal(g.client, knob, value)):
+            fail(f"{where}.{knob}", why)
+
+
+def check_shares(uses: list[ProfileUse], where: str, fail) -> None:
+    if len(uses) <= 1:
+        if uses and uses[0].share not in (None, 1.0):
+            fail(f"{where}[0].share", "a single profile is the whole group; give a share only in a mix")
+        return
+    if any(u.share is None for u in uses):
+        fail(where, "a mix of profiles needs a share for each (e.g. share: 30%)")
+    if any(not 0 < u.share <= 1 for u in uses):
+        fail(where, "each share must be above 0% and at most 100%")
+    if abs(sum(u.share for u in uses) - 1) > 1e-6:
+        fail(where, f"the shares add up to {sum(u.share for u in uses) * 100:g}%, not 100%")
+
+
+def check_faults(exp: Experiment, fail) -> None:
+    hosts = {n: role for role, g in exp.groups() for n in exp.host_names()[g.name]}
+    for i, f in enumerate(exp.faults):
+        where = f"faults[{i}]"
+        if f.at < 0 or f.at > exp.timeout:
+            fail(f"{where}.at", "must lie between 0s and the run's timeout")
+        if f.kind == "tracker_down":
+            if f.host not in (None, "tracker"):
+                fail(f"{where}.host", "tracker_down is a fault of the tracker; leave host out")
+        elif f.host is None:
+            fail(f"{where}.host", f"{f.kind} needs the host it happens to")
+        elif f.host not in hosts:
+            close = sorted(hosts)[:6]
+            fail(f"{where}.host", f"unknown host '{f.host}' (hosts are named after their group, numbered when "
+                 f"it has several members: {', '.join(close)}{', ...' if len(hosts) > 6 else ''})")
+        if f.kind == "pause" and not f.for_:
+            fail(f"{where}.for", "a pause needs its length (for: 10s)")
+        if f.for_ is not None and f.for_ <= 0:
+            fail(f"{where}.for", "must be a positive duration")

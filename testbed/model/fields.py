@@ -1,0 +1,67 @@
+"""Typed fields with units, shared by every part of the experiment schema.
+
+Units are parsed by testbed.units (one place); a field serialises back to the unit
+written out, so the resolved experiment round-trips.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+from testbed import units
+
+
+def _unit(parser, formatter):
+    def parse(value: Any):
+        try:
+            return parser(value)
+        except units.UnitError as exc:
+            raise ValueError(str(exc)) from None
+    return [BeforeValidator(parse), PlainSerializer(formatter, return_type=str)]
+
+
+Rate = Annotated[float, *_unit(units.parse_rate, units.fmt_rate)]
+Size = Annotated[int, *_unit(units.parse_size, units.exact_size)]
+Duration = Annotated[float, *_unit(units.parse_duration, units.exact_duration)]
+Percent = Annotated[float, *_unit(units.parse_percent, units.fmt_percent)]
+
+
+class Directions(NamedTuple):
+    """A value for each direction of an access link: up (host to network) and down."""
+
+    up: float
+    down: float
+
+
+def _directional(parser, formatter):
+    """One value for both directions ('30ms') or one each ({up: 30ms, down: 10ms})."""
+    def one(value: Any) -> float:
+        try:
+            return parser(value)
+        except units.UnitError as exc:
+            raise ValueError(str(exc)) from None
+
+    def parse(value: Any) -> Directions:
+        if isinstance(value, Directions):
+            return value
+        if isinstance(value, dict):
+            if set(value) != {"up", "down"}:
+                raise ValueError(f"give one value, or both 'up' and 'down' (got {', '.join(map(str, value))})")
+            return Directions(one(value["up"]), one(value["down"]))
+        v = one(value)
+        return Directions(v, v)
+
+    def write(d: Directions) -> Any:
+        return formatter(d.up) if d.up == d.down else {"up": formatter(d.up), "down": formatter(d.down)}
+    return [BeforeValidator(parse), PlainSerializer(write)]
+
+
+DirDuration = Annotated[Any, *_directional(units.parse_duration, units.exact_duration)]
+DirPercent = Annotated[Any, *_directional(units.parse_percent, units.fmt_percent)]
+NO_IMPAIRMENT = Directions(0.0, 0.0)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+

@@ -1,0 +1,115 @@
+"""Reading an experiment: YAML files, topologies, link profiles and trace files, and the
+one-sentence error messages for what does not validate. All file I/O of the model is here,
+so the plan that follows reads nothing.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from testbed import traces
+from testbed.errors import InputError
+from testbed.model.check import check_meaning
+from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence
+from testbed.model.participation import resolve_participation
+from testbed.model.schema import AccessLink, Experiment, LinkProfile, Topology
+
+
+def load_topology(name: str, source: str, base_dir: Path | None) -> Topology:
+    """A topology by name (topologies/NAME.yaml) or by path ending in .yaml (relative to the
+    experiment file)."""
+    if name.endswith((".yaml", ".yml")):
+        path = (base_dir or Path.cwd()) / name
+        if not path.is_file():
+            raise InputError(f"{source}: topology: no such topology file {path}")
+    else:
+        path = TOPOLOGY_DIR / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml")))
+            raise InputError(f"{source}: topology: unknown topology '{name}' (known: {known})")
+    data = _read_yaml(path, "topology")
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_sentence(str(path), exc)) from None
+
+
+PROFILES_FILE = TOPOLOGY_DIR / "profiles.yaml"
+
+
+def link_profiles() -> dict[str, LinkProfile]:
+    """The named access-link profiles of topologies/profiles.yaml."""
+    data = _read_yaml(PROFILES_FILE, "link profile")
+    try:
+        return {str(k): LinkProfile.model_validate(v) for k, v in (data or {}).items()}
+    except ValidationError as exc:
+        raise InputError(_sentence(str(PROFILES_FILE), exc)) from None
+
+
+def resolve_access(access: AccessLink, where: str, source: str, base_dir: Path | None,
+                   profiles: dict[str, LinkProfile]) -> AccessLink:
+    """The access link with its profile's values filled in (fields written here win) and trace
+    files resolved to absolute paths, checked to be readable."""
+    update: dict[str, Any] = {}
+    if access.profile is not None:
+        prof = profiles.get(access.profile)
+        if prof is None:
+            close = difflib.get_close_matches(access.profile, list(profiles), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(profiles)})"
+            raise InputError(f"{source}: {where}.profile: unknown link profile '{access.profile}'{hint}")
+        for key in ("up", "down", "delay", "jitter", "loss", "queue"):
+            if key not in access.model_fields_set:
+                update[key] = getattr(prof, key)
+    loaded = {}
+    for direction in ("up", "down"):
+        key = f"{direction}_trace"
+        ref = getattr(access, key)
+        try:
+            if isinstance(ref, str):
+                update[key] = str(traces.resolve(ref, base_dir))
+                loaded[direction] = traces.load(update[key])
+            elif ref is not None:
+                loaded[direction] = traces.from_steps([(s.at, s.rate) for s in ref], f"{where}.{key}")
+        except traces.TraceError as exc:
+            raise InputError(f"{source}: {where}.{key}: {exc}") from None
+    out = access.model_copy(update=update)
+    out._traces.update(loaded)
+    return out
+
+
+def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
+    """Both validation layers; returns an experiment whose topology and link profiles are
+    resolved inline."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: the experiment must be a mapping of keys, got {type(data).__name__}")
+    try:
+        exp = Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_sentence(source, exc)) from None
+    if isinstance(exp.topology, str):
+        exp = exp.model_copy(update={"topology": load_topology(exp.topology, source, base_dir)})
+    profiles = link_profiles() if any(g.access.profile for _, g in exp.groups()) else {}
+    resolved = {}
+    for key in ("seeders", "peers"):
+        groups = getattr(exp, key)
+        resolved[key] = [g.model_copy(update={"access": resolve_access(g.access, f"{key}[{i}].access", source,
+                                                                        base_dir, profiles)})
+                         for i, g in enumerate(groups)]
+    exp = exp.model_copy(update=resolved)
+    exp = resolve_participation(exp, source, base_dir)
+    check_meaning(exp, source)
+    return exp
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    return parse_experiment(_read_yaml(path, "experiment"), str(path), path.parent)
+
+
+def resolved_yaml(exp: Experiment) -> str:
+    """The fully resolved experiment (defaults filled, topology inline, units written out)."""
+    return yaml.safe_dump(exp.model_dump(mode="json", by_alias=True), sort_keys=False)

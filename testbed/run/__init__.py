@@ -1,0 +1,135 @@
+"""Carry out a plan on this machine: the library API under the CLI.
+
+    run(experiment, results_root, on_event=callback, repetition=1) -> RunResult
+
+The core never prints; it reports through events (also appended to events.jsonl). The
+rooms: preflight (checks), swarm (bring-up, actions on hosts, teardown), sampler (one tick
+of measurement), policies (rules that push events), executor (the timeline and the loop),
+summary (summary.json, manifest.json). Whatever happens, teardown removes every container,
+veth and bridge of the run, and summary.json is written: "complete", "timeout", or
+"failed" with what was measured.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from testbed import facts, runtime, shaping
+from testbed.errors import TestbedError
+from testbed.model import Experiment, resolved_yaml
+from testbed.plan import plan, run_tag
+from testbed.results import RunDir, write_json, write_plan
+from testbed.run.executor import Executor
+from testbed.run.preflight import BringupLock, free_control_block, preflight
+from testbed.run.sampler import Sampler
+from testbed.run.summary import cpu_seconds, image_packages, manifest, summarize
+from testbed.run.swarm import Swarm
+
+EventSink = Callable[[dict], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    summary: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "complete"
+
+
+def new_run_id(exp: Experiment, repetition: int = 1) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    rep = f"-r{repetition}" if exp.repetitions > 1 else ""
+    return f"{exp.name}-{stamp}{rep}-{secrets.token_hex(3)}"
+
+
+def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, *, repetition: int = 1,
+        keep_data: bool = False, sample_interval: float = 1.0, run_id: str | None = None) -> RunResult:
+    """Run one repetition of the experiment; raises only for errors before anything starts."""
+    emit = on_event or (lambda e: None)
+    docker_client = runtime.docker_client()
+    run_id = run_id or new_run_id(exp, repetition)
+    lock = BringupLock()
+    try:
+        return _run(exp, Path(results_root), emit, docker_client, run_id, lock, repetition, keep_data,
+                    sample_interval)
+    finally:
+        lock.release()
+
+
+def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, run_id: str, lock: BringupLock,
+         repetition: int, keep_data: bool, sample_interval: float) -> RunResult:
+    p = plan(exp, run_id, block=free_control_block(run_tag(run_id)), repetition=repetition)
+    imgs = preflight(p, docker_client)
+
+    rd = RunDir(results_root.resolve() / run_id)   # absolute: it is bind-mounted
+    (rd.path / "experiment.yaml").write_text(resolved_yaml(exp))
+    write_plan(rd.path, p)
+    man = manifest(p, imgs, exp.seed, exp.repetitions)
+    write_json(rd.path / "manifest.json", man)
+    emit(rd.event("run_start", run_id=run_id, run_dir=str(rd.path), hosts=len(p.hosts), t_min_s=p.t_min_s,
+                  events=len(p.timeline)))
+    shaper = shaping.choose(p.shaper, facts.traffic_control()["netem"])()
+    sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, shaper)
+    ex: Executor | None = None
+    status, error, sha_ok, wire, t_end, cpu = "failed", None, {}, {}, None, None
+    try:
+        try:
+            sw.start_hosts()
+        finally:
+            lock.release()
+        sw.make_content()
+        man["image_packages"] = image_packages(sw)
+        write_json(rd.path / "manifest.json", man)
+        sw.start_tracker()
+        sw.start_clients()
+        man["client_versions"] = sw.versions
+        write_json(rd.path / "manifest.json", man)
+        sw.start_seeders()
+        sampler = Sampler(p, rd, sw.drivers, {n: h.pid for n, h in sw.hosts.items()}, emit, time.monotonic())
+        sampler.start()
+        ex = Executor(p, sw, sampler, rd, emit, sample_interval)
+        emit(rd.event("swarm_start", leechers=len(p.by_role("leecher")), t_min_s=p.t_min_s))
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        try:
+            status = ex.run()
+        finally:
+            t_end = sampler.now()
+            ex.slow.shutdown(wait=True)
+            used = cpu_seconds() - cpu0
+            cpu = {"cpu_s": round(used, 3), "wall_s": round(time.monotonic() - wall0, 3),
+                   "share_of_core": round(used / max(time.monotonic() - wall0, 1e-9), 4)}
+            sampler.close()
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except TestbedError as exc:
+        error = str(exc)
+    except Exception as exc:  # unknown: keep the traceback in the event log
+        import traceback
+        error = f"{exc.__class__.__name__}: {exc}"
+        rd.event("traceback", text=traceback.format_exc())
+    finally:
+        if sw.hosts:
+            wire = sw.read_wire()
+        sw.stop_clients()
+        sw.stop_element()
+        sha_ok = sw.verify() if sw.hosts else {}
+        if status == "complete" and not all(sha_ok.get(n) for n, st in (ex.peers.items() if ex else ())
+                                            if st.completed_s is not None and st.left_reason != "cut"):
+            status, error = "failed", "a peer's file differs from the origin's (sha256)"
+        summary = summarize(sw, ex, status if error is None else "failed", error, sha_ok, wire, t_end, cpu)
+        write_json(rd.path / "summary.json", summary)
+        emit(rd.event("teardown"))
+        teardown = sw.close()
+        man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        man["teardown"] = teardown
+        write_json(rd.path / "manifest.json", man)
+        emit(rd.event("run_end", status=summary["status"], error=error))
+        rd.close()
+    return RunResult(rd.path, summary["status"], summary)

@@ -1,0 +1,94 @@
+"""Checks made when a run starts, before anything is created: root, tools, the kernel's
+facilities the plan needs, and the images. Each failure is one sentence (exit 2).
+
+Also the bring-up lock: concurrent runs choose their control-network block by looking at
+the machine's routes, so the choice and the route's creation happen under one lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from testbed import facts, images, runtime, shaping, wire
+from testbed.errors import PreflightError, RunError
+from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, Plan, control_block
+
+BRINGUP_LOCK = "/run/lock/testbed-bringup.lock" if os.path.isdir("/run/lock") else "/tmp/testbed-bringup.lock"
+
+
+def free_control_block(tag: str) -> int:
+    """The plan's control block, moved on if a route for it already exists (another run)."""
+    blocks = list(CONTROL_NET.subnets(new_prefix=22))
+    first = control_block(tag)
+    for k in range(CONTROL_BLOCKS):
+        b = (first + k) % CONTROL_BLOCKS
+        if not subprocess.run(["ip", "route", "show", str(blocks[b])], capture_output=True, text=True).stdout.strip():
+            return b
+    raise RunError("every control-network block 198.19.0.0/16 is in use by other runs")
+
+
+class BringupLock:
+    """Concurrent runs pick control-network blocks by looking at the routes: hold this from
+    the choice until the run's route exists, so two runs cannot pick the same block."""
+
+    def __init__(self):
+        self._file = open(BRINGUP_LOCK, "a")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        self._file.close()      # closing drops the flock; closing again is a no-op
+
+
+def preflight(plan_: Plan, client) -> dict[str, images.Image]:
+    if not runtime.is_root():
+        raise PreflightError("testbed run needs root (it creates bridges, veths and tc qdiscs); run it with sudo")
+    for tool in ("mnexec", "brctl", "tc", "ip"):
+        if not shutil.which(tool):
+            raise PreflightError(f"'{tool}' is not installed; run ./setup.sh (or: testbed doctor)")
+    if plan_.switch == "ovs" and not ovs_available():
+        raise PreflightError("topology.switch: ovs is asked for, but Open vSwitch is not available here "
+                             "(needs ovs-vsctl and the openvswitch kernel module); use switch: linuxbridge")
+    shaper_cls = shaping.choose(plan_.shaper, facts.traffic_control()["netem"])
+    if plan_.shaper == "netem" and not facts.traffic_control()["netem"]:
+        raise PreflightError("shaper: netem is asked for, but this kernel has no sch_netem (modprobe sch_netem "
+                             "fails); use shaper: auto or userspace (see testbed doctor)")
+    impaired = any(s is not None and s.impaired for lk in plan_.links for s in (lk.egress1, lk.egress2))
+    if impaired and shaper_cls.userspace_element:
+        ok, why = delay_element_available()
+        if not ok:
+            raise PreflightError(f"links with delay, jitter or loss need netem or the userspace delay element, "
+                                 f"and neither works here: {why} (see testbed doctor)")
+    if any(not h.behaviour.connectable for h in plan_.hosts):
+        ok, why = wire.available()
+        if not ok:
+            raise PreflightError(f"behaviour.connectable: false needs a packet filter in each peer's namespace, "
+                                 f"which does not work here: {why} (see testbed doctor)")
+    return images.require(client, {h.image for h in plan_.hosts})
+
+
+def delay_element_available() -> tuple[bool, str]:
+    """Whether the userspace delay element can run: its binding imports and iptables exists."""
+    try:
+        import netfilterqueue  # noqa: F401
+    except ImportError as exc:
+        return False, f"the netfilterqueue Python package does not import ({exc}); run ./setup.sh"
+    if not runtime.is_root():
+        return False, "not root"
+    ns = f"tb{os.getpid() % 0xFFFFFF:06x}-nqprobe"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        return False, "cannot create a network namespace"
+    try:
+        rule = ["-t", "raw", "-A", "PREROUTING", "-i", "lo", "-j", "NFQUEUE", "--queue-num", "0"]
+        r = subprocess.run(["ip", "netns", "exec", ns, wire.IPTABLES, "-w", *rule], capture_output=True, text=True)
+        if r.returncode != 0:
+            return False, f"the NFQUEUE target does not load: {r.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return True, "NFQUEUE works"
+
+
+def ovs_available() -> bool:
+    return bool(shutil.which("ovs-vsctl")) and Path("/sys/module/openvswitch").exists()

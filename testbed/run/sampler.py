@@ -1,0 +1,140 @@
+"""The sampler: one tick of measurement -> rows of samples.csv, meter.csv and swarm.csv.
+
+It is the testbed's hot path, so it stays out of the clients' way: interface counters are
+read from sysfs, client stats over each client's control API (in a small thread pool), and
+sockets over netlink from handles kept open in each peer's namespace. It measures; it does
+not act. What it sees (a completion, usage) goes back to the executor, whose policies act.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed import metering, wire
+from testbed.clients import PeerStats
+from testbed.plan import Plan
+from testbed.results import RunDir
+
+Counters = tuple[int, int, int, int]     # rx_bytes, tx_bytes, rx_packets, tx_packets
+
+
+def dev_stats(dev: str) -> Counters | None:
+    """(rx_bytes, tx_bytes, rx_packets, tx_packets) of an interface in this namespace."""
+    stats = Path("/sys/class/net") / dev / "statistics"
+    try:
+        return tuple(int((stats / k).read_text()) for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"))
+    except OSError:
+        return None
+
+
+@dataclass
+class Observed:
+    """What the run has measured so far, per peer."""
+
+    last: dict[str, PeerStats] = field(default_factory=dict)
+    counters: dict[str, Counters] = field(default_factory=dict)
+    baseline: dict[str, Counters] = field(default_factory=dict)
+    ip_usage: dict[str, tuple[int, int]] = field(default_factory=dict)   # IP bytes since the swarm start
+    tcp_max: dict[str, dict[str, int]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def if_bytes(self, name: str) -> tuple[int, int]:
+        c, b = self.counters.get(name, (0, 0, 0, 0)), self.baseline.get(name, (0, 0, 0, 0))
+        return c[0] - b[0], c[1] - b[1]
+
+
+class Sampler:
+    def __init__(self, plan_: Plan, rd: RunDir, drivers: dict, pids: dict[str, int], emit, t0: float):
+        self.plan, self.rd, self.drivers, self.pids, self.emit, self.t0 = plan_, rd, drivers, pids, emit, t0
+        self.seen = Observed()
+        self.tables: dict[str, dict | None] = {}
+        # the switch end of each host's access link, where its traffic is counted
+        self.access_dev = {lk.node1: lk.intf2 for lk in plan_.links if lk.kind == "access"}
+        # a core link's counters are read at its first end's interface: tx is ends[0] -> ends[1]
+        self.segments = {f"{lk.node1}-{lk.node2}": lk.intf1 for lk in plan_.links if lk.kind == "core"}
+        self.seg_baseline: dict[str, Counters] = {}
+        self.tracker_dev = self.access_dev.get("tracker")
+        self.pool = ThreadPoolExecutor(8)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def start(self) -> None:
+        """The baselines: counters are reported from the swarm's start."""
+        self.seen.baseline = {n: dev_stats(self.access_dev[n]) or (0, 0, 0, 0) for n in self.drivers}
+        self.seen.counters = dict(self.seen.baseline)
+        self.seg_baseline = {seg: c for seg, dev in [*self.segments.items(), ("tracker", self.tracker_dev)]
+                             if dev and (c := dev_stats(dev))}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _stats(self, name: str) -> tuple[PeerStats | None, float]:
+        try:
+            s = self.drivers[name].stats()
+        except Exception as exc:  # a crashed or hung client: recorded, the run goes on
+            if name not in self.seen.errors:
+                self.seen.errors[name] = f"{exc.__class__.__name__}: {exc}"
+                self.emit(self.rd.event("client_error", host=name, error=self.seen.errors[name]))
+            s = None
+        return s, self.now()
+
+    def _table(self, name: str) -> dict | None:
+        return wire.tcp_table(self.pids[name], self.drivers[name].peer_port)
+
+    def tick(self, active: set[str]) -> dict[str, PeerStats]:
+        """One sample. `active`: peers whose client is in the swarm and can answer (not
+        frozen, not crashed, not yet arrived). Returns their stats."""
+        t = self.now()
+        names = sorted(active)
+        stats = dict(zip(names, self.pool.map(self._stats, names)))
+        tables = dict(zip(names, self.pool.map(self._table, names)))
+        self.meter(t)
+        out = {}
+        for name in names:
+            s, t_read = stats[name]
+            if s is None:
+                continue
+            out[name] = s
+            self.seen.last[name] = s
+            tcp = wire.tcp_activity(self.tables.get(name), tables[name])
+            self.tables[name] = tables[name]
+            self.seen.tcp_max[name] = {k: max(v, self.seen.tcp_max.get(name, {}).get(k, 0)) for k, v in tcp.items()}
+            up, down = self.seen.if_bytes(name)
+            self.rd.sample({"t": round(t_read, 3), "peer": name, "progress": round(s.progress, 5),
+                            "rate_up": s.rate_up, "rate_down": s.rate_down, "client_bytes_up": s.bytes_up,
+                            "client_bytes_down": s.bytes_down, "if_bytes_up": up, "if_bytes_down": down,
+                            "peers": s.peers, **tcp})
+        return out
+
+    def meter(self, t: float) -> None:
+        """Interface counters of every peer (whatever its state) and core link: one meter.csv row
+        each, IP bytes since the swarm started. Bytes the switch received from a host are its
+        upload."""
+        for name in self.drivers:
+            c = dev_stats(self.access_dev[name]) or self.seen.counters[name]
+            self.seen.counters[name] = c
+            b = self.seen.baseline[name]
+            up = metering.ip_bytes(c[0] - b[0], c[2] - b[2])
+            down = metering.ip_bytes(c[1] - b[1], c[3] - b[3])
+            self.seen.ip_usage[name] = (up, down)
+            self.rd.row("meter", {"t": round(t, 3), "scope": "peer", "name": name, "ip_bytes_up": up,
+                                  "ip_bytes_down": down, "packets_up": c[2] - b[2], "packets_down": c[3] - b[3]})
+        for seg, dev in [*self.segments.items(), *([("tracker", self.tracker_dev)] if self.tracker_dev else [])]:
+            c = dev_stats(dev)
+            if c is None:
+                continue
+            b = self.seg_baseline.setdefault(seg, c)
+            if seg == "tracker":    # the tracker's own line: up is what it sent
+                self.rd.row("meter", {"t": round(t, 3), "scope": "tracker", "name": seg,
+                                      "ip_bytes_up": metering.ip_bytes(c[0] - b[0], c[2] - b[2]),
+                                      "ip_bytes_down": metering.ip_bytes(c[1] - b[1], c[3] - b[3]),
+                                      "packets_up": c[2] - b[2], "packets_down": c[3] - b[3]})
+                continue
+            # ends[0] -> ends[1] leaves through the first end's interface (tx)
+            self.rd.row("meter", {"t": round(t, 3), "scope": "segment", "name": seg,
+                                  "ip_bytes_up": metering.ip_bytes(c[1] - b[1], c[3] - b[3]),
+                                  "ip_bytes_down": metering.ip_bytes(c[0] - b[0], c[2] - b[2]),
+                                  "packets_up": c[3] - b[3], "packets_down": c[2] - b[2]})
