@@ -4,7 +4,8 @@ results/<run_id>/
   experiment.yaml   the fully resolved experiment
   manifest.json     testbed version and commit, images, kernel, tc/netem, seed, host facts
   events.jsonl      one JSON object per line, appended as things happen
-  samples.csv       per second, per peer: client-reported and interface-counted bytes,
+  samples.csv       per second, per peer: client-reported and interface-counted bytes
+                    (t: when the client answered, t_if: when the counters were read),
                     established TCP connections accepted (tcp_in) and dialed (tcp_out), and
                     how many carried a 16 KiB block up / down in the interval, and the
                     bytes in their send queues
@@ -32,9 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-SAMPLE_FIELDS = ["t", "peer", "progress", "rate_up", "rate_down", "client_bytes_up", "client_bytes_down",
+SAMPLE_FIELDS = ["t", "t_if", "peer", "progress", "rate_up", "rate_down", "client_bytes_up", "client_bytes_down",
                  "if_bytes_up", "if_bytes_down", "peers", "tcp_in", "tcp_out", "tcp_uploading", "tcp_downloading",
-                 "tcp_send_queue"]
+                 "tcp_send_queue", "utp_flows", "utp_uploading", "utp_downloading"]
 METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_up", "packets_down"]
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
 SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone"]

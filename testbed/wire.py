@@ -30,6 +30,9 @@ import subprocess
 from testbed.errors import RunError
 
 IPTABLES = "iptables-legacy" if shutil.which("iptables-legacy") else "iptables"
+IP6TABLES = "ip6tables-legacy" if shutil.which("ip6tables-legacy") else "ip6tables"
+# A rule that uses conntrack and does nothing else (see accounting_commands).
+HOOK_RULE = ["OUTPUT", "-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "tb_flows"]
 HANDSHAKE_HEX = "|13|BitTorrent protocol"
 COUNTERS = ("inbound_refused", "plain_handshakes_in", "plain_handshakes_out")
 
@@ -151,3 +154,28 @@ def tcp_activity(before: dict | None, now: dict | None) -> dict[str, int]:
         out["tcp_downloading"] += received - received0 >= BLOCK
         out["tcp_send_queue"] += send_q
     return out
+
+
+# ------------------------------------------------------------ flow accounting (testbed.flows reads it)
+
+def accounting_commands(ns_path: str) -> list[list[str]]:
+    """What makes conntrack count flows in the namespace at `ns_path`, in order:
+    - accounting and events on (per namespace, accounting off by default). First, because an
+      entry gets counters only if accounting was on when it was made;
+    - a rule that uses conntrack, for IPv4 and IPv6: conntrack sees a namespace's traffic only
+      once something there needs it (Linux >= 4.10), so a fresh namespace tracks nothing. The
+      rule matches nothing that matters and has no target. iptables-legacy as in wire.py."""
+    enter = ["nsenter", f"--net={ns_path}"]
+    return [[*enter, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1", "net.netfilter.nf_conntrack_events=1"],
+            *([*enter, tool, "-w", "-A", *HOOK_RULE] for tool in (IPTABLES, IP6TABLES))]
+
+
+def enable_accounting(ns_path: str) -> None:
+    """Runs `accounting_commands` (at set-up); a rule already there is not added again."""
+    for cmd in accounting_commands(ns_path):
+        check = [("-C" if a == "-A" else a) for a in cmd]
+        if check != cmd and subprocess.run(check, capture_output=True).returncode == 0:
+            continue
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RunError(f"`{' '.join(cmd)}` failed: {r.stderr.strip()}")

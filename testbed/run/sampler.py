@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed import metering, wire
+from testbed import flows, metering, wire
 from testbed.clients import PeerStats
 from testbed.plan import Plan
 from testbed.results import RunDir
@@ -38,6 +38,8 @@ class Observed:
     baseline: dict[str, Counters] = field(default_factory=dict)
     ip_usage: dict[str, tuple[int, int]] = field(default_factory=dict)   # IP bytes since the swarm start
     tcp_max: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per peer, per remote (proto, address, port): bytes and packets each way, from conntrack
+    flows: dict[str, dict[tuple, dict[str, int]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     def if_bytes(self, name: str) -> tuple[int, int]:
@@ -57,6 +59,9 @@ class Sampler:
         self.seg_baseline: dict[str, Counters] = {}
         self.tracker_dev = self.access_dev.get("tracker")
         self.pool = ThreadPoolExecutor(8)
+        # long-lived netlink handles in each peer's namespace: no process per peer per tick
+        self.handles = {n: flows.NamespaceFlows(f"/proc/{pid}/ns/net") for n, pid in pids.items() if n in drivers}
+        self.udp_before: dict[str, dict[tuple, dict[str, int]]] = {}
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -70,6 +75,8 @@ class Sampler:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        for h in self.handles.values():     # they keep the namespace alive
+            h.close()
 
     def _stats(self, name: str) -> tuple[PeerStats | None, float]:
         try:
@@ -81,12 +88,29 @@ class Sampler:
             s = None
         return s, self.now()
 
-    def _table(self, name: str) -> dict | None:
-        return wire.tcp_table(self.pids[name], self.drivers[name].peer_port)
+    def _table(self, name: str) -> tuple[dict | None, dict | None]:
+        h, port = self.handles[name], self.drivers[name].peer_port
+        try:
+            return h.tcp_table(port), h.flows(port)
+        except OSError:
+            return None, None
 
-    def tick(self, active: set[str]) -> dict[str, PeerStats]:
+    def udp_activity(self, name: str, now: dict | None) -> dict[str, int]:
+        """uTP peers (UDP flows on the peer port) and how many moved a block each way."""
+        before = self.udp_before.get(name, {})
+        udp = {k: v for k, v in (now or {}).items() if k[0] == "udp"}
+        self.udp_before[name] = udp
+        out = {"utp_flows": len(udp), "utp_uploading": 0, "utp_downloading": 0}
+        for k, v in udp.items():
+            b = before.get(k, {"bytes_out": 0, "bytes_in": 0})
+            out["utp_uploading"] += v["bytes_out"] - b["bytes_out"] >= wire.BLOCK
+            out["utp_downloading"] += v["bytes_in"] - b["bytes_in"] >= wire.BLOCK
+        return out
+
+    def tick(self, active: set[str]) -> dict[str, tuple[PeerStats, float]]:
         """One sample. `active`: peers whose client is in the swarm and can answer (not
-        frozen, not crashed, not yet arrived). Returns their stats."""
+        frozen, not crashed, not yet arrived). Returns their stats, each with the swarm time
+        its client answered."""
         t = self.now()
         names = sorted(active)
         stats = dict(zip(names, self.pool.map(self._stats, names)))
@@ -97,13 +121,17 @@ class Sampler:
             s, t_read = stats[name]
             if s is None:
                 continue
-            out[name] = s
+            out[name] = (s, t_read)
             self.seen.last[name] = s
-            tcp = wire.tcp_activity(self.tables.get(name), tables[name])
-            self.tables[name] = tables[name]
+            table, peer_flows = tables[name]
+            tcp = {**wire.tcp_activity(self.tables.get(name), table), **self.udp_activity(name, peer_flows)}
+            self.tables[name] = table
+            if peer_flows:
+                self.seen.flows.setdefault(name, {}).update(peer_flows)
             self.seen.tcp_max[name] = {k: max(v, self.seen.tcp_max.get(name, {}).get(k, 0)) for k, v in tcp.items()}
             up, down = self.seen.if_bytes(name)
-            self.rd.sample({"t": round(t_read, 3), "peer": name, "progress": round(s.progress, 5),
+            # t: when its client answered; t_if: when its interface counters were read (swarm time)
+            self.rd.sample({"t": round(t_read, 3), "t_if": round(t, 3), "peer": name, "progress": round(s.progress, 5),
                             "rate_up": s.rate_up, "rate_down": s.rate_down, "client_bytes_up": s.bytes_up,
                             "client_bytes_down": s.bytes_down, "if_bytes_up": up, "if_bytes_down": down,
                             "peers": s.peers, **tcp})

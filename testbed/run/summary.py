@@ -57,7 +57,8 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
             "if_bytes_up_after_completion": up - at[0] if at else None,
             "bytes_up_after_completion": (up_total - at[1]) if at and s else None,
             "seeding": {"policy": policy, "amount": amount,
-                        "stopped_s": round(st.left_s, 3) if st and st.left_reason == "seeding_done" else None},
+                        # the sample on which the policy saw its condition (the stop follows at once)
+                        "stopped_s": round(st.stop_decided_s, 3) if st and st.stop_decided_s is not None else None},
             "connectable": h.behaviour.connectable, "upload_limit_bps": h.behaviour.upload_limit,
             "access": access_summary(h),
             "ip_bytes_up": seen.ip_usage.get(h.name, (None, None))[0] if seen else None,
@@ -67,6 +68,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
             "bill": peer_bill(ex, h, t_end),
             "tcp_max": seen.tcp_max.get(h.name, {}) if seen else {},     # most at once, over the samples
             "wire": wire.get(h.name),
+            "flows": peer_flows(p, seen.flows.get(h.name, {})) if seen else [],
             "error": seen.errors.get(h.name) if seen else None,
         })
     leechers = [x for x in peers if x["role"] == "leecher"]
@@ -90,6 +92,19 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "testbed_cpu": cpu,
         "peers": peers,
     }
+
+
+def peer_flows(p: Plan, flows: dict) -> list[dict]:
+    """Bytes exchanged with each remote peer, TCP and uTP, as the kernel's flow accounting
+    last counted them (a flow's counters are from its last sample before it closed)."""
+    names = {h.data_ip: h.name for h in p.hosts}
+    per: dict[tuple[str, str], dict[str, int]] = {}
+    for (proto, addr, _port), c in flows.items():
+        key = (names.get(addr, addr), proto)
+        acc = per.setdefault(key, {"bytes_out": 0, "bytes_in": 0})
+        acc["bytes_out"] += c["bytes_out"]
+        acc["bytes_in"] += c["bytes_in"]
+    return [{"remote": r, "proto": proto, **c} for (r, proto), c in sorted(per.items())]
 
 
 def cap_reached(ex: Executor | None, name: str) -> float | None:

@@ -75,6 +75,8 @@ class Swarm:
                     if not hp.behaviour.connectable:     # the experiment depends on it
                         raise
                     self.emit(self.rd.event("wire_counters_unavailable", host=hp.name, error=str(exc)))
+                # per-remote flow accounting must be on before the client makes its first flow
+                wire.enable_accounting(f"/proc/{self.hosts[hp.name].pid}/ns/net")
 
     def start_delay_element(self, network, pids: dict[str, int]) -> None:
         self.element = network.DelayElement(self.plan, pids, self.rd.path, self.plan.seeds["impairments"])

@@ -1,0 +1,219 @@
+"""flows.py against the kernel: two namespaces joined by a veth, real TCP and UDP between them.
+
+Each namespace runs a peer on the same peer port that dials the other, accepts the other's
+dial, and moves known byte counts both ways over TCP and UDP; B also dials a second time and
+A never accepts it, and A opens a connection to a port that is not the peer port. The netlink
+table must be the one `ss` gives (wire.tcp_table) and agree with the bytes sent, and conntrack's
+per-peer counts must cover the payload plus no more than header overhead. Only addresses in
+198.18.255.0/24 are used, and IPv6 is off in both namespaces, so nothing is sent elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from testbed import flows, wire
+
+pytestmark = pytest.mark.integration
+
+NS = {"A": "tbflowtestA", "B": "tbflowtestB"}
+ADDR = {"A": "198.18.255.1", "B": "198.18.255.2"}
+PORT, OTHER_PORT = 6881, 7000
+BIG, SMALL, SIDE = 300 * 1024, 100 * 1024, 5000      # acceptor sends BIG, dialer SMALL; A sends SIDE on OTHER_PORT
+DGRAMS, DGRAM = {"A": 60, "B": 20}, 1024             # UDP datagrams each side sends on the peer port
+
+PEER = r"""
+import socket, sys, threading
+role, me, other, port, other_port, big, small, side, dgram, sends, expect = sys.argv[1:]
+port, other_port, big, small, side, dgram, sends, expect = map(int, (port, other_port, big, small, side, dgram, sends, expect))
+
+def exchange(conn, send, want):
+    sender = threading.Thread(target=conn.sendall, args=(b"x" * send,))
+    sender.start()
+    got = 0
+    while got < want:
+        data = conn.recv(65536)
+        assert data, "connection closed early"
+        got += len(data)
+    sender.join()
+
+listener = socket.create_server((me, port))
+side_server = socket.create_server((me, other_port)) if role == "B" else None
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((me, port))
+udp.settimeout(20)
+print("ready", flush=True)
+sys.stdin.readline()
+dialed = socket.create_connection((other, port))
+extra = socket.create_connection((other, port)) if role == "B" else None     # A never accepts it
+accepted, _ = listener.accept()
+jobs = [threading.Thread(target=exchange, args=a) for a in ((accepted, big, small), (dialed, small, big))]
+for j in jobs:
+    j.start()
+if role == "A":
+    socket.create_connection((other, other_port)).sendall(b"s" * side)
+else:
+    conn, got = side_server.accept()[0], 0
+    while got < side:
+        got += len(conn.recv(65536))
+for _ in range(sends):
+    udp.sendto(b"u" * dgram, (other, port))
+for _ in range(expect):
+    udp.recv(65536)
+for j in jobs:
+    j.join()
+print("done", dialed.getsockname()[1], extra.getsockname()[1] if extra else 0, flush=True)
+sys.stdin.readline()
+"""
+
+
+def ns_path(role: str) -> str:
+    return f"/run/netns/{NS[role]}"
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def link_in(ns: str, name: str) -> bool:
+    return subprocess.run(["ip", "-n", ns, "link", "show", name], capture_output=True).returncode == 0
+
+
+def line(proc: subprocess.Popen, timeout: float = 30) -> list[str]:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the peer said nothing in time"
+    return proc.stdout.readline().split()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two namespaces joined by a veth, conntrack accounting on, removed whatever happens."""
+    assert os.geteuid() == 0, "needs root: run `sudo ./setup.sh test`"
+    made = []
+    try:
+        for ns in NS.values():
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+               "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "tbflowA", "netns", NS["A"], "type", "veth", "peer", "name", "tbflowB", "netns", NS["B"])
+        for role, ns in NS.items():
+            sh("ip", "-n", ns, "addr", "add", f"{ADDR[role]}/24", "dev", f"tbflow{role}")
+            sh("ip", "-n", ns, "link", "set", f"tbflow{role}", "up")
+            wire.enable_accounting(ns_path(role))
+        yield
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def swarm(pair):
+    """The two peers after their exchange, still holding their connections, with handles opened
+    before the traffic (they follow conntrack events) and after it (they dump)."""
+    early = {role: flows.NamespaceFlows(ns_path(role)) for role in NS}
+    procs = {}
+    try:
+        for handle in early.values():
+            assert handle.flows(PORT) == {}
+        for role, other in (("A", "B"), ("B", "A")):
+            args = [role, ADDR[role], ADDR[other], PORT, OTHER_PORT, BIG, SMALL, SIDE, DGRAM, DGRAMS[role], DGRAMS[other]]
+            procs[role] = subprocess.Popen(["ip", "netns", "exec", NS[role], sys.executable, "-c", PEER, *map(str, args)],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for proc in procs.values():
+            assert line(proc) == ["ready"]
+        for proc in procs.values():
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        ports = {}
+        for role, proc in procs.items():
+            word, dialed, extra = line(proc)
+            assert word == "done"
+            ports[role] = (int(dialed), int(extra))
+        time.sleep(0.5)                 # the last ACKs arrive
+        late = {role: flows.NamespaceFlows(ns_path(role)) for role in NS}
+        yield {"procs": procs, "ports": ports, "early": early, "late": late}
+        for handle in late.values():
+            handle.close()
+    finally:
+        for handle in early.values():
+            handle.close()
+        for proc in procs.values():
+            proc.kill()                 # by its pid: the python that `ip netns exec` became
+            proc.wait()
+
+
+def near(value: int, expected: int, slack: int = 300) -> bool:
+    return abs(value - expected) <= slack
+
+
+def test_tcp_table_is_the_one_ss_gives_and_counts_the_bytes_sent(swarm):
+    (a_dialed, _), (b_dialed, b_extra) = swarm["ports"]["A"], swarm["ports"]["B"]
+    for role in NS:
+        ours = swarm["late"][role].tcp_table(PORT)
+        assert ours == wire.tcp_table(swarm["procs"][role].pid, PORT)
+        assert swarm["early"][role].tcp_table(PORT) == ours
+    a = swarm["late"]["A"].tcp_table(PORT)
+    b = swarm["late"]["B"].tcp_table(PORT)
+    # A's table: B's first dial (accepted) and A's own dial; not the unaccepted one, not port 7000
+    assert set(a) == {(PORT, ADDR["B"], b_dialed), (a_dialed, ADDR["B"], PORT)}
+    assert set(b) == {(PORT, ADDR["A"], a_dialed), (b_dialed, ADDR["A"], PORT), (b_extra, ADDR["A"], PORT)}
+    for table, accepted, dialed in ((a, (PORT, ADDR["B"], b_dialed), (a_dialed, ADDR["B"], PORT)),
+                                    (b, (PORT, ADDR["A"], a_dialed), (b_dialed, ADDR["A"], PORT))):
+        inbound, acked, received, send_q = table[accepted]
+        assert inbound and near(acked, BIG) and near(received, SMALL) and send_q == 0
+        inbound, acked, received, send_q = table[dialed]
+        assert not inbound and near(acked, SMALL) and near(received, BIG) and send_q == 0
+    assert b[(b_extra, ADDR["A"], PORT)][1:3] == (1, 0)     # the SYN acked, nothing sent
+
+
+def within_overhead(counted: int, payload: int) -> bool:
+    return payload <= counted <= payload * 1.2 + 2048
+
+
+def test_flows_count_each_remote_peer_over_tcp_and_udp(swarm):
+    (a_dialed, _), (b_dialed, b_extra) = swarm["ports"]["A"], swarm["ports"]["B"]
+    seen = {role: swarm["late"][role].flows(PORT) for role in NS}
+    for role in NS:                     # events and lookups give what a dump gives
+        assert swarm["early"][role].flows(PORT) == seen[role]
+    a, b = seen["A"], seen["B"]
+    assert set(a) == {("tcp", ADDR["B"], b_dialed), ("tcp", ADDR["B"], PORT), ("tcp", ADDR["B"], b_extra),
+                      ("udp", ADDR["B"], PORT)}
+    # B's two dials to A's peer port have one key; A's connection to port 7000 is not a peer's
+    assert set(b) == {("tcp", ADDR["A"], a_dialed), ("tcp", ADDR["A"], PORT), ("udp", ADDR["A"], PORT)}
+    for table, me, other, accepted_from in ((a, "A", "B", b_dialed), (b, "B", "A", a_dialed)):
+        accepted, dialed = table[("tcp", ADDR[other], accepted_from)], table[("tcp", ADDR[other], PORT)]
+        assert within_overhead(accepted["bytes_out"], BIG) and within_overhead(accepted["bytes_in"], SMALL)
+        assert within_overhead(dialed["bytes_out"], SMALL) and within_overhead(dialed["bytes_in"], BIG)
+        udp = table[("udp", ADDR[other], PORT)]
+        assert udp["packets_out"] == DGRAMS[me] and udp["packets_in"] == DGRAMS[other]
+        assert within_overhead(udp["bytes_out"], DGRAMS[me] * DGRAM) and within_overhead(udp["bytes_in"], DGRAMS[other] * DGRAM)
+    unaccepted = a[("tcp", ADDR["B"], b_extra)]
+    assert unaccepted["packets_in"] >= 2 and unaccepted["bytes_in"] < 500    # SYN and ACK, no data
+
+
+def test_a_gone_namespace_reads_as_none_and_is_let_go(pair):
+    """The handles keep a namespace alive after its name is removed; a read finds it gone,
+    closes them, and the kernel then removes the namespace with its veth."""
+    ns = "tbflowtestC"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", "tbflowC", "netns", ns, "type", "veth", "peer", "name", "tbflowCp", "netns", NS["A"])
+        handle = flows.NamespaceFlows(f"/run/netns/{ns}")
+        sh("ip", "netns", "del", ns)
+        time.sleep(0.5)
+        assert link_in(NS["A"], "tbflowCp"), "the open handles should hold the namespace"
+        assert handle.tcp_table(PORT) is None and handle.flows(PORT) is None
+        deadline = time.monotonic() + 10
+        while link_in(NS["A"], "tbflowCp") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not link_in(NS["A"], "tbflowCp")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "-n", NS["A"], "link", "del", "tbflowCp"], capture_output=True)

@@ -1,0 +1,148 @@
+"""How netlink replies become the TCP table and the per-peer flows, without a kernel.
+
+The replies are encoded with pyroute2's message classes, which follow the kernel's headers on
+their own, so these tests check flows.py's hand-written decoding against a second reading.
+"""
+import socket
+import struct
+
+from pyroute2.netlink.diag import inet_diag_msg
+from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+from testbed import flows, wire
+from testbed.flows import Conn, Socket, Tuple
+
+HOST, OTHER, THIRD = "198.18.0.5", "198.18.0.6", "198.18.0.7"
+TCP, UDP = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+
+
+def payload(msg) -> bytes:
+    msg.encode()
+    return bytes(msg.data[16:])         # without the nlmsghdr
+
+
+def diag(src: str, sport: int, dst: str, dport: int, *, family=socket.AF_INET, inode=1, wqueue=0, info=None) -> bytes:
+    def words(addr: str) -> tuple:
+        raw = socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+        return struct.unpack(">4I", raw.ljust(16, b"\0"))
+    m = inet_diag_msg()
+    m.update(idiag_family=family, idiag_state=1, idiag_sport=sport, idiag_dport=dport, idiag_src=words(src),
+             idiag_dst=words(dst), idiag_inode=inode, idiag_wqueue=wqueue, idiag_rqueue=5)
+    if info is not None:
+        m["attrs"] = [("INET_DIAG_INFO", info)]
+    return payload(m)
+
+
+def tuple_attrs(src: str, sport: int, dst: str, dport: int, proto: int) -> dict:
+    v = "V6" if ":" in src else "V4"
+    ports = ([("CTA_PROTO_SRC_PORT", sport), ("CTA_PROTO_DST_PORT", dport)] if proto in (TCP, UDP)
+             else [("CTA_PROTO_ICMP_ID", 7), ("CTA_PROTO_ICMP_TYPE", 8), ("CTA_PROTO_ICMP_CODE", 0)])
+    return {"attrs": [("CTA_TUPLE_IP", {"attrs": [(f"CTA_IP_{v}_SRC", src), (f"CTA_IP_{v}_DST", dst)]}),
+                      ("CTA_TUPLE_PROTO", {"attrs": [("CTA_PROTO_NUM", proto), *ports]})]}
+
+
+def conntrack(src: str, sport: int, dst: str, dport: int, proto=TCP, counters=((3, 300), (2, 120))) -> bytes:
+    m = nfct_msg()
+    m["nfgen_family"] = socket.AF_INET6 if ":" in src else socket.AF_INET
+    m["attrs"] = [("CTA_TUPLE_ORIG", tuple_attrs(src, sport, dst, dport, proto)),
+                  ("CTA_TUPLE_REPLY", tuple_attrs(dst, dport, src, sport, proto)), ("CTA_STATUS", 14)]
+    if counters:
+        m["attrs"] += [(name, {"attrs": [("CTA_COUNTERS_PACKETS", p), ("CTA_COUNTERS_BYTES", b)]})
+                       for name, (p, b) in zip(("CTA_COUNTERS_ORIG", "CTA_COUNTERS_REPLY"), counters)]
+    return payload(m)
+
+
+def test_a_diag_reply_gives_ports_addresses_queue_and_tcp_info_bytes():
+    s = flows.parse_socket(diag(HOST, 6666, OTHER, 40000, inode=77, wqueue=3000,
+                                info={"tcpi_bytes_acked": 123456, "tcpi_bytes_received": 789, "tcpi_rtt": 50}))
+    assert s == Socket(HOST, 6666, OTHER, 40000, 77, 3000, 123456, 789)
+
+
+def test_ipv4_mapped_addresses_read_as_ipv4_so_they_match_conntrack():
+    s = flows.parse_socket(diag("::ffff:" + HOST, 6666, "::ffff:" + OTHER, 40000, family=socket.AF_INET6))
+    assert (s.local, s.remote) == (HOST, OTHER)
+    assert flows.parse_socket(diag("fe80::1", 6666, "fe80::2", 1, family=socket.AF_INET6)).remote == "fe80::2"
+
+
+def test_a_tcp_info_too_short_for_byte_counts_counts_none():
+    short = diag(HOST, 6666, OTHER, 40000)
+    short += struct.pack("=HH", 4 + 104, flows.INET_DIAG_INFO) + bytes(104)
+    assert flows.parse_socket(short)[6:] == (0, 0)
+
+
+def test_tcp_rows_keep_wire_tcp_table_rules():
+    """The sockets of tests/test_wire.py's `ss` output give the table wire.tcp_table gives."""
+    sockets = [Socket(HOST, 40000, OTHER, 6666, 101, 3000, 80000, 20),     # dialed
+               Socket(HOST, 6666, THIRD, 50000, 102, 0, 1, 200000),        # accepted
+               Socket(HOST, 6666, "198.18.0.8", 50001, 0, 0, 1, 0),        # in the backlog, never accepted
+               Socket(HOST, 41000, "198.18.0.1", 6969, 103, 0, 300, 100),  # the tracker
+               Socket(HOST, 6666, HOST, 40001, 104, 0, 5, 5)]              # to itself
+    assert flows.tcp_rows(sockets, 6666) == {(40000, OTHER, 6666): (False, 80000, 20, 3000),
+                                             (6666, THIRD, 50000): (True, 1, 200000, 0)}
+
+
+def test_netlink_messages_and_attributes_are_split_at_their_padded_lengths():
+    chunk = flows.request(20, b"abcde", 7) + bytes(3) + flows.request(3, b"", 8)
+    assert [(t, seq, len(p)) for t, seq, p in flows.messages(chunk)] == [(20, 7, 5), (3, 8, 0)]
+    attrs = struct.pack("=HH", 5, 0x8001) + b"x\0\0\0" + struct.pack("=HH", 8, 2) + b"yyyy"
+    assert flows.attributes(attrs) == {1: b"x", 2: b"yyyy"}      # the nested flag is masked off
+
+
+def test_conntrack_entries_give_their_original_tuple_and_counters():
+    assert flows.parse_conn(conntrack(OTHER, 50000, HOST, 6666, counters=((4, 4000), (3, 150)))) == \
+        Conn(Tuple(TCP, OTHER, 50000, HOST, 6666), 4, 4000, 3, 150)
+    assert flows.parse_conn(conntrack("fe80::2", 6666, "fe80::1", 6666, proto=UDP)).tuple.src == "fe80::2"
+
+
+def test_entries_without_counters_or_neither_tcp_nor_udp_are_left_out():
+    assert flows.parse_conn(conntrack(OTHER, 50000, HOST, 6666, counters=None)) is None   # before accounting
+    assert flows.parse_conn(conntrack(OTHER, 0, HOST, 0, proto=socket.IPPROTO_ICMP)) is None
+
+
+def test_flow_rows_are_per_remote_peer_and_direction_comes_from_the_local_address():
+    local = {HOST, "127.0.0.1"}
+    conns = [Conn(Tuple(TCP, HOST, 40000, OTHER, 6666), 10, 1000, 20, 30000),    # dialed: orig is out
+             Conn(Tuple(TCP, THIRD, 50000, HOST, 6666), 8, 9000, 5, 500),       # accepted: orig is in
+             Conn(Tuple(UDP, OTHER, 6666, HOST, 6666), 2, 2000, 3, 300),        # uTP, begun by the other
+             Conn(Tuple(UDP, HOST, 6666, THIRD, 6666), 1, 100, 0, 0),
+             Conn(Tuple(UDP, HOST, 6666, THIRD, 6666), 1, 50, 1, 60),           # same key: added up
+             Conn(Tuple(TCP, HOST, 41000, "198.18.0.1", 6969), 1, 1, 1, 1),     # the tracker
+             Conn(Tuple(TCP, HOST, 40002, HOST, 6666), 1, 1, 1, 1),             # to itself
+             Conn(Tuple(TCP, OTHER, 1, THIRD, 6666), 1, 1, 1, 1)]               # forwarded
+    row = lambda bo, bi, po, pi: {"bytes_out": bo, "bytes_in": bi, "packets_out": po, "packets_in": pi}
+    assert flows.flow_rows(conns, local, 6666) == {
+        ("tcp", OTHER, 6666): row(1000, 30000, 10, 20),
+        ("tcp", THIRD, 50000): row(500, 9000, 5, 8),
+        ("udp", OTHER, 6666): row(300, 2000, 3, 2),
+        ("udp", THIRD, 6666): row(150, 60, 2, 1)}
+
+
+def test_events_add_and_remove_tracked_flows_and_lookups_echo_their_tuple():
+    tracked: flows.Tracked = {}
+    new = conntrack(OTHER, 50000, HOST, 6666, counters=None)
+    flows.track(tracked, flows.CTNETLINK | flows.CT_NEW, new)
+    flows.track(tracked, flows.CTNETLINK | flows.CT_NEW, conntrack(OTHER, 0, HOST, 0, proto=socket.IPPROTO_ICMP))
+    [(raw, (family, t))] = tracked.items()
+    assert (family, t) == (socket.AF_INET, Tuple(TCP, OTHER, 50000, HOST, 6666))
+    [(kind, seq, body)] = flows.messages(flows.lookup(family, raw, 42))
+    assert (kind, seq, body[0]) == (flows.CTNETLINK | flows.CT_GET, 42, socket.AF_INET)
+    assert flows.parse_tuple(flows.attributes(body, 4)[flows.CTA_TUPLE_ORIG]) == t
+    flows.track(tracked, flows.CTNETLINK | flows.CT_DELETE, conntrack(OTHER, 50000, HOST, 6666))
+    assert tracked == {}
+
+
+def test_an_interfaces_own_address_is_ifa_local_when_there_is_one():
+    ptp = ifaddrmsg()
+    ptp.update(family=socket.AF_INET, attrs=[("IFA_ADDRESS", OTHER), ("IFA_LOCAL", HOST)])
+    v6 = ifaddrmsg()
+    v6.update(family=socket.AF_INET6, attrs=[("IFA_ADDRESS", "fe80::1")])
+    assert [flows.parse_address(payload(m)) for m in (ptp, v6)] == [HOST, "fe80::1"]
+
+
+def test_accounting_is_switched_on_before_conntrack_is_hooked_in_for_both_families():
+    cmds = wire.accounting_commands("/proc/42/ns/net")
+    assert all(c[:2] == ["nsenter", "--net=/proc/42/ns/net"] for c in cmds)
+    assert "net.netfilter.nf_conntrack_acct=1" in cmds[0]
+    assert [c[2] for c in cmds[1:]] == [wire.IPTABLES, wire.IP6TABLES]
+    assert all("conntrack" in c and "-j" not in c for c in cmds[1:])    # it only has to be there
