@@ -36,7 +36,8 @@ def table(summary: dict) -> Table:
         extra = (p.get("profile") or "-", secs(p.get("arrived_s")), left) if churn else ()
         t.add_row(p["name"], p["group"], p["client"], *extra, "yes" if p["completed"] else "NO",
                   secs(p["completion_s"]), secs(p.get("t_min_s")), up, down,
-                  "ok" if p["sha256_ok"] else ("MISMATCH" if p.get("file_present") else "missing"))
+                  "ok" if p["sha256_ok"] else "missing" if not p.get("file_present") else
+                  "MISMATCH" if p["completed_at_s"] is not None or p["role"] == "seeder" else "partial")
     return t
 
 
@@ -87,7 +88,8 @@ def _save(plt, fig, out: Path) -> None:
 
 
 def plot(run_dir: Path) -> Path | None:
-    """progress.png: each leecher's progress over time, with the Kumar-Ross minimum."""
+    """progress.png: each leecher's progress over time, with the Kumar-Ross minimum; under
+    churn, a second panel with the peers online and the seeds among them (swarm.csv)."""
     samples = run_dir / "samples.csv"
     if not samples.is_file():
         return None
@@ -100,21 +102,53 @@ def plot(run_dir: Path) -> Path | None:
         for row in csv.DictReader(f):
             if row["peer"] in leechers:
                 series[row["peer"]].append((float(row["t"]), float(row["progress"]) * 100))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    population = read_population(run_dir) if not summary.get("flash_crowd", True) else None
+    if population:
+        fig, (ax, pax) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=[3, 1.4])
+        ts = [r["t"] for r in population]
+        pax.plot(ts, [r["online"] for r in population], lw=1.4, label="online")
+        pax.plot(ts, [r["seeds_online"] for r in population], lw=1.4, label="seeds online")
+        pax.step(ts, [r["paused"] + r["crashed"] for r in population], lw=1, where="post", label="paused or crashed")
+        pax.set_ylabel("peers")
+        pax.grid(alpha=0.3)
+        pax.legend(fontsize=7, loc="upper left")
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+    legend = len(series) <= 24
     for name in sorted(series):
-        xs, ys = zip(*series[name])
-        ax.plot(xs, ys, lw=1.2, label=name)
+        xs, ys = zip(*with_gaps(series[name]))
+        ax.plot(xs, ys, lw=1.2, label=name if legend else None)
     if summary.get("t_min_s") is not None:
         ax.axvline(summary["t_min_s"], color="k", ls="--", lw=1, label=f"Kumar-Ross min {summary['t_min_s']:.1f}s")
-    ax.set_xlabel("seconds since the swarm started")
+    (pax if population else ax).set_xlabel("seconds since the swarm started")
     ax.set_ylabel("verified data, %")
     ax.set_ylim(0, 101)
     ax.set_title(f"{summary['experiment']}: {summary['status']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    if legend or summary.get("t_min_s") is not None:
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
     out = run_dir / "progress.png"
     _save(plt, fig, out)
     return out
+
+
+def with_gaps(points: list[tuple[float, float]], gap: float = 2.5) -> list[tuple[float, float]]:
+    """The points with a break wherever no sample was taken for `gap` seconds (a crashed or
+    paused peer's client does not answer), so that no line is drawn across the silence."""
+    out: list[tuple[float, float]] = []
+    for t, y in points:
+        if out and t - out[-1][0] > gap:
+            out.append((out[-1][0], float("nan")))
+        out.append((t, y))
+    return out
+
+
+def read_population(run_dir: Path) -> list[dict] | None:
+    path = run_dir / "swarm.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)] or None
 
 
 def bills(summary: dict) -> Table | None:

@@ -29,6 +29,7 @@ class Peer:
     completed_s: float | None = None
     left_s: float | None = None
     left_reason: str | None = None
+    stop_decided_s: float | None = None   # the sample on which a seeding policy saw its condition
     sessions: int = 0                 # times its client was (re)started in the swarm
     carry_up: int = 0                 # client-reported bytes of earlier client lives
     carry_down: int = 0
@@ -112,6 +113,11 @@ class Executor:
         self.swarm.drivers[ev.host].stop_torrent()
         p.state = "offline" if ev.reason == "offline" else "gone"
         p.left_s, p.left_reason = self.now(), ev.reason
+        if ev.reason in ("seeding_done", "cap"):
+            p.stop_decided_s = ev.t
+            last = self.sampler.seen.last.get(ev.host)
+            self.emit(self.rd.event("seeding_stopped", host=ev.host, policy=self.policies.seeding[ev.host][0],
+                                    t_swarm=round(ev.t, 3), bytes_up=(last.bytes_up if last else 0) + p.carry_up))
 
     def _abort(self, ev: Event, p: Peer, t: float):
         if p.completed_s is not None:
@@ -218,22 +224,22 @@ class Executor:
     def sample(self) -> None:
         t = self.now()
         stats = self.sampler.tick(self.active())
-        for name, s in stats.items():
+        for name, (s, t_read) in stats.items():
             p = self.peers[name]
             if p.completed_s is None and s.progress >= 1.0 and p.state == "online":
-                p.completed_s = t
+                p.completed_s = t_read      # when its client said so
                 self.completion_bytes[name] = (self.sampler.seen.if_bytes(name)[0], s.bytes_up + p.carry_up)
-                self.emit(self.rd.event("peer_complete", host=name, t_swarm=round(t, 3),
-                                        download_s=round(t - p.arrived_s, 3)))
-                self.policies.completed(name, t)
-        self.policies.tick(t, stats, self.sampler.seen.ip_usage)
+                self.emit(self.rd.event("peer_complete", host=name, t_swarm=round(t_read, 3),
+                                        download_s=round(t_read - p.arrived_s, 3)))
+                self.policies.completed(name, t_read)
+        self.policies.tick(stats, self.sampler.seen.ip_usage, t)
         counts = {state: sum(1 for p in self.peers.values() if p.state == state)
                   for state in ("online", "paused", "offline", "crashed", "gone")}
         seeds = sum(1 for p in self.peers.values() if p.state == "online" and p.completed_s is not None)
         self.rd.row("swarm", {"t": round(t, 3), **counts, "seeds_online": seeds,
                               "leechers_online": counts["online"] - seeds})
         leechers = [h.name for h in self.plan.by_role("leecher")]
-        rate = sum(self.sampler.seen.last[n].rate_down for n in leechers if n in stats)
+        rate = sum(stats[n][0].rate_down for n in leechers if n in stats)
         self.emit({"kind": "progress", "t": t, "done": sum(1 for n in leechers if self.done(n)),
                    "total": len(leechers), "online": counts["online"], "rate_down_Bps": rate,
                    "t_min_s": self.plan.t_min_s})

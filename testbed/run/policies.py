@@ -41,15 +41,18 @@ class Policies:
             self.asked.add(name)
             self.push(Event(t, "leave", name, reason))
 
-    def tick(self, t: float, stats: dict[str, PeerStats], ip_usage: dict[str, tuple[int, int]]) -> None:
-        for name, s in stats.items():
+    def tick(self, stats: dict[str, tuple[PeerStats, float]], ip_usage: dict[str, tuple[int, int]],
+             t: float) -> None:
+        """`stats`: each sampled peer's stats and when its client answered; `t`: when the
+        interface counters behind `ip_usage` were read."""
+        for name, (s, t_read) in stats.items():
             policy, amount = self.seeding.get(name, ("forever", None))
             if name in self.seed_start and policy == "ratio" and s.bytes_up >= amount * self.plan.content_bytes:
-                self._stop(name, t, "seeding_done")
+                self._stop(name, t_read, "seeding_done")
             share = self.abort_at.get(name)
             if share is not None and name not in self.seed_start and s.progress >= share and name not in self.asked:
                 self.asked.add(name)
-                self.push(Event(t, "abort", name, "abort_at"))
+                self.push(Event(t_read, "abort", name, "abort_at"))
         for name, watch in self.caps.items():
             up, down = ip_usage.get(name, (0, 0))
             if not watch.update(t, up, down):
