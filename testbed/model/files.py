@@ -83,3 +83,12 @@ def read_durations(ref: str, where: str, source: str, base_dir: Path | None) -> 
     if not values:
         raise InputError(f"{source}: {where}: {path} holds no duration")
     return str(path.resolve()), tuple(values)
+
+
+def read_library(path: Path, model: type[BaseModel], what: str) -> dict:
+    """A file of named entries (link or participation profiles), each validated as `model`."""
+    data = _read_yaml(path, what)
+    try:
+        return {str(k): model.model_validate(v) for k, v in (data or {}).items()}
+    except ValidationError as exc:
+        raise InputError(_sentence(str(path), exc)) from None

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from testbed import traces
 from testbed.errors import InputError
 from testbed.model.check import check_meaning
-from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence
+from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_library
 from testbed.model.participation import resolve_participation
 from testbed.model.schema import AccessLink, Experiment, LinkProfile, Topology
 
@@ -43,11 +43,7 @@ PROFILES_FILE = TOPOLOGY_DIR / "profiles.yaml"
 
 def link_profiles() -> dict[str, LinkProfile]:
     """The named access-link profiles of topologies/profiles.yaml."""
-    data = _read_yaml(PROFILES_FILE, "link profile")
-    try:
-        return {str(k): LinkProfile.model_validate(v) for k, v in (data or {}).items()}
-    except ValidationError as exc:
-        raise InputError(_sentence(str(PROFILES_FILE), exc)) from None
+    return read_library(PROFILES_FILE, LinkProfile, "link profile")
 
 
 def resolve_access(access: AccessLink, where: str, source: str, base_dir: Path | None,

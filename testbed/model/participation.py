@@ -9,11 +9,10 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from pydantic import ValidationError
 
 from testbed.errors import InputError
 from testbed.model.churn import ArrivalFile, FromFile, Participation, ProfileUse
-from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_durations
+from testbed.model.files import TOPOLOGY_DIR, read_durations, read_library
 from testbed.model.schema import Experiment, PeerGroup
 
 PARTICIPATION_FILE = TOPOLOGY_DIR / "participation.yaml"
@@ -23,11 +22,7 @@ DISTRIBUTED = ("seed_time", "session", "abort_after", "online", "offline", "cras
 
 def participation_profiles() -> dict[str, Participation]:
     """The named participation profiles of topologies/participation.yaml."""
-    data = _read_yaml(PARTICIPATION_FILE, "participation profile")
-    try:
-        return {str(k): Participation.model_validate(v) for k, v in (data or {}).items()}
-    except ValidationError as exc:
-        raise InputError(_sentence(str(PARTICIPATION_FILE), exc)) from None
+    return read_library(PARTICIPATION_FILE, Participation, "participation profile")
 
 
 def _use(use: ProfileUse, library: dict[str, Participation], where: str, source: str) -> ProfileUse:
