@@ -36,9 +36,22 @@ def _sigterm(signum, frame):
 
 def cmd_validate(args) -> int:
     from testbed.model import load_experiment
+    from testbed.plan import TIMELINE_FIELDS, plan
     exp = load_experiment(args.file)
     n = sum(g.count for _, g in exp.groups())
-    console.print(f"{args.file}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s))")
+    p = plan(exp, "validate-000000", repetition=args.repetition)
+    if args.timeline:
+        import csv
+        w = csv.DictWriter(sys.stdout, fieldnames=TIMELINE_FIELDS)
+        w.writeheader()
+        w.writerows(ev.row() for ev in p.timeline)
+        return 0
+    leechers = {h.name for h in p.by_role("leecher")}
+    arrive = sum(1 for e in p.timeline if e.kind == "arrive" and e.host in leechers)
+    bound = f"Kumar-Ross minimum {p.t_min_s:.1f}s" if p.t_min_s is not None else "no Kumar-Ross bound (not a flash crowd)"
+    console.print(f"{args.file}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s); "
+                  f"{arrive} of {len(leechers)} leechers arrive within {p.horizon_s:g}s, {len(p.timeline)} planned events; "
+                  f"{bound})")
     return 0
 
 
@@ -283,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("validate", help="check an experiment file without running it")
+    s.add_argument("--timeline", action="store_true", help="print the planned events (timeline.csv) instead")
+    s.add_argument("--repetition", type=int, default=1, help="whose draws --timeline shows (default 1)")
     s.add_argument("file")
     s.set_defaults(func=cmd_validate)
 

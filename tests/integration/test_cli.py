@@ -1,4 +1,6 @@
 """The CLI as a user types it: bad input, timeouts, kill -9 then clean."""
+import csv
+import io
 import json
 import signal
 import subprocess
@@ -60,7 +62,12 @@ def test_bad_input_exits_2_names_the_key_and_starts_nothing(docker_client, tmp_p
 
 def test_validate_and_show_config():
     r = cli("validate", str(ROOT / "experiments" / "quickstart.yaml"))
-    assert r.returncode == 0 and "valid" in r.stdout
+    assert r.returncode == 0 and "valid" in r.stdout and "Kumar-Ross minimum 29.8s" in r.stdout
+    # the timeline of a churned experiment, as the run would write it, with nothing started
+    r = cli("validate", str(ROOT / "experiments" / "arrivals-file.yaml"), "--timeline")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert r.returncode == 0 and [float(x["t"]) for x in rows if x["kind"] == "arrive"][1:] == \
+        [0.0, 4.0, 5.0, 12.0, 30.0, 31.0, 45.0]
     r = cli("run", str(ROOT / "experiments" / "quickstart.yaml"), "--show-config")
     resolved = yaml.safe_load(r.stdout)
     assert r.returncode == 0 and resolved["topology"]["sites"] == ["s1"] and resolved["timeout"] == "5m"
