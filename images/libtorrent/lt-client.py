@@ -4,7 +4,7 @@
 libtorrent is a library, not a program: this is the smallest daemon around it that the
 testbed can drive. Control is JSON over HTTP on the control address:
     POST /  {"method": NAME, "params": {...}}  ->  {"result": ...} or {"error": "..."}
-Methods: version, add_torrent(torrent_b64, save_path, seed), status, stop_torrent,
+Methods: version, add_torrent(torrent_b64, save_path, seed), status, pieces, stop_torrent,
 effective_settings.
 Settings come from a JSON file of libtorrent settings_pack keys, written by the driver.
 """
@@ -49,6 +49,15 @@ class Daemon:
         return {"progress": s.progress, "rate_up": s.upload_payload_rate, "rate_down": s.download_payload_rate,
                 "bytes_up": s.all_time_upload, "bytes_down": s.all_time_download, "peers": s.num_peers,
                 "state": str(s.state), "seeding": s.is_seeding}
+
+    def pieces(self, **_):
+        """The pieces had (hash-checked) as a hex bitfield, piece 0 the high bit of the first
+        byte, spare bits zero (as on the wire), and the torrent's piece count."""
+        have = self.handle.status(lt.torrent_handle.query_pieces).pieces
+        n = self.handle.torrent_file().num_pieces()
+        bits = "".join("1" if b else "0" for b in have) + "0" * (-len(have) % 8)
+        field = int(bits, 2).to_bytes(len(bits) // 8, "big").hex() if bits else ""
+        return {"bitfield": field, "num_pieces": n}
 
     def effective_settings(self, **_):
         return {k: v for k, v in self.session.get_settings().items() if isinstance(v, (int, str, bool, float))}

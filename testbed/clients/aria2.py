@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
 
 SECRET = "testbed"
 
@@ -105,3 +105,10 @@ class Aria2Driver(ClientDriver):
                          rate_up=d.upload_speed, rate_down=d.download_speed, bytes_up=d.upload_length,
                          # aria2 counts no downloaded-bytes total: completed bytes, and none for a seed
                          bytes_down=0 if self._seed else d.completed_length, peers=d.connections)
+
+    def pieces(self) -> list[bool]:
+        # bitfield: hex, piece 0 the high bit, spare bits zero; aria2 leaves the key out while
+        # the download has not started (nothing loaded yet)
+        s = self._client().client.tell_status(self._torrent, ["bitfield", "numPieces"])
+        n = int(s["numPieces"])
+        return bitfield_pieces(s["bitfield"], n, "hex") if "bitfield" in s else [False] * n

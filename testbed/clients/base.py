@@ -41,6 +41,34 @@ class PeerStats:
     peers: int             # connected peers
 
 
+def bitfield_pieces(field: bytes | str, num_pieces: int, encoding: str = "bytes") -> list[bool]:
+    """A BitTorrent bitfield as the list of its first num_pieces bits (True: the piece is had).
+
+    The wire protocol's layout, which every client's API keeps: piece 0 is the most
+    significant bit of the first byte; the spare bits after the last piece are ignored.
+    encoding: "bytes" (field is the raw bytes), "hex" (either case) or "base64". A field
+    of any other length than ceil(num_pieces / 8) bytes is refused (ValueError): it is not
+    this torrent's bitfield, or it was decoded the wrong way."""
+    import base64
+    import binascii
+    if num_pieces < 0:
+        raise ValueError(f"a negative piece count ({num_pieces})")
+    try:
+        raw = {"bytes": lambda f: bytes(f), "hex": lambda f: bytes.fromhex(f),
+               "base64": lambda f: base64.b64decode(f, validate=True)}[encoding](field)
+    except KeyError:
+        raise ValueError(f"unknown bitfield encoding {encoding!r} (bytes, hex or base64)") from None
+    except (binascii.Error, TypeError) as exc:
+        raise ValueError(f"not a {encoding} bitfield: {exc}") from None
+    if len(raw) != (num_pieces + 7) // 8:
+        raise ValueError(f"a bitfield of {len(raw)} bytes for {num_pieces} pieces "
+                         f"({(num_pieces + 7) // 8} bytes expected)")
+    if not raw:
+        return []
+    bits = format(int.from_bytes(raw, "big"), f"0{len(raw) * 8}b")
+    return [b == "1" for b in bits[:num_pieces]]
+
+
 def infohash_of(torrent: Path) -> str:
     """The v1 info-hash (hex, lower case) of a .torrent file."""
     import torf
@@ -123,6 +151,15 @@ class ClientDriver(ABC):
     @abstractmethod
     def stats(self) -> PeerStats:
         ...
+
+    @abstractmethod
+    def pieces(self) -> list[bool] | None:
+        """Which pieces the client has verified (True) for the swarm's torrent, from its own API, or None if this client cannot say.
+
+        One entry per piece of the torrent, in piece order; bitfields are decoded with
+        bitfield_pieces(). None is an answer of the client, not a failure: a driver whose
+        client cannot tell (at all, or at that moment) says why where it returns None.
+        A client that cannot be reached raises, as stats() does."""
 
     @abstractmethod
     def stop_torrent(self) -> None:

@@ -6,6 +6,7 @@ runs with `-L none`; its own log is therefore empty and the driver records its s
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats
@@ -67,6 +68,9 @@ class DelugeDriver(ClientDriver):
             from deluge_client import DelugeRPCClient
             rpc = DelugeRPCClient(self.host.ctl_ip, self.rpc_port, USER, PASSWORD, decode_utf8=True)
             rpc.connect()
+            # deluge-client writes each request in two parts; without TCP_NODELAY the second
+            # waits for the first's ACK (Nagle), and every call took 44 ms instead of 0.35 ms
+            rpc._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._api = rpc
         return self._api
 
@@ -110,3 +114,21 @@ class DelugeDriver(ClientDriver):
         progress = 0.0 if s["state"] in ("Checking", "Allocating") else s["progress"] / 100.0
         return PeerStats(progress=progress, rate_up=s["upload_payload_rate"], rate_down=s["download_payload_rate"],
                          bytes_up=s["total_uploaded"], bytes_down=s["all_time_download"], peers=s["num_peers"])
+
+    def pieces(self) -> list[bool] | None:
+        """deluge 2.0.3's "pieces" is its UI's piece bar: per piece 3 completed (libtorrent's
+        have bit: hash-checked), 2 being downloaded, 1 a peer has it, 0 none. It answers None
+        for a seeding torrent (all pieces had: is_seed) and for one without metadata."""
+        s = self._client().call("core.get_torrent_status", self._torrent, ["pieces", "num_pieces", "is_seed"])
+        if not s:   # deluge answers {} for a torrent it does not know
+            raise RunError(f"{self.host.name}: deluge does not list the torrent {self._torrent}")
+        n = s["num_pieces"]
+        if s["is_seed"]:
+            return [True] * n
+        states = s["pieces"]
+        if states is None or len(states) != n:
+            # deluge pairs the have bits with libtorrent's piece_availability(), which is empty
+            # while the torrent has no piece picker, and so answers fewer entries than pieces:
+            # at that moment it cannot say
+            return None
+        return [v == 3 for v in states]

@@ -7,7 +7,7 @@ import json
 import urllib.request
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
 from testbed.errors import RunError
 
 # libtorrent's enc_policy values (pe_forced, pe_enabled, pe_disabled); deluge and
@@ -98,3 +98,8 @@ class LibtorrentDriver(ClientDriver):
         progress = 0.0 if s.get("state") in CHECKING else s["progress"]
         return PeerStats(progress=progress, rate_up=s["rate_up"], rate_down=s["rate_down"],
                          bytes_up=s["bytes_up"], bytes_down=s["bytes_down"], peers=s["peers"])
+
+    def pieces(self) -> list[bool]:
+        # lt-client's pieces: torrent_status.pieces (the have bits: hash-checked) as a hex bitfield
+        s = self.call("pieces")
+        return bitfield_pieces(s["bitfield"], s["num_pieces"], "hex")

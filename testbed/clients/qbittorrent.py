@@ -118,3 +118,13 @@ class QBittorrentDriver(ClientDriver):
         progress = 0.0 if t.state in CHECKING else float(t.progress)
         return PeerStats(progress=progress, rate_up=t.upspeed, rate_down=t.dlspeed,
                          bytes_up=t.uploaded, bytes_down=t.downloaded, peers=t.num_seeds + t.num_leechs)
+
+    def pieces(self) -> list[bool] | None:
+        # torrents/pieceStates: one state per piece, 0 not downloaded, 1 downloading, 2 downloaded
+        # (hash-checked: libtorrent's have bits)
+        states = self._client().torrents_piece_states(torrent_hash=self._torrent)
+        if not states:
+            # qBittorrent answers [] until it has a piece map of the torrent: seen (4.5.2) in the
+            # first second after adding it, while it checks; and so without metadata
+            return None
+        return [s == 2 for s in states]

@@ -10,7 +10,7 @@ import socket
 import xmlrpc.client
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
 
 
 def scgi_call(host: str, port: int, method: str, *params, timeout: float = 5.0):
@@ -126,3 +126,9 @@ class RTorrentDriver(ClientDriver):
         # only trust the verified bytes once rtorrent's hash check is over
         return PeerStats(progress=done / size if size and not hashing else 0.0, rate_up=up, rate_down=down,
                          bytes_up=up_total, bytes_down=down_total, peers=peers)
+
+    def pieces(self) -> list[bool]:
+        # d.bitfield: the completed chunks as hex, chunk 0 the high bit; d.size_chunks: their count
+        h = self._torrent
+        field, n = self.call("d.bitfield", h), self.call("d.size_chunks", h)
+        return bitfield_pieces(field, n, "hex")

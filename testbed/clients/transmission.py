@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
 
 
 class TransmissionDriver(ClientDriver):
@@ -109,3 +109,8 @@ class TransmissionDriver(ClientDriver):
         return PeerStats(progress=min(1.0, t.fields["haveValid"] / size), rate_up=t.rate_upload,
                          rate_down=t.rate_download, bytes_up=t.uploaded_ever,
                          bytes_down=t.downloaded_ever, peers=t.peers_connected)
+
+    def pieces(self) -> list[bool]:
+        # "pieces": the completed (hash-checked) pieces as a base64 bitfield, piece 0 the high bit
+        t = self._client().get_torrent(self._torrent, arguments=["id", "pieces", "pieceCount"])
+        return bitfield_pieces(t.fields["pieces"], t.fields["pieceCount"], "base64")
