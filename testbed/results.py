@@ -16,7 +16,7 @@ results/<run_id>/
   timeline.csv      every planned event (arrive, leave, crash, pause, set_rate, ...), written
                     before anything starts
   swarm.csv         per second: peers online, seeds and leechers online, paused, offline,
-                    crashed, gone
+                    crashed, gone, and the distributed copies among the peers online
   links.csv         each rate an access link was set to while the run went on (a trace's
                     steps, a carrier's throttle or cut), with its cause
   delayer-stats.json  the userspace delay element's counters per receiving host (if used)
@@ -38,7 +38,7 @@ SAMPLE_FIELDS = ["t", "t_if", "peer", "progress", "rate_up", "rate_down", "clien
                  "tcp_send_queue", "utp_flows", "utp_uploading", "utp_downloading"]
 METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_up", "packets_down"]
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
-SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone"]
+SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone", "copies"]
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -48,6 +48,7 @@ class Executor:
         self.throttle: dict[str, float] = {}
         self.ended_by: str | None = None
         self.completion_bytes: dict[str, tuple[int, int]] = {}   # (interface, client) bytes up at completion
+        self.copies: list[tuple[float, float]] = []       # (t, distributed copies among the peers online)
         # adding a torrent or restarting a client takes from 0.1 s to seconds: done aside, so
         # that the loop keeps its times; the peer is 'starting' meanwhile and not sampled
         self.slow = ThreadPoolExecutor(4, thread_name_prefix="peer-action")
@@ -236,13 +237,42 @@ class Executor:
         counts = {state: sum(1 for p in self.peers.values() if p.state == state)
                   for state in ("online", "paused", "offline", "crashed", "gone")}
         seeds = sum(1 for p in self.peers.values() if p.state == "online" and p.completed_s is not None)
+        copies = self.distributed_copies()
+        if copies is not None:
+            self.copies.append((t, copies))
         self.rd.row("swarm", {"t": round(t, 3), **counts, "seeds_online": seeds,
-                              "leechers_online": counts["online"] - seeds})
+                              "leechers_online": counts["online"] - seeds,
+                              "copies": None if copies is None else round(copies, 4)})
         leechers = [h.name for h in self.plan.by_role("leecher")]
         rate = sum(stats[n][0].rate_down for n in leechers if n in stats)
         self.emit({"kind": "progress", "t": t, "done": sum(1 for n in leechers if self.done(n)),
                    "total": len(leechers), "online": counts["online"], "rate_down_Bps": rate,
                    "t_min_s": self.plan.t_min_s})
+
+    def distributed_copies(self) -> float | None:
+        """The swarm's availability among the peers online, from their clients' own piece
+        maps: the number of full copies (the count of the rarest piece) plus the share of
+        pieces held more often than that, as clients define 'distributed copies'."""
+        maps = [self.sampler.seen.pieces.get(n) for n, p in self.peers.items() if p.state == "online"]
+        maps = [m for m in maps if m]
+        if not maps:
+            return 0.0 if not any(p.state == "online" for p in self.peers.values()) else None
+        counts = [sum(col) for col in zip(*maps)]
+        rarest = min(counts)
+        return rarest + sum(1 for c in counts if c > rarest) / len(counts)
+
+    def availability(self) -> dict:
+        """The least availability seen, and when the swarm lost its last full copy (the rarest
+        piece held by no peer online), if it did, and got one back."""
+        lost = back = None
+        for (t0, c0), (t1, c1) in zip(self.copies, self.copies[1:]):
+            if lost is None and c0 >= 1 and c1 < 1:
+                lost = t1
+            elif lost is not None and back is None and c1 >= 1:
+                back = t1
+        return {"min_copies": round(min((c for _, c in self.copies), default=0.0), 4),
+                "last_full_copy_lost_s": None if lost is None else round(lost, 3),
+                "full_copy_back_s": None if back is None else round(back, 3)}
 
     def finished(self, t: float) -> str | None:
         if self.plan.end == "duration":

@@ -38,6 +38,8 @@ class Observed:
     baseline: dict[str, Counters] = field(default_factory=dict)
     ip_usage: dict[str, tuple[int, int]] = field(default_factory=dict)   # IP bytes since the swarm start
     tcp_max: dict[str, dict[str, int]] = field(default_factory=dict)
+    # each peer's verified pieces, from its client (a peer that completed has them all)
+    pieces: dict[str, list[bool]] = field(default_factory=dict)
     # per peer, per remote (proto, address, port): bytes and packets each way, from conntrack
     flows: dict[str, dict[tuple, dict[str, int]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -81,6 +83,10 @@ class Sampler:
     def _stats(self, name: str) -> tuple[PeerStats | None, float]:
         try:
             s = self.drivers[name].stats()
+            if s.progress < 1.0 or name not in self.seen.pieces:
+                have = self.drivers[name].pieces()
+                if have is not None:
+                    self.seen.pieces[name] = have
         except Exception as exc:  # a crashed or hung client: recorded, the run goes on
             if name not in self.seen.errors:
                 self.seen.errors[name] = f"{exc.__class__.__name__}: {exc}"

@@ -90,6 +90,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "content_bytes": p.content_bytes, "content_sha256": sw.content_sha,
         "shaper": sw.shaper.name, "delay_element": sw.element_stats or None,
         "testbed_cpu": cpu,
+        "availability": ex.availability() if ex else None,
         "peers": peers,
     }
 

@@ -112,3 +112,34 @@ def test_hit_and_run_peers_leave_on_completion(churn):
             assert p["left_reason"] == "seeding_done" and p["left_s"] - p["completed_at_s"] < 1.5
             sent, _ = moved(meter[p["name"]], p["left_s"] + 2.0, 1e9)
             assert sent < 64 * 1024, (p["name"], sent)
+
+
+@pytest.fixture(scope="module")
+def origin_gone(docker_client, tmp_path_factory):
+    """The origin leaves before the leechers hold every piece between them, and comes back."""
+    from tests.integration.conftest import small_experiment
+    exp = small_experiment(
+        content={"size": "8MiB"}, seed=31, timeout="2m",
+        seeders=[{"name": "origin", "client": "transmission", "access": {"up": "4mbit", "down": "20mbit"}}],
+        peers=[{"name": "leecher", "count": 3, "client": "libtorrent", "access": {"up": "4mbit", "down": "20mbit"}}],
+        faults=[{"at": "6s", "kind": "stop", "host": "origin"}, {"at": "16s", "kind": "rejoin", "host": "origin"}])
+    result = run(exp, tmp_path_factory.mktemp("results"))
+    rows = list(csv.DictReader((result.run_dir / "swarm.csv").open()))
+    return result, rows
+
+
+def test_the_swarm_loses_its_last_full_copy_when_the_origin_leaves_early(origin_gone):
+    result, rows = origin_gone
+    s = result.summary
+    assert result.status == "complete", s.get("error")
+    a = s["availability"]
+    # judged from the clients' own piece maps: one copy (the origin's) plus the leechers'
+    # share, then less than one copy while the origin is away, then at least one again
+    assert 6.0 <= a["last_full_copy_lost_s"] <= 7.5, a
+    assert 16.0 <= a["full_copy_back_s"] <= 22.0, a
+    away = [float(r["copies"]) for r in rows if r["copies"] and 7.5 < float(r["t"]) < 15.5]
+    assert away and max(away) < 1.0
+    before = [float(r["copies"]) for r in rows if r["copies"] and 2.0 < float(r["t"]) < 5.5]
+    assert before and min(before) >= 1.0
+    # no leecher could complete while no full copy was online
+    assert all(p["completed_at_s"] > a["full_copy_back_s"] - 1 for p in s["peers"] if p["role"] == "leecher")
