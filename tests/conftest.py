@@ -25,3 +25,11 @@ def experiment_dict(**over) -> dict:
 @pytest.fixture
 def exp_dict():
     return experiment_dict()
+
+
+def pytest_collection_modifyitems(items):
+    """Every test under tests/integration/ carries the integration marker, so that
+    `-m "not integration"` runs the pure tests only, whatever a module declares."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
