@@ -151,3 +151,14 @@ def test_arrival_and_duration_files_are_read_while_loading(tmp_path):
     with pytest.raises(InputError, match="arrivals.path"):
         parse_experiment(experiment_dict(peers=[{**peers[0], "arrivals": {"kind": "file", "path": "nope"}}]),
                          base_dir=tmp_path)
+
+
+def test_interface_counters_are_read_from_proc_net_dev():
+    from testbed.run.sampler import parse_net_dev
+    text = ("Inter-|   Receive                                                |  Transmit\n"
+            " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo "
+            "colls carrier compressed\n"
+            "    lo:    1000      10    0    0    0     0          0         0     2000      20    0    0    0"
+            "     0       0          0\n"
+            "tb0a1b2cs1p3: 5 1 0 0 0 0 0 0 7 2 0 0 0 0 0 0\n")
+    assert parse_net_dev(text) == {"lo": (1000, 2000, 10, 20), "tb0a1b2cs1p3": (5, 7, 1, 2)}

@@ -44,16 +44,23 @@ class Daemon:
         self.handle.pause()
         return True
 
-    def status(self, **_):
-        s = self.handle.status()
-        return {"progress": s.progress, "rate_up": s.upload_payload_rate, "rate_down": s.download_payload_rate,
-                "bytes_up": s.all_time_upload, "bytes_down": s.all_time_download, "peers": s.num_peers,
-                "state": str(s.state), "seeding": s.is_seeding}
+    def status(self, pieces: bool = False, **_):
+        """The torrent's numbers; with pieces=True its have-bitfield too, in the same call (the
+        testbed samples both every second)."""
+        s = self.handle.status(lt.torrent_handle.query_pieces if pieces else 0)
+        out = {"progress": s.progress, "rate_up": s.upload_payload_rate, "rate_down": s.download_payload_rate,
+               "bytes_up": s.all_time_upload, "bytes_down": s.all_time_download, "peers": s.num_peers,
+               "state": str(s.state), "seeding": s.is_seeding}
+        if pieces:
+            out["pieces"] = self._bitfield(s.pieces)
+        return out
 
     def pieces(self, **_):
+        return self._bitfield(self.handle.status(lt.torrent_handle.query_pieces).pieces)
+
+    def _bitfield(self, have) -> dict:
         """The pieces had (hash-checked) as a hex bitfield, piece 0 the high bit of the first
         byte, spare bits zero (as on the wire), and the torrent's piece count."""
-        have = self.handle.status(lt.torrent_handle.query_pieces).pieces
         n = self.handle.torrent_file().num_pieces()
         bits = "".join("1" if b else "0" for b in have) + "0" * (-len(have) % 8)
         field = int(bits, 2).to_bytes(len(bits) // 8, "big").hex() if bits else ""
@@ -67,6 +74,9 @@ def serve(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        # keep-alive: the driver asks every second over one connection, not a new one each time
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self):
             try:
                 req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
