@@ -43,13 +43,21 @@ def sent_after(rows, t0, t1=1e9) -> int:
     return inside[-1][1] - inside[0][1] if len(inside) >= 2 else 0
 
 
+def quiet(rows, t0, t1=1e9) -> bool:
+    """A line that carries no upload from t0 on: at most resets and refusals to peers that
+    still try it (about 300 B/s seen with 18 peers), under 1 KiB/s and 8 KiB at most beyond."""
+    inside = [r for r in rows if t0 <= r[0] <= t1]
+    span = inside[-1][0] - inside[0][0] if len(inside) >= 2 else 0.0
+    return sent_after(rows, t0, t1) <= 1024 * span + 8 * KIB
+
+
 def test_the_swarm_completes_without_its_origin(swarm):
     result, meter, _, timeline, _, peers, exp = swarm
     assert result.status == "complete" and result.summary["ended_by"] == "duration", result.summary["error"]
     stop = next(float(e["t"]) for e in timeline if e["kind"] == "leave" and e["host"] == "origin")
     assert peers["origin"]["left_reason"] == "fault"
     # the origin sends nothing once it left, yet peers still completing then got the content
-    assert sent_after(meter["origin"], stop + 2) < 16 * KIB
+    assert quiet(meter["origin"], stop + 2)
     late = [p for p in peers.values() if p["role"] == "leecher" and p["completed"] and p["completed_at_s"] > stop + 2]
     assert late, "no peer completed after the origin left: make the swarm slower"
     assert all(p["sha256_ok"] for p in late)
@@ -81,7 +89,7 @@ def test_seeding_ends_after_its_time_and_at_its_ratio(swarm):
     assert ratio["seeding"]["stopped_s"] > ratio["completed_at_s"] + 1
     assert 0.2 * exp.content.size <= at_stop <= 0.2 * exp.content.size + 400e3 / 8 + 16 * KIB
     for name in ("linger", "ratio"):
-        assert sent_after(meter[name], peers[name]["left_s"] + 2) < 32 * KIB, name
+        assert quiet(meter[name], peers[name]["left_s"] + 2), name
 
 
 def test_an_aborting_peer_gives_up_half_way(swarm):
@@ -90,7 +98,7 @@ def test_an_aborting_peer_gives_up_half_way(swarm):
     assert q["left_reason"] == "abort_at" and not q["completed"]
     progress = [s["progress"] for s in samples["quitter"] if s["t"] <= q["left_s"]]
     assert 0.5 <= progress[-1] < 0.75
-    assert sent_after(meter["quitter"], q["left_s"] + 2) < 16 * KIB
+    assert quiet(meter["quitter"], q["left_s"] + 2)
 
 
 def test_a_free_rider_uploads_almost_nothing_and_a_shy_peer_a_quarter_of_its_line(swarm):
@@ -119,7 +127,7 @@ def test_an_intermittent_peer_is_silent_offline_and_comes_back_with_its_data(swa
         [e for e in timeline if e["host"] == "onoff" and e["kind"] == "leave"],
         [e for e in timeline if e["host"] == "onoff" and e["kind"] == "rejoin"])]
     off, on = cycles[0]
-    assert sent_after(meter["onoff"], off + 2, on - 0.2) < 16 * KIB
+    assert quiet(meter["onoff"], off + 2, on - 0.2)
     had = max(s["progress"] for s in samples["onoff"] if s["t"] < off)
     back = next(s["progress"] for s in samples["onoff"] if s["t"] > on and s["progress"] > 0)
     assert had > 0.05 and back >= had - 0.05
@@ -130,7 +138,7 @@ def test_a_session_ends_when_drawn(swarm):
     _, meter, _, _, _, peers, _ = swarm
     b = peers["brief"]
     assert b["left_reason"] == "session_end" and 10.0 <= b["left_s"] < 10.5
-    assert sent_after(meter["brief"], b["left_s"] + 2) < 16 * KIB
+    assert quiet(meter["brief"], b["left_s"] + 2)
 
 
 def test_utp_flows_are_counted_per_remote_peer(swarm):
