@@ -162,3 +162,16 @@ def test_interface_counters_are_read_from_proc_net_dev():
             "     0       0          0\n"
             "tb0a1b2cs1p3: 5 1 0 0 0 0 0 0 7 2 0 0 0 0 0 0\n")
     assert parse_net_dev(text) == {"lo": (1000, 2000, 10, 20), "tb0a1b2cs1p3": (5, 7, 1, 2)}
+
+
+def test_flows_to_a_peer_add_up_over_reconnections():
+    """Every connection to a peer's listening port has the same key: a new connection's
+    counters start again from zero, and the earlier ones' bytes are kept."""
+    from testbed.run.sampler import Observed
+    seen, key = Observed(), ("tcp", "198.18.0.3", 51413)
+
+    def flow(n):
+        return {key: {"bytes_in": n, "bytes_out": n // 10, "packets_in": 1, "packets_out": 1}}
+    for n in (100, 300, 50, 80):        # a second connection from the third sample on
+        seen.add_flows("p", flow(n))
+    assert seen.flow_totals("p")[key]["bytes_in"] == 380

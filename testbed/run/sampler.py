@@ -46,8 +46,30 @@ class Observed:
     tcp_max: dict[str, dict[str, int]] = field(default_factory=dict)
     # each peer's verified pieces, from its client (a peer that completed has them all)
     pieces: dict[str, list[bool]] = field(default_factory=dict)
-    # per peer, per remote (proto, address, port): bytes and packets each way, from conntrack
+    # per peer, per remote (proto, address, port): bytes and packets each way, from conntrack;
+    # every connection to a peer's listening port has the same key, so when a key's counters
+    # fall (a new connection), what the earlier ones counted is kept in flows_closed
     flows: dict[str, dict[tuple, dict[str, int]]] = field(default_factory=dict)
+    flows_closed: dict[str, dict[tuple, dict[str, int]]] = field(default_factory=dict)
+
+    def add_flows(self, name: str, now: dict[tuple, dict[str, int]]) -> None:
+        last, closed = self.flows.setdefault(name, {}), self.flows_closed.setdefault(name, {})
+        for key, c in now.items():
+            before = last.get(key)
+            if before and (c["bytes_in"] < before["bytes_in"] or c["bytes_out"] < before["bytes_out"]):
+                acc = closed.setdefault(key, dict.fromkeys(before, 0))
+                for k, v in before.items():
+                    acc[k] += v
+            last[key] = c
+
+    def flow_totals(self, name: str) -> dict[tuple, dict[str, int]]:
+        """Each remote's bytes over the run: closed connections plus the last one's."""
+        out = {k: dict(v) for k, v in self.flows_closed.get(name, {}).items()}
+        for key, c in self.flows.get(name, {}).items():
+            acc = out.setdefault(key, dict.fromkeys(c, 0))
+            for k, v in c.items():
+                acc[k] += v
+        return out
     errors: dict[str, str] = field(default_factory=dict)
 
     def if_bytes(self, name: str) -> tuple[int, int]:
@@ -109,9 +131,11 @@ class Sampler:
             return None, None
 
     def udp_activity(self, name: str, now: dict | None) -> dict[str, int]:
-        """uTP peers (UDP flows on the peer port) and how many moved a block each way."""
+        """uTP peers (UDP flows on the peer port that the other end answered: conntrack also
+        keeps unanswered uTP SYNs, and closed flows for a while) and how many moved a block
+        each way."""
         before = self.udp_before.get(name, {})
-        udp = {k: v for k, v in (now or {}).items() if k[0] == "udp"}
+        udp = {k: v for k, v in (now or {}).items() if k[0] == "udp" and v["bytes_in"] and v["bytes_out"]}
         self.udp_before[name] = udp
         out = {"utp_flows": len(udp), "utp_uploading": 0, "utp_downloading": 0}
         for k, v in udp.items():
@@ -140,7 +164,7 @@ class Sampler:
             tcp = {**wire.tcp_activity(self.tables.get(name), table), **self.udp_activity(name, peer_flows)}
             self.tables[name] = table
             if peer_flows:
-                self.seen.flows.setdefault(name, {}).update(peer_flows)
+                self.seen.add_flows(name, peer_flows)
             self.seen.tcp_max[name] = {k: max(v, self.seen.tcp_max.get(name, {}).get(k, 0)) for k, v in tcp.items()}
             up, down = self.seen.if_bytes(name)
             # t: when its client answered; t_if: when its interface counters were read (swarm time)

@@ -68,7 +68,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
             "bill": peer_bill(ex, h, t_end),
             "tcp_max": seen.tcp_max.get(h.name, {}) if seen else {},     # most at once, over the samples
             "wire": wire.get(h.name),
-            "flows": peer_flows(p, seen.flows.get(h.name, {})) if seen else [],
+            "flows": peer_flows(p, seen.flow_totals(h.name)) if seen else [],
             "error": seen.errors.get(h.name) if seen else None,
         })
     leechers = [x for x in peers if x["role"] == "leecher"]
@@ -97,7 +97,8 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
 
 def peer_flows(p: Plan, flows: dict) -> list[dict]:
     """Bytes exchanged with each remote peer, TCP and uTP, as the kernel's flow accounting
-    last counted them (a flow's counters are from its last sample before it closed)."""
+    counted them (a connection's counters are from its last sample before it closed; one
+    opened and closed between two samples is not seen)."""
     names = {h.data_ip: h.name for h in p.hosts}
     per: dict[tuple[str, str], dict[str, int]] = {}
     for (proto, addr, _port), c in flows.items():
