@@ -358,9 +358,10 @@ OPEN_BEYOND_LIMIT = {
 # Connections beyond the limit that libtorrent (qBittorrent and deluge run it) holds, its
 # handshake unanswered, for up to its handshake timeout (10 s) each: a connection in the
 # listen backlog it accepts but does not take as a peer. 1-2 at a time, for 8-36 samples
-# running, in 35 of 36 client-runs (qBittorrent once stayed within the limit): not the limit
-# it was given, though it bounds what a client that ignored the limit (6-11 here) would hold
-HELD_BEYOND_LIMIT = {"qbittorrent": 2, "libtorrent": 2, "deluge": 2}
+# running, in 35 of 36 client-runs (qBittorrent once stayed within the limit), 3 for 8
+# samples once (libtorrent, CI): not the limit it was given, though it bounds what a client
+# that ignored the limit (6-11 here) would hold
+HELD_BEYOND_LIMIT = {"qbittorrent": 3, "libtorrent": 3, "deluge": 3}
 
 
 @pytest.mark.parametrize("client", per_client(OPEN_BEYOND_LIMIT))
@@ -376,8 +377,9 @@ def test_max_connections_bounds_every_open_connection(runs, client):
     Expected false failures: aria2, none in 18 runs of ~50 samples: it was at 3 for 1-3
     single samples a run, never two running (a run fails only if an extra connection outlives
     a sampling interval, which aria2's once-a-second connection check has not let happen; by
-    observation only: below 16 % at 95 % confidence); libtorrent's clients, none in 12 runs:
-    4 at most (5 fails)."""
+    observation only: below 16 % at 95 % confidence); libtorrent's clients: 4 at most in 12
+    runs, then 5 for 8 samples in the 13th (CI); 6 fails, not seen in 39 client-runs (below
+    8 % at 95 % confidence, by observation only; a client that ignores the limit held 6-11)."""
     r = runs["max_connections"]
     assert r.summary["status"] == "complete", r.summary["error"]
     name = "cap" + SHORT[client]
