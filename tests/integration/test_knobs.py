@@ -264,10 +264,12 @@ def test_stop_on_completion_uploads_nothing_after_completing(runs):
 def test_seeding_forever_keeps_uploading_while_there_is_demand(runs):
     """The uncapped leechers of the download_limit swarm seed for ever (the default). After
     completing, each goes on uploading as long as the six capped leechers (6 x 1mbit of
-    demand) all still download: in every 6-second window, at least one block on its line.
-    Expected false failures: below 1 % a run. In 13 runs (about 300 windows) the emptiest
-    window carried 5.5 blocks (qBittorrent, deluge), most 15-150: even a window whose mean were
-    5.5 blocks would carry none with a chance of e^-5.5 = 0.4 %."""
+    demand) all still download: in each half of that time, at least one block on its line.
+    Halves, not 6-second windows: whom the capped leechers take blocks from is their choice,
+    and a 6-second window of deluge's once carried less than a block (CI, the 14th run).
+    Expected false failures: below 1 % a run, by observation only: in 13 runs every 6-second
+    window carried 5.5 blocks or more, so every half 11 or more; in the 14th the emptiest half
+    carried 243 KB (15 blocks), though one 6-second window in it carried 1450 bytes."""
     r = runs["download_limit"]
     assert r.summary["status"] == "complete", r.summary["error"]
     demand_until = min(r.peers["lim" + SHORT[c]]["completed_at_s"] for c in DRIVERS)
@@ -277,7 +279,8 @@ def test_seeding_forever_keeps_uploading_while_there_is_demand(runs):
         assert p["sha256_ok"] and p["left_s"] is None, name
         done = p["completed_at_s"]
         assert demand_until - done >= 7, (name, done, demand_until)       # the swarm gave it demand to serve
-        windows = [(t, t + 6) for t in range(int(done) + 1, int(demand_until) - 5, 6)]
+        mid = (done + 1 + demand_until) / 2
+        windows = [(done + 1, mid), (mid, demand_until)]
         sent = [sent_between(r, name, a, b) for a, b in windows]
         assert min(sent) >= BLOCK, (name, windows, sent)
         assert p["bytes_up_after_completion"] >= 8 * BLOCK, name            # and its own count agrees
