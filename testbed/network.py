@@ -97,9 +97,10 @@ def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     nodes = {}
     for i, sw in enumerate(plan.switches, 1):
         nodes[sw.name] = net.addSwitch(sw.device, dpid=f"{i:016x}")
-    for h in plan.hosts:
+    own = [h for h in plan.hosts if h.shares_netns is None]    # one-PC clients share their first's
+    for h in own:
         nodes[h.name] = net.addHost(h.name, cls=DockerHost, container_pid=pids[h.name],
-                                    ip=f"{h.data_ip}/{plan.data_prefix}")
+                                    ip=f"{h.data_ip}/{h.prefix}")
     for link in plan.links:
         net.addLink(nodes[link.node1], nodes[link.node2], intfName1=link.intf1, intfName2=link.intf2,
                     params1={"shaping": link.egress1, "shaper": shaper},
@@ -108,7 +109,7 @@ def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     net.start()
     for sw in plan.switches:
         disable_ipv6(sw.device)
-    for h in plan.hosts:
+    for h in own:
         node = nodes[h.name]
         node.intf("ctl0").setIP(h.ctl_ip, plan.control_prefix)
     ctl = nodes["control"]

@@ -11,7 +11,12 @@ results/<run_id>/
                     bytes in their send queues
   meter.csv         per second: IP bytes and packets up and down since the swarm started, of
                     each peer (scope 'peer', from its access link) and each core link
-                    (scope 'segment', name 'a-b': up is a -> b), what a carrier would count
+                    (scope 'segment', name 'a-b': up is a -> b), and each home's access link
+                    (scope 'household', name: its router), what a carrier would count
+  policy.csv        each mark and unmark of a segment's congestion management (RFC 6057)
+  probes.csv        each home router's pings to the internet server: RTT under load
+  households.json   each home: its link, bill, clients, ports each client listens on and
+                    which are forwarded, RTT percentiles, protocol-policy counters
   plan.json         the plan of the run: hosts, links, what each peer's user does, the bound
   timeline.csv      every planned event (arrive, leave, crash, pause, set_rate, ...), written
                     before anything starts
@@ -38,6 +43,8 @@ SAMPLE_FIELDS = ["t", "t_if", "peer", "progress", "rate_up", "rate_down", "clien
                  "tcp_send_queue", "utp_flows", "utp_uploading", "utp_downloading"]
 METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_up", "packets_down"]
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
+POLICY_FIELDS = ["t", "segment", "host", "direction", "action", "user_share", "port_util"]
+PROBE_FIELDS = ["t", "home", "seq", "rtt_ms"]
 SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone", "copies"]
 
 
@@ -61,8 +68,8 @@ class RunDir:
         self._samples = csv.DictWriter(self._samples_file, fieldnames=SAMPLE_FIELDS)
         self._samples.writeheader()
         self._tables = {name: self._table(name, fields) for name, fields in
-                        (("meter", METER_FIELDS), ("links", LINK_FIELDS),
-                                                                    ("swarm", SWARM_FIELDS))}
+                        (("meter", METER_FIELDS), ("links", LINK_FIELDS), ("swarm", SWARM_FIELDS),
+                         ("policy", POLICY_FIELDS), ("probes", PROBE_FIELDS))}
         self.t0 = time.time()
 
     def _table(self, name: str, fields: list[str]) -> tuple:

@@ -67,6 +67,18 @@ class ContainerHost:
 
 def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> dict:
     """Keyword arguments for docker's containers.run (pure; asserted by tests)."""
+    if host.shares_netns is not None:
+        # one PC: this client lives in another client's network namespace (Docker's
+        # container network mode), so hostname and network sysctls are that host's
+        return dict(
+            image=image.tag, name=host.container, detach=True, init=True,
+            network_mode=f"container:{plan.host(host.shares_netns).container}", cap_drop=["ALL"],
+            cap_add=list(image.spec.capabilities), security_opt=["no-new-privileges"],
+            labels={LABEL_RUN: plan.run_id, LABEL_HOST: host.name, "testbed.role": host.role},
+            volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}}, environment={"HOME": MOUNT})
+    sysctls = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
+    if host.role in ("router", "server"):
+        sysctls["net.ipv4.ping_group_range"] = "0 2147483647"   # ping without a capability (ICMP sockets)
     return dict(
         image=image.tag, name=host.container, hostname=host.name, detach=True, init=True,
         network_mode="none", cap_drop=["ALL"], cap_add=list(image.spec.capabilities), security_opt=["no-new-privileges"],
@@ -75,7 +87,7 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
         environment={"HOME": MOUNT},
         # IPv4 only: otherwise every host sends IPv6 router solicitations and MLD reports
         # onto the emulated network, and clients try IPv6 peers that cannot exist.
-        sysctls={"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1},
+        sysctls=sysctls,
     )
 
 
@@ -93,7 +105,9 @@ def start_containers(client, plan: Plan, images: dict[str, Image], hosts_root: P
         return ContainerHost(h, c, host_dir)
 
     with ThreadPoolExecutor(workers) as pool:
-        started = list(pool.map(one, plan.hosts))
+        # hosts with their own namespace first: a one-PC client joins another's
+        started = list(pool.map(one, [h for h in plan.hosts if h.shares_netns is None]))
+        started += list(pool.map(one, [h for h in plan.hosts if h.shares_netns is not None]))
     return {h.name: h for h in started}
 
 

@@ -158,9 +158,13 @@ def path_impairments(plan: Plan) -> dict[str, dict]:
     are left out (they need no element)."""
     core = core_paths(plan)
     out = {}
-    for h in plan.hosts:
+    # Behind a home router, packets arrive through the router, which applies the path's
+    # impairments on its WAN side; the LAN adds none. Clients behind NAT are neither
+    # receivers nor senders here (their packets carry the router's address).
+    wan = [h for h in plan.hosts if not h.behind_nat]
+    for h in wan:
         from_ = {}
-        for s in plan.hosts:
+        for s in wan:
             if s.name == h.name:
                 continue
             p = _params([s.up, *core.get((s.site, h.site), [])])
@@ -195,7 +199,8 @@ def element_load_pps(plan: Plan, tables: dict[str, dict]) -> float | None:
     if not tables:
         return 0.0
     downs = [peak_rate(plan.host(n).down) for n in tables]
-    ups = [peak_rate(h.up) for h in plan.hosts if h.client]
+    # what peers send: their own links, or their home's (a router's) for clients behind one
+    ups = [peak_rate(h.up) for h in plan.hosts if (h.client and not h.behind_nat) or h.role == "router"]
     bounds = [sum(rates) for rates in (downs, ups) if None not in rates]
     if not bounds:
         return None

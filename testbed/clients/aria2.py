@@ -22,7 +22,7 @@ class Aria2Driver(ClientDriver):
             # No --interface: aria2 binds its RPC listener to it as well, and the orchestrator
             # reaches RPC over ctl0. Peers and tracker are on the data subnet, so routing keeps
             # BitTorrent traffic on eth0 anyway.
-            "listen-port": str(self.peer_port),
+            **({"listen-port": str(self.peer_port)} if self.peer_port else {}),   # default: 6881-6999
             "enable-dht": "false", "enable-dht6": "false", "bt-enable-lpd": "false",
             "enable-peer-exchange": "false",
             "dir": self.data_dir,

@@ -82,7 +82,6 @@ class ClientDriver(ABC):
     name: ClassVar[str]
     image: ClassVar[str]          # name of the image in images/ that carries the client
     rpc_port: ClassVar[int]
-    peer_port: ClassVar[int] = catalog.PEER_PORT
     # behaviour knobs this client cannot honour -> the sentence validation gives (exit 2)
     unsupported: ClassVar[dict[str, str]] = {}
 
@@ -92,9 +91,15 @@ class ClientDriver(ABC):
         facts = catalog.CLIENTS[cls.name]
         cls.image, cls.unsupported = facts.image, facts.unsupported
 
-    def __init__(self, host: HostHandle, behaviour: Behaviour | None = None):
+    def __init__(self, host: HostHandle, behaviour: Behaviour | None = None, rpc_port: int | None = None):
         self.host = host
         self.behaviour = behaviour or Behaviour()
+        # control port: the client's usual one, unless clients sharing one PC would clash on it
+        self.rpc_port = rpc_port or type(self).rpc_port
+        # peer port: the testbed's common port, the one asked for, or None: the client's own
+        # default (the driver then writes no port setting at all)
+        lp = self.behaviour.listen_port
+        self.peer_port = catalog.PEER_PORT if lp is None else (None if lp == "default" else lp)
         self._api = None          # the connection to the client's control API, made on first use
         self._torrent = None      # the client's handle (id, hash, gid) of the swarm's torrent
         self.infohash = ""        # v1 info-hash (hex, lower case) of the torrent added, set by add_torrent

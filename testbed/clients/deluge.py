@@ -27,7 +27,7 @@ class DelugeDriver(ClientDriver):
             "dht": False, "lsd": False, "utpex": False,   # the swarm is exactly the one defined
             "upnp": False, "natpmp": False,
             "new_release_check": False,                   # no update check
-            "listen_ports": [self.peer_port, self.peer_port], "random_port": False,
+            **({"listen_ports": [self.peer_port, self.peer_port], "random_port": False} if self.peer_port else {}),
             "listen_interface": self.host.data_ip, "outgoing_interface": "eth0",
             "download_location": self.data_dir, "move_completed": False,
             "queue_new_to_top": False, "max_active_limit": -1, "max_active_downloading": -1,

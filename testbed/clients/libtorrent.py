@@ -26,7 +26,8 @@ class LibtorrentDriver(ClientDriver):
     def settings(self) -> dict:
         """settings_pack keys that differ from libtorrent 2.0.8's defaults, and why."""
         s = {
-            "listen_interfaces": f"{self.host.data_ip}:{self.peer_port}",   # peers only on eth0
+            # peers only on eth0; libtorrent's own default port is 6881
+            "listen_interfaces": f"{self.host.data_ip}:{self.peer_port or 6881}",
             "outgoing_interfaces": "eth0",
             "enable_dht": False, "enable_lsd": False,                       # the swarm is exactly the one defined
             "enable_upnp": False, "enable_natpmp": False,

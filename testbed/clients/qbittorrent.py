@@ -19,7 +19,7 @@ class QBittorrentDriver(ClientDriver):
         p = {
             "dht": False, "pex": False, "lsd": False,            # the swarm is exactly the one defined
             "upnp": False,                                        # no UPnP/NAT-PMP probing
-            "listen_port": self.peer_port, "random_port": False,
+            **({"listen_port": self.peer_port, "random_port": False} if self.peer_port else {}),
             "current_network_interface": "eth0",                  # peer traffic only on the emulated network
             "current_interface_address": self.host.data_ip,
             "save_path": self.data_dir, "temp_path_enabled": False,
@@ -52,7 +52,8 @@ class QBittorrentDriver(ClientDriver):
         (conf / "qBittorrent.conf").write_text("\n".join([
             "[LegalNotice]", "Accepted=true", "",
             "[BitTorrent]", "Session\\DHTEnabled=false", "Session\\PeXEnabled=false",
-            "Session\\LSDEnabled=false", f"Session\\Port={self.peer_port}", "Session\\Interface=eth0",
+            "Session\\LSDEnabled=false", *([f"Session\\Port={self.peer_port}"] if self.peer_port else []),
+            "Session\\Interface=eth0",
             "Session\\InterfaceName=eth0", f"Session\\InterfaceAddress={self.host.data_ip}",
             f"Session\\DefaultSavePath={self.data_dir}", "Session\\QueueingSystemEnabled=false", "",
             "[Preferences]", "Connection\\UPnP=false", f"WebUI\\Address={self.host.ctl_ip}",

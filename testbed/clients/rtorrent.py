@@ -39,8 +39,8 @@ class RTorrentDriver(ClientDriver):
             "network.scgi.open_port": f"{self.host.ctl_ip}:{self.rpc_port}",   # control network only
             "network.bind_address.set": self.host.data_ip,                     # peers only on eth0
             "network.local_address.set": self.host.data_ip,
-            "network.port_range.set": f"{self.peer_port}-{self.peer_port}",
-            "network.port_random.set": "no",
+            **({"network.port_range.set": f"{self.peer_port}-{self.peer_port}", "network.port_random.set": "no"}
+               if self.peer_port else {}),                                     # default: 6890-6999
             "dht.mode.set": "disable", "protocol.pex.set": "no", "trackers.use_udp.set": "no",
             "directory.default.set": self.data_dir,
             "session.path.set": f"{self.host.container_dir}/config/rtorrent/session",

@@ -21,7 +21,7 @@ class TransmissionDriver(ClientDriver):
             "rpc-authentication-required": False,
             "rpc-whitelist-enabled": False,
             "rpc-host-whitelist-enabled": False,
-            "peer-port": self.peer_port,
+            **({"peer-port": self.peer_port} if self.peer_port else {}),     # default: 51413
             "peer-port-random-on-start": False,
             "dht-enabled": False,                     # the swarm is exactly the one defined
             "pex-enabled": False,

@@ -78,10 +78,16 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 why = catalog.refusal(g.client, knob, value)
                 if why:
                     fail(f"{where}.behaviour.{knob}", why)
-            check_access(g.access, f"{where}.access", fail)
-            if g.access.plan is not None and g.access.plan.period < exp.timeout:
-                fail(f"{where}.access.plan.period", "is shorter than the run's timeout; a run is billed within "
-                     "one billing period")
+            if g.household is None:
+                if g.access is None:
+                    fail(f"{where}.access", "missing: a group needs an access link unless it lives in a household")
+                check_access(g.access, f"{where}.access", fail)
+                if g.access.plan is not None and g.access.plan.period < exp.timeout:
+                    fail(f"{where}.access.plan.period", "is shorter than the run's timeout; a run is billed within "
+                         "one billing period")
+            port = b.listen_port
+            if isinstance(port, int) and not 1024 <= port <= 65535:
+                fail(f"{where}.behaviour.listen_port", "must be a port from 1024 to 65535, or default")
             if g.site is not None and g.site not in sites:
                 fail(f"{where}.site", f"unknown site '{g.site}' (sites: {', '.join(topo.sites)})")
             check_arrivals(g, key, where, fail)
@@ -89,6 +95,7 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 check_participation(use, g, f"{where}.participation[{j}]", fail)
             check_shares(g.participation or [], f"{where}.participation", fail)
     check_faults(exp, fail)
+    check_homes(exp, sites, fail)
     if isinstance(exp.end, EndAfter):
         if exp.end.duration <= 0:
             fail("end.duration", "must be a positive duration")
@@ -212,3 +219,105 @@ def check_faults(exp: Experiment, fail) -> None:
             fail(f"{where}.for", "a pause needs its length (for: 10s)")
         if f.for_ is not None and f.for_ <= 0:
             fail(f"{where}.for", "must be a positive duration")
+
+
+def check_homes(exp: Experiment, sites: set[str], fail) -> None:
+    """Households, the groups living in them, and the carriers' policies."""
+    topo = exp.topology
+    homes: dict[str, str] = {}
+    groups = {g.name for _, g in exp.groups()}
+    for i, h in enumerate(exp.households):
+        where = f"households[{i}]"
+        if h.name in homes or h.name in groups or h.name in ("tracker", "internet"):
+            fail(f"{where}.name", f"'{h.name}' is already the name of a household, a group or a reserved host")
+        homes[h.name] = where
+        if h.count < 1:
+            fail(f"{where}.count", "must be at least 1")
+        check_access(h.access, f"{where}.access", fail)
+        if h.access.plan is not None and h.access.plan.period < exp.timeout:
+            fail(f"{where}.access.plan.period", "is shorter than the run's timeout; a run is billed within "
+                 "one billing period")
+        if h.site is not None and h.site not in sites:
+            fail(f"{where}.site", f"unknown site '{h.site}' (sites: {', '.join(topo.sites)})")
+        if h.probe is not None and h.probe < 0.2:
+            fail(f"{where}.probe", "must be at least 200ms (the shortest interval ping allows without privileges)")
+        bg = h.background
+        if bg is not None:
+            if bg.up is None and bg.down is None:
+                fail(f"{where}.background", "give an 'up' rate, a 'down' rate, or both")
+            for key in ("up", "down"):
+                if getattr(bg, key) is not None and getattr(bg, key) < 8000:
+                    fail(f"{where}.background.{key}", "must be at least 8kbit")
+            if (bg.on is None) != (bg.off is None):
+                fail(f"{where}.background", "give both 'on' and 'off' for an on/off load, or neither for a steady one")
+            for key in ("on", "off"):
+                if getattr(bg, key) is not None and getattr(bg, key) < 1:
+                    fail(f"{where}.background.{key}", "must be at least 1s")
+    names = exp.host_names()
+    all_hosts = [n for ns in names.values() for n in ns]
+    for home, routers in exp.home_names().items():
+        for r in routers:
+            if r in all_hosts:
+                fail(f"{homes[home]}.name", f"its home '{r}' has the name of a peer; rename the household")
+    forwarded: dict[tuple[str, object], str] = {}
+    for key, gs in (("seeders", exp.seeders), ("peers", exp.peers)):
+        for i, g in enumerate(gs):
+            where = f"{key}[{i}]"
+            if g.household is None:
+                if g.forward:
+                    fail(f"{where}.forward", "only a group in a household has a router to forward its port")
+                continue
+            if g.household not in homes:
+                known = ", ".join(homes) or "none defined"
+                fail(f"{where}.household", f"unknown household '{g.household}' (households: {known})")
+            if g.access is not None:
+                fail(f"{where}.access", f"a group in household '{g.household}' uses the home's access link; "
+                     "set the link on the household")
+            if g.site is not None:
+                fail(f"{where}.site", "a group in a household is where its household is; set the household's site")
+            if g.forward and not g.behaviour.connectable:
+                fail(f"{where}.forward", "a forwarded client must be connectable (behaviour.connectable)")
+            h = exp.household(g.household)
+            if g.forward and not h.one_pc:
+                # one forward per (home, port): two LAN hosts cannot both take the same outside port
+                port = g.behaviour.listen_port
+                for m in range(min(g.count, h.count)):
+                    slot = (f"{g.household}#{m}", port if port != "default" else f"default:{g.client}")
+                    if port is not None and slot in forwarded and forwarded[slot] != where:
+                        fail(f"{where}.forward", f"{forwarded[slot]} already forwards port {port} of the same home; "
+                             "give one of them another behaviour.listen_port")
+                    if port is None and g.count > h.count:
+                        fail(f"{where}.forward", "two members share a home and would need the same forwarded "
+                             "port; give the household more homes or set listen_port")
+                    forwarded.setdefault(slot, where)
+    for i, p in enumerate(exp.policies):
+        where = f"policies[{i}]"
+        if (p.segment is None) == (p.household is None):
+            fail(where, "name exactly one of 'segment' or 'household'")
+        if p.congestion is None and p.protocol is None:
+            fail(where, "give a 'congestion' or a 'protocol' policy")
+        if p.segment is not None:
+            seg = topo.segment(p.segment)
+            if seg is None:
+                known = ", ".join(s.site for s in topo.segments) or "none: use a topology with generator: isp"
+                fail(f"{where}.segment", f"'{p.segment}' is not an ISP segment (segments: {known})")
+        if p.household is not None:
+            if p.household not in homes:
+                fail(f"{where}.household", f"unknown household '{p.household}'")
+            if p.congestion is not None:
+                fail(f"{where}.congestion", "congestion management acts on a segment's aggregation link")
+        c = p.congestion
+        if c is not None:
+            for key in ("port_threshold", "down_port_threshold", "user_threshold", "release_threshold"):
+                if not 0 < getattr(c, key) <= 1:
+                    fail(f"{where}.congestion.{key}", "must be above 0% and at most 100%")
+            if c.release_threshold > c.user_threshold:
+                fail(f"{where}.congestion.release_threshold", "must not be above user_threshold")
+            if c.window < c.check_every or c.check_every < 0.2:
+                fail(f"{where}.congestion.window", "must be at least check_every, which must be at least 200ms")
+        pp = p.protocol
+        if pp is not None:
+            if pp.action == "throttle" and (pp.rate is None or pp.rate < 8000):
+                fail(f"{where}.protocol.rate", "a throttle needs a rate of at least 8kbit")
+            if pp.action != "throttle" and pp.rate is not None:
+                fail(f"{where}.protocol.rate", f"only a throttle has a rate, not {pp.action}")

@@ -23,6 +23,26 @@ def _loc(loc: tuple) -> str:
     return out
 
 
+def _field_names(model: type[BaseModel] | None) -> set[str]:
+    """Every key the schema knows, at any depth (for 'did you mean' when nothing is missing)."""
+    names: set[str] = set()
+    todo, seen = [model] if model else [], set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for name, f in m.model_fields.items():
+            names.add(f.alias or name)
+            stack = [f.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+                stack.extend(getattr(t, "__args__", ()) or ())      # unions, lists, Annotated
+    return names
+
+
 def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None = None) -> str:
     # A misspelt key shows up twice: as unknown, and as the real key missing. Name the
     # unknown one, which is what the user typed.
@@ -33,7 +53,8 @@ def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None =
     where = _loc(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
-        close = difflib.get_close_matches(str(first["loc"][-1]), [str(m) for m in missing], n=1)
+        close = difflib.get_close_matches(str(first["loc"][-1]), [str(m) for m in missing], n=1) or \
+            difflib.get_close_matches(str(first["loc"][-1]), sorted(_field_names(model)), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{source}: unknown key '{where}'{hint}"
     if first["type"] == "missing":

@@ -16,6 +16,7 @@ from testbed.errors import InputError
 from testbed.model.check import check_meaning
 from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_library
 from testbed.model.participation import resolve_participation
+from testbed.model.homes import IspTopology
 from testbed.model.schema import AccessLink, Experiment, LinkProfile, Topology
 
 
@@ -33,9 +34,33 @@ def load_topology(name: str, source: str, base_dir: Path | None) -> Topology:
             raise InputError(f"{source}: topology: unknown topology '{name}' (known: {known})")
     data = _read_yaml(path, "topology")
     try:
+        if isinstance(data, dict) and "generator" in data:
+            return expand_topology(IspTopology.model_validate(data), str(path))
         return Topology.model_validate(data)
     except ValidationError as exc:
         raise InputError(_sentence(str(path), exc)) from None
+
+
+def expand_topology(gen: IspTopology, source: str) -> Topology:
+    """The sites and links an ISP generator describes (its parameters checked first)."""
+    for i, isp in enumerate(gen.isps):
+        where = f"{source}: isps[{i}]"
+        for key in ("segments", "homes"):
+            if getattr(isp, key) < 1:
+                raise InputError(f"{where}.{key}: must be at least 1")
+        for key in ("subscribed_up", "subscribed_down"):
+            if getattr(isp, key) <= 0:
+                raise InputError(f"{where}.{key}: must be a positive rate")
+        for key in ("oversubscription", "down_oversubscription"):
+            value = getattr(isp, key)
+            if value is not None and not value >= 1:
+                raise InputError(f"{where}.{key}: must be a ratio of at least 1 (aggregate subscribed rate "
+                                 "/ segment link rate)")
+    if len({isp.name for isp in gen.isps}) != len(gen.isps):
+        raise InputError(f"{source}: isps: ISP names must be unique")
+    if gen.transit is not None and len(gen.isps) != 2:
+        raise InputError(f"{source}: transit: joins two ISPs; name two under isps")
+    return Topology.model_validate(gen.expand())
 
 
 PROFILES_FILE = TOPOLOGY_DIR / "profiles.yaml"
@@ -85,15 +110,22 @@ def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | Non
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_sentence(source, exc)) from None
+        raise InputError(_sentence(source, exc, Experiment)) from None
     if isinstance(exp.topology, str):
         exp = exp.model_copy(update={"topology": load_topology(exp.topology, source, base_dir)})
-    profiles = link_profiles() if any(g.access.profile for _, g in exp.groups()) else {}
+    elif isinstance(exp.topology, IspTopology):
+        exp = exp.model_copy(update={"topology": expand_topology(exp.topology, f"{source}: topology")})
+    profiles = link_profiles() if any(a and a.profile for a in [*(g.access for _, g in exp.groups()),
+                                                          *(h.access for h in exp.households)]) else {}
+    exp = exp.model_copy(update={"households": [
+        h.model_copy(update={"access": resolve_access(h.access, f"households[{i}].access", source, base_dir, profiles)})
+        for i, h in enumerate(exp.households)]})
     resolved = {}
     for key in ("seeders", "peers"):
         groups = getattr(exp, key)
-        resolved[key] = [g.model_copy(update={"access": resolve_access(g.access, f"{key}[{i}].access", source,
-                                                                        base_dir, profiles)})
+        resolved[key] = [g if g.access is None else
+                         g.model_copy(update={"access": resolve_access(g.access, f"{key}[{i}].access", source,
+                                                                       base_dir, profiles)})
                          for i, g in enumerate(groups)]
     exp = exp.model_copy(update=resolved)
     exp = resolve_participation(exp, source, base_dir)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag
 
 from testbed.model.churn import Arrivals, End, Fault, FlashCrowd, ParticipationMix
+from testbed.model.homes import Background, IspTopology, Policy, Segment
 from testbed.model.fields import (
     NO_IMPAIRMENT,
     DirDuration,
@@ -118,6 +119,22 @@ class Topology(Strict):
     switch: Literal["linuxbridge", "ovs"] = "linuxbridge"   # ovs: Open vSwitch in standalone mode
     sites: list[str] = Field(min_length=1)
     core: list[CoreLink] = []
+    segments: list[Segment] = []    # ISP segments, as the generator (generator: isp) made them
+
+    def segment(self, site: str) -> Segment | None:
+        return next((s for s in self.segments if s.site == site), None)
+
+
+def _topology_form(value: Any) -> str:
+    if isinstance(value, str):
+        return "name"
+    if isinstance(value, dict) and "generator" in value:
+        return "generated"
+    return "plain"
+
+
+TopologyRef = Annotated[Annotated[str, Tag("name")] | Annotated[Topology, Tag("plain")]
+                        | Annotated[IspTopology, Tag("generated")], Discriminator(_topology_form)]
 
 
 class Content(Strict):
@@ -174,6 +191,9 @@ class Behaviour(Strict):
     # require: only encrypted connections (MSE/PE handshake and RC4 payload); prefer: try
     # encrypted, accept plaintext (payload cipher as the client chooses); disable: plaintext only
     encryption: Literal["require", "prefer", "disable"] | None = None
+    # the port the client listens on for peers: a number, `default` (the client's own default,
+    # as installed: what a one-PC household shows), or None: the testbed's common port
+    listen_port: int | Literal["default"] | None = None
 
     def seeding_policy(self) -> tuple[str, float | None]:
         """('forever'|'stop'|'duration'|'ratio', the number or None)."""
@@ -188,13 +208,29 @@ class PeerGroup(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,11}$")
     count: int = 1
     client: str = "transmission"
-    access: AccessLink
+    access: AccessLink | None = None     # required, except behind a household (its link is the home's)
     site: str | None = None
     behaviour: Behaviour = Behaviour()
     arrivals: Arrivals = FlashCrowd()
     # a participation profile, a profile with fields overridden, or a mix by share; None:
     # every member participates fully, with the group's behaviour
     participation: ParticipationMix | None = None
+    household: str | None = None        # the members live in this household group's homes
+    forward: bool = False                # behind a household: the router forwards the client's port
+
+
+class Household(Strict):
+    """Homes of one kind: `count` routers, each with its own access link, NAT (masquerade) on
+    its WAN side and a LAN behind it. Peer groups join with `household: NAME`; their members
+    are spread over the homes in turn (member i lives in home i modulo count)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9]{0,9}$")
+    count: int = 1
+    access: AccessLink                    # the home's one link: any profile, trace or data plan
+    site: str | None = None               # the site (or ISP segment) the home's link ends on
+    one_pc: bool = False                  # the clients share one network namespace (one computer)
+    background: Background | None = None  # the home's other traffic, to and from the internet server
+    probe: Duration | None = 0.2          # the router pings the internet server this often; null: never
 
 
 class Experiment(Strict):
@@ -203,7 +239,9 @@ class Experiment(Strict):
     description: str = ""
     seed: int = 1
     content: Content
-    topology: Topology | str = "star"
+    topology: TopologyRef = "star"
+    households: list[Household] = []
+    policies: list[Policy] = []
     tracker: Tracker = Tracker()
     seeders: list[PeerGroup] = Field(min_length=1)
     peers: list[PeerGroup] = Field(min_length=1)
@@ -217,6 +255,14 @@ class Experiment(Strict):
 
     def groups(self) -> list[tuple[str, PeerGroup]]:
         return [("seeder", g) for g in self.seeders] + [("leecher", g) for g in self.peers]
+
+    def home_names(self) -> dict[str, tuple[str, ...]]:
+        """Each household group's homes (router host names), numbered when it has several."""
+        return {h.name: tuple(f"{h.name}{i}" for i in range(1, h.count + 1)) if h.count > 1 else (h.name,)
+                for h in self.households}
+
+    def household(self, name: str) -> Household:
+        return next(h for h in self.households if h.name == name)
 
     def host_names(self) -> dict[str, tuple[str, ...]]:
         """Each group's member names: the group's name, numbered when it has several members."""

@@ -14,14 +14,17 @@ from testbed import catalog
 from testbed.model import AccessLink, Behaviour, DataPlan, Experiment, Topology
 from testbed.model.churn import EndAfter
 from testbed.plan import bounds, draws
+from testbed.plan.homes import (IPERF_PORT_BASE, LAN_PREFIX, RPC_PORT_BASE, SERVER, HomePlan, ProtocolPolicyPlan,
+                                SegmentPolicyPlan, home_of, lan_nets)
 from testbed.plan.timeline import (Event, Participant, behaviour_of, fault_events, group_events, ordered,
                                    rate_events)
 from testbed.traces import Trace
 
-DATA_NET = ipaddress.ip_network("198.18.0.0/16")       # RFC 2544 benchmarking range
+DATA_NET = ipaddress.ip_network("198.18.0.0/17")       # RFC 2544 benchmarking range (homes' LANs: the upper half)
 CONTROL_NET = ipaddress.ip_network("198.19.0.0/16")    # split in /22 blocks, one per run
 CONTROL_BLOCKS = 64
 TRACKER_IMAGE = "tracker"
+ROUTER_IMAGE = "router"         # home routers and the internet server
 DEFAULT_PIECE = 256 * 1024
 
 
@@ -57,7 +60,7 @@ def access_shaping(a: AccessLink, direction: str, member: int = 0, members: int 
 @dataclass(frozen=True)
 class HostPlan:
     name: str
-    role: Literal["tracker", "seeder", "leecher"]
+    role: Literal["tracker", "seeder", "leecher", "router", "server"]
     group: str
     client: str | None
     image: str
@@ -72,6 +75,15 @@ class HostPlan:
     profile: str | None = None    # the access link's named profile, if any
     data_plan: DataPlan | None = None
     participant: Participant | None = None   # peers: what its user does
+    prefix: int = DATA_NET.prefixlen         # of data_ip
+    home: str | None = None       # household members: their home's router
+    gateway: str | None = None    # household members: the router's LAN address
+    shares_netns: str | None = None   # one-PC members after the first: whose namespace they live in
+    rpc_port: int | None = None   # the client's control port, when its default could clash (one PC)
+
+    @property
+    def behind_nat(self) -> bool:
+        return self.gateway is not None
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,7 @@ class SwitchPlan:
 
 @dataclass(frozen=True)
 class LinkPlan:
-    kind: Literal["access", "core", "control"]
+    kind: Literal["access", "core", "control", "lan"]
     node1: str                    # host name or site name
     node2: str
     intf1: str
@@ -117,6 +129,9 @@ class Plan:
     t_min_terms: dict = field(default_factory=dict)
     peer_t_min_s: dict = field(default_factory=dict)
     tracker_port: int = 6969
+    homes: tuple[HomePlan, ...] = ()
+    segment_policies: tuple[SegmentPolicyPlan, ...] = ()
+    protocol_policies: tuple[ProtocolPolicyPlan, ...] = ()
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
@@ -127,6 +142,9 @@ class Plan:
 
     def by_role(self, role: str) -> list[HostPlan]:
         return [h for h in self.hosts if h.role == role]
+
+    def home(self, name: str) -> HomePlan:
+        return next(h for h in self.homes if h.name == name)
 
 
 def rate_steps(s: Shaping, horizon: float, cap: float | None = None) -> bounds.Steps:
@@ -180,22 +198,67 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
         ctl_ip=str(next(ctl_addrs)), up=None, down=None, container=f"tb-{run_id}-tracker")]
     events: list[Event] = fault_events(exp, horizon)
     names = exp.host_names()
+    home_names = exp.home_names()
+    if exp.households:
+        hosts.append(HostPlan(
+            name=SERVER, role="server", group=SERVER, client=None, image=ROUTER_IMAGE,
+            site=exp.tracker.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
+            up=None, down=None, container=f"tb-{run_id}-{SERVER}"))
+    nets = lan_nets(sum(len(r) for r in home_names.values()))
+    homes: dict[str, dict] = {}
+    iperf = IPERF_PORT_BASE
+    for h in exp.households:
+        for i, r in enumerate(home_names[h.name]):
+            net = nets[len(homes)]
+            lan = net.hosts()
+            up = access_shaping(h.access, "up", i, h.count)
+            down = access_shaping(h.access, "down", i, h.count)
+            hosts.append(HostPlan(
+                name=r, role="router", group=h.name, client=None, image=ROUTER_IMAGE, site=h.site or default_site,
+                data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)), up=up, down=down,
+                container=f"tb-{run_id}-{r}", profile=h.access.profile, data_plan=h.access.plan))
+            for direction, sh in (("up", up), ("down", down)):
+                if sh.trace:
+                    events += rate_events(r, direction, sh.trace, horizon)
+            ports = None
+            if h.background is not None:
+                ports, iperf = (iperf, iperf + 1), iperf + 2
+            homes[r] = dict(name=r, kind=h.name, site=h.site or default_site, lan_net=str(net), lan_ip=str(next(lan)),
+                            lan_switch=f"{r}.lan", one_pc=h.one_pc, members=[], forwards=[], addrs=lan,
+                            background=h.background, probe_s=h.probe, iperf_ports=ports, up=up)
+    where = home_of(exp)
     for role, g in exp.groups():
         members, planned = group_events(exp, g, names[g.name], repetition, horizon)
         events += planned
         for i, name in enumerate(names[g.name]):
             use, who = members[name]
-            up = access_shaping(g.access, "up", i, g.count)
-            down = access_shaping(g.access, "down", i, g.count)
+            home = homes.get(where.get(name, ""))
+            if home is None:
+                up = access_shaping(g.access, "up", i, g.count)
+                down = access_shaping(g.access, "down", i, g.count)
+                place = dict(site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
+                             up=up, down=down, profile=g.access.profile, data_plan=g.access.plan)
+                line = up
+            else:
+                line = home["up"]
+                first = hosts_by_name(hosts, home["members"][0]) if home["one_pc"] and home["members"] else None
+                place = dict(site=home["lan_switch"], up=None, down=None, home=home["name"], gateway=home["lan_ip"],
+                             prefix=LAN_PREFIX,
+                             data_ip=first.data_ip if first else str(next(home["addrs"])),
+                             ctl_ip=first.ctl_ip if first else str(next(ctl_addrs)),
+                             shares_netns=first.name if first else None,
+                             rpc_port=RPC_PORT_BASE + len(home["members"]) if home["one_pc"] else None)
+                home["members"].append(name)
+                if g.forward:
+                    home["forwards"].append(name)
             hosts.append(HostPlan(
                 name=name, role=role, group=g.name, client=g.client, image=catalog.CLIENTS[g.client].image,
-                site=g.site or default_site, data_ip=str(next(data_addrs)), ctl_ip=str(next(ctl_addrs)),
-                up=up, down=down, container=f"tb-{run_id}-{name}",
-                behaviour=behaviour_of(g, use, up.trace.mean_rate() if up.trace else up.rate_bps),
-                profile=g.access.profile, data_plan=g.access.plan, participant=who))
-            for direction, s in (("up", up), ("down", down)):
-                if s.trace:
-                    events += rate_events(name, direction, s.trace, horizon)
+                container=f"tb-{run_id}-{name}",
+                behaviour=behaviour_of(g, use, line.trace.mean_rate() if line.trace else line.rate_bps),
+                participant=who, **place))
+            for direction, sh in (("up", place["up"]), ("down", place["down"])):
+                if sh is not None and sh.trace:
+                    events += rate_events(name, direction, sh.trace, horizon)
 
     links: list[LinkPlan] = []
     port = {s.name: 0 for s in switches}
@@ -204,23 +267,32 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
         port[site] += 1
         return f"{device[site]}p{port[site]}"
 
+    for hp in homes.values():
+        switches.append(SwitchPlan(hp["lan_switch"], f"tb{tag}l{len(port) - len(topo.sites)}"))
+        device[hp["lan_switch"]] = switches[-1].device
+        port[hp["lan_switch"]] = 0
     for h in hosts:
-        links.append(LinkPlan("access", h.name, h.site, "eth0", switch_port(h.site), h.up, h.down))
+        if h.shares_netns is None:
+            links.append(LinkPlan("access", h.name, h.site, "eth0", switch_port(h.site), h.up, h.down))
+    for hp in homes.values():
+        links.append(LinkPlan("lan", hp["name"], hp["lan_switch"], "lan0", switch_port(hp["lan_switch"]), None, None))
     for link in topo.core:
         a, b = link.ends
         fwd = Shaping(link.rate, link.queue, link.delay, link.jitter, link.loss)
         rev = Shaping(link.reverse_rate or link.rate, link.queue, link.delay, link.jitter, link.loss)
         links.append(LinkPlan("core", a, b, switch_port(a), switch_port(b), fwd, rev))
     for h in hosts:
-        links.append(LinkPlan("control", h.name, "control", "ctl0", switch_port("control"), None, None))
+        if h.shares_netns is None:
+            links.append(LinkPlan("control", h.name, "control", "ctl0", switch_port("control"), None, None))
 
     size = exp.content.size
     seeders = [h for h in hosts if h.role == "seeder"]
     leechers = [h for h in hosts if h.role == "leecher"]
     bound_horizon = 10 * exp.timeout
-    seed_up = [rate_steps(h.up, bound_horizon, h.behaviour.upload_limit) for h in seeders]
+    seed_up = [rate_steps(h.up, bound_horizon, h.behaviour.upload_limit) for h in seeders if h.up]
     t_min, terms, peer_t_min = None, {}, {}
-    if exp.flash_crowd:
+    # the bound is for peers with links of their own; households share one (issue: one bound per home)
+    if exp.flash_crowd and not homes:
         cuts = bounds.seedless_cuts(list(topo.sites), [(c.ends[0], c.ends[1], c.rate, c.reverse_rate or c.rate)
                                                        for c in topo.core],
                                     {h.site for h in seeders}, {h.site for h in leechers})
@@ -238,4 +310,41 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
         piece_bytes=exp.content.piece_size or piece_size(size),
         hosts=tuple(hosts), switches=tuple(switches), links=tuple(links), timeline=ordered(events),
         control_gateway=gateway, control_prefix=ctl.prefixlen, data_prefix=DATA_NET.prefixlen,
-        t_min_s=t_min, t_min_terms=terms, peer_t_min_s=peer_t_min, tracker_port=exp.tracker.port)
+        t_min_s=t_min, t_min_terms=terms, peer_t_min_s=peer_t_min, tracker_port=exp.tracker.port,
+        homes=tuple(HomePlan(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items()
+                                if k not in ("addrs", "up")}) for hp in homes.values()),
+        segment_policies=segment_policies(exp, hosts, links),
+        protocol_policies=protocol_policies(exp, hosts))
+
+
+def hosts_by_name(hosts: list[HostPlan], name: str) -> HostPlan:
+    return next(h for h in hosts if h.name == name)
+
+
+def segment_policies(exp: Experiment, hosts: list[HostPlan], links: list[LinkPlan]) -> tuple:
+    out = []
+    for p in exp.policies:
+        if p.segment is None or p.congestion is None:
+            continue
+        seg = exp.topology.segment(p.segment)
+        link = next(lk for lk in links if lk.kind == "core" and {lk.node1, lk.node2} == {seg.site, seg.core})
+        up, down = (link.egress1, link.egress2) if link.node1 == seg.site else (link.egress2, link.egress1)
+        subs = tuple((h.name, h.data_ip, h.up.rate_bps, h.down.rate_bps) for h in hosts
+                     if h.site == seg.site and h.up is not None and h.role != "tracker")
+        out.append(SegmentPolicyPlan(seg.site, seg.core, up.rate_bps, down.rate_bps, subs, p.congestion))
+    return tuple(out)
+
+
+def protocol_policies(exp: Experiment, hosts: list[HostPlan]) -> tuple:
+    out = []
+    for p in exp.policies:
+        if p.protocol is None:
+            continue
+        if p.segment is not None:
+            routers = tuple(h.name for h in hosts if h.role == "router" and h.site == p.segment)
+            where = f"segment {p.segment}"
+        else:
+            routers = tuple(h.name for h in hosts if h.role == "router" and h.group == p.household)
+            where = f"household {p.household}"
+        out.append(ProtocolPolicyPlan(where, routers, p.protocol))
+    return tuple(out)

@@ -26,6 +26,7 @@ from testbed.results import RunDir, write_json, write_plan
 from testbed.run.executor import Executor
 from testbed.run.preflight import BringupLock, free_control_block, preflight
 from testbed.run.sampler import Sampler
+from testbed.run.homes import home_summary
 from testbed.run.summary import cpu_seconds, image_packages, manifest, summarize
 from testbed.run.swarm import Swarm
 
@@ -78,7 +79,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     shaper = shaping.choose(p.shaper, facts.traffic_control()["netem"])()
     sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, shaper)
     ex: Executor | None = None
-    status, error, sha_ok, wire, t_end, cpu = "failed", None, {}, {}, None, None
+    status, error, sha_ok, wire, t_end, cpu, carriers = "failed", None, {}, {}, None, None, {}
     try:
         try:
             sw.start_hosts()
@@ -94,6 +95,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         sw.start_seeders()
         sampler = Sampler(p, rd, sw.drivers, {n: h.pid for n, h in sw.hosts.items()}, emit, time.monotonic())
         sampler.start()
+        sw.start_carriers(sampler.now, time.time() - sampler.now())
         ex = Executor(p, sw, sampler, rd, emit, sample_interval)
         emit(rd.event("swarm_start", leechers=len(p.by_role("leecher")), t_min_s=p.t_min_s))
         cpu0, wall0 = cpu_seconds(), time.monotonic()
@@ -117,6 +119,10 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     finally:
         if sw.hosts:
             wire = sw.read_wire()
+            try:
+                carriers = sw.stop_carriers()
+            except Exception as exc:   # measured what could be; the run's status says the rest
+                rd.event("teardown_error", step="households", error=str(exc))
         sw.stop_clients()
         sw.stop_element()
         sha_ok = sw.verify() if sw.hosts else {}
@@ -124,6 +130,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
                                             if st.completed_s is not None and st.left_reason != "cut"):
             status, error = "failed", "a peer's file differs from the origin's (sha256)"
         summary = summarize(sw, ex, status if error is None else "failed", error, sha_ok, wire, t_end, cpu)
+        if p.homes:
+            write_json(rd.path / "households.json", home_summary(sw, ex, carriers, t_end))
         write_json(rd.path / "summary.json", summary)
         emit(rd.event("teardown"))
         teardown = sw.close()

@@ -84,6 +84,9 @@ class Sampler:
         self.tables: dict[str, dict | None] = {}
         # the switch end of each host's access link, where its traffic is counted
         self.access_dev = {lk.node1: lk.intf2 for lk in plan_.links if lk.kind == "access"}
+        # clients sharing one PC are counted at its one interface (each of them sees the PC's bytes)
+        self.access_dev.update({h.name: self.access_dev[h.shares_netns] for h in plan_.hosts if h.shares_netns})
+        self.routers = [h.name for h in plan_.hosts if h.role == "router"]
         # a core link's counters are read at its first end's interface: tx is ends[0] -> ends[1]
         self.segments = {f"{lk.node1}-{lk.node2}": lk.intf1 for lk in plan_.links if lk.kind == "core"}
         self.seg_baseline: dict[str, Counters] = {}
@@ -103,6 +106,8 @@ class Sampler:
         self.seen.counters = dict(self.seen.baseline)
         self.seg_baseline = {seg: devs[dev] for seg, dev in [*self.segments.items(), ("tracker", self.tracker_dev)]
                              if dev in devs}
+        self.home_baseline = {r: devs.get(self.access_dev[r], (0, 0, 0, 0)) for r in self.routers}
+        self.home_usage: dict[str, tuple[int, int]] = {}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -187,6 +192,14 @@ class Sampler:
             down = metering.ip_bytes(c[1] - b[1], c[3] - b[3])
             self.seen.ip_usage[name] = (up, down)
             self.rd.row("meter", {"t": round(t, 3), "scope": "peer", "name": name, "ip_bytes_up": up,
+                                  "ip_bytes_down": down, "packets_up": c[2] - b[2], "packets_down": c[3] - b[3]})
+        for r in self.routers:
+            c, b = devs.get(self.access_dev[r]), self.home_baseline[r]
+            if c is None:
+                continue
+            up, down = metering.ip_bytes(c[0] - b[0], c[2] - b[2]), metering.ip_bytes(c[1] - b[1], c[3] - b[3])
+            self.home_usage[r] = (up, down)
+            self.rd.row("meter", {"t": round(t, 3), "scope": "household", "name": r, "ip_bytes_up": up,
                                   "ip_bytes_down": down, "packets_up": c[2] - b[2], "packets_down": c[3] - b[3]})
         for seg, dev in [*self.segments.items(), *([("tracker", self.tracker_dev)] if self.tracker_dev else [])]:
             c = devs.get(dev)

@@ -52,7 +52,8 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
             "bytes_down": down_total if s or st and st.carry_down else None,
             "if_bytes_up": up, "if_bytes_down": down,
             "sha256_ok": bool(sha_ok.get(h.name)), "file_present": sha_ok.get(h.name) is not None,
-            "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
+            "up_bps": p.host(h.home or h.name).up.rate_bps, "down_bps": p.host(h.home or h.name).down.rate_bps,
+            "home": h.home, "shares_interface_with": h.shares_netns,
             # what it uploaded after completing: on the wire, and by its client's count
             "if_bytes_up_after_completion": up - at[0] if at else None,
             "bytes_up_after_completion": (up_total - at[1]) if at and s else None,
@@ -60,7 +61,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
                         # the sample on which the policy saw its condition (the stop follows at once)
                         "stopped_s": round(st.stop_decided_s, 3) if st and st.stop_decided_s is not None else None},
             "connectable": h.behaviour.connectable, "upload_limit_bps": h.behaviour.upload_limit,
-            "access": access_summary(h),
+            "access": access_summary(p.host(h.home or h.name)),
             "ip_bytes_up": seen.ip_usage.get(h.name, (None, None))[0] if seen else None,
             "ip_bytes_down": seen.ip_usage.get(h.name, (None, None))[1] if seen else None,
             "cap_reached_s": cap_reached(ex, h.name),
@@ -154,7 +155,7 @@ def manifest(p: Plan, imgs: dict[str, images.Image], seed: int, repetitions: int
         "machines": sorted({h.machine for h in p.hosts}),
         "traffic_control": tc, "shaper": shaper.name, "delay_emulation": delay_emulation(shaper, tc),
         "images": {n: {"tag": i.tag, "packages": list(i.spec.packages)} for n, i in imgs.items()},
-        "addresses": {"data": "198.18.0.0/16", "control": f"{p.control_gateway}/{p.control_prefix}"},
+        "addresses": {"data": "198.18.0.0/17", "home_lans": "198.18.128.0/17", "control": f"{p.control_gateway}/{p.control_prefix}"},
         "hosts": [{"name": h.name, "role": h.role, "client": h.client, "site": h.site, "machine": h.machine,
                    "data_ip": h.data_ip, "container": h.container} for h in p.hosts],
     }

@@ -16,11 +16,12 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from testbed import cleanup, content, images, runtime, shaping, wire
+from testbed import cleanup, content, households, images, runtime, shaping, wire
 from testbed.clients import DRIVERS, ClientDriver
 from testbed.errors import RunError
 from testbed.plan import Plan
 from testbed.results import RunDir, write_json
+from testbed.run.segments import CongestionManager
 from testbed.shaping import LinkShaper
 
 SEED_VERIFY_TIMEOUT = 120.0
@@ -44,6 +45,8 @@ class Swarm:
         self.torrent = rd.path / f"{plan_.name}.torrent"
         self.content_sha = ""
         self.infohash = ""
+        self.homes = None                         # households.Households, once the network exists
+        self.managers: list = []                  # segments.CongestionManager per segment policy
 
     # ------------------------------------------------------------ bring-up
     def make_content(self) -> None:
@@ -67,8 +70,14 @@ class Swarm:
                                 seconds=round(time.monotonic() - t, 3)))
         if self.shaper.userspace_element:
             self.start_delay_element(network, pids)
+        self.homes = households.Households(self.plan, self.hosts, self.emit, self.rd)
+        self.homes.configure()
+        for pol in self.plan.segment_policies:
+            manager = CongestionManager(self.plan, pol, self.rd, self.emit, lambda: 0.0)
+            manager.install()
+            self.managers.append(manager)
         for hp in self.plan.hosts:
-            if hp.client:
+            if hp.client and hp.shares_netns is None:     # one PC: its namespace is set up once
                 try:
                     wire.install(self.hosts[hp.name].pid, hp.name, "eth0", hp.behaviour.connectable)
                 except RunError as exc:
@@ -124,7 +133,7 @@ class Swarm:
     def start_clients(self) -> None:
         for hp in self.plan.hosts:
             if hp.client:
-                driver = DRIVERS[hp.client](self.hosts[hp.name], hp.behaviour)
+                driver = DRIVERS[hp.client](self.hosts[hp.name], hp.behaviour, rpc_port=hp.rpc_port)
                 self.written[hp.name] = driver.configure()
                 self.drivers[hp.name] = driver
         for hp in self.plan.by_role("seeder"):
@@ -137,6 +146,7 @@ class Swarm:
             d.start()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda d: d.wait_ready(), self.drivers.values()))
+        self.homes.clients_started(self.drivers)
         self.versions = {name: d.version() for name, d in self.drivers.items()}
         for name, d in self.drivers.items():
             hp = self.plan.host(name)
@@ -218,6 +228,24 @@ class Swarm:
         else:
             self.links.carrier(name, up=True)
             c.unpause()
+
+    def start_carriers(self, clock, epoch0: float) -> None:
+        """What runs beside the swarm: probes, background traffic, segment policies."""
+        self.homes.start_traffic(epoch0)
+        for m in self.managers:
+            m.clock = clock
+            m.start()
+
+    def stop_carriers(self) -> dict:
+        """Stop the segment policies and collect what the homes measured (before teardown)."""
+        for m in self.managers:
+            m.close()
+        if self.homes is None:
+            return {}
+        for row in self.homes.probes():
+            self.rd.row("probes", row)
+        return {"protocol_policies": self.homes.policy_counts(), "segment_policies": [m.summary() for m in self.managers],
+                "ports": self.homes.ports, "forwarded": self.homes.forwarded}
 
     # ------------------------------------------------------------ teardown
     def read_wire(self) -> dict[str, dict | None]:

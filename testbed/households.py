@@ -1,0 +1,225 @@
+"""Households on the machine: home routers (NAT, port forwards, protocol policies), their
+LANs' routes, the round-trip probes and background traffic, and what the clients of one
+PC did about their ports.
+
+Every rule lives inside a namespace the run made (a router's or a client's container), so
+it goes when the container goes: nothing of a household outlives its run. Rules are set
+from the machine with `nsenter --net` and the machine's iptables, so the images carry
+neither iptables nor any capability.
+
+The router is an ordinary Linux NAT box:
+  nat POSTROUTING  -o eth0 -j MASQUERADE                 the WAN side shows the router's address
+  nat PREROUTING   -d WAN -p tcp|udp --dport P -j DNAT   a forwarded client (TCP and uTP)
+  nat POSTROUTING  -s LAN -d CLIENT --dport P -j MASQUERADE   hairpin: LAN peers that learnt
+                   the router's address from the tracker reach a forwarded neighbour
+Without a forward, an inbound connection reaches the router itself, which has no listener
+there and answers with a reset: nothing behind it accepts it, as behind a real NAT.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from testbed.errors import RunError
+from testbed.plan import DATA_NET, Plan
+from testbed.plan.homes import HomePlan, ProtocolPolicyPlan
+from testbed.wire import HANDSHAKE_HEX, IPTABLES, parse_counters
+
+DPI_MARK = "0x6057"
+
+
+def _in_ns(pid: int, argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", *argv], capture_output=True, text=True)
+
+
+def _must(pid: int, argv: list[str], what: str) -> None:
+    r = _in_ns(pid, argv)
+    if r.returncode != 0:
+        raise RunError(f"{what}: `{' '.join(argv)}` failed: {r.stderr.strip()}")
+
+
+def router_commands(home: HomePlan, wan_ip: str) -> list[list[str]]:
+    """What makes a router of a namespace with eth0 (WAN) and lan0 (pure, for the tests)."""
+    prefix = home.lan_net.split("/")[1]
+    return [["ip", "addr", "add", f"{home.lan_ip}/{prefix}", "dev", "lan0"],
+            ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            [IPTABLES, "-w", "-t", "nat", "-A", "POSTROUTING", "-o", "eth0", "-j", "MASQUERADE"]]
+
+
+def forward_commands(home: HomePlan, wan_ip: str, client_ip: str, port: int) -> list[list[str]]:
+    out = []
+    for proto in ("tcp", "udp"):
+        out.append([IPTABLES, "-w", "-t", "nat", "-A", "PREROUTING", "-d", wan_ip, "-p", proto, "--dport", str(port),
+                    "-m", "comment", "--comment", f"forward_{proto}_{port}", "-j", "DNAT",
+                    "--to-destination", f"{client_ip}:{port}"])
+        out.append([IPTABLES, "-w", "-t", "nat", "-A", "POSTROUTING", "-s", home.lan_net, "-d", client_ip,
+                    "-p", proto, "--dport", str(port), "-j", "MASQUERADE"])
+    return out
+
+
+def policy_commands(rule) -> list[list[str]]:
+    """iptables rules of a protocol policy, in a router's FORWARD path (pure). Each rule is
+    named by a comment, so its packet counter is the policy's count of that action."""
+    match = ["-m", "string", "--algo", "bm", "--hex-string", HANDSHAKE_HEX]
+    ipt = [IPTABLES, "-w"]
+    seen = ipt + ["-t", "mangle", "-A", "FORWARD", *match, "-m", "comment", "--comment", "dpi_recognised",
+                  "-j", "CONNMARK", "--set-mark", DPI_MARK]
+    marked = ["-m", "connmark", "--mark", DPI_MARK]
+    if rule.action == "block":
+        return [seen, ipt + ["-A", "FORWARD", *marked, "-m", "comment", "--comment", "dpi_blocked", "-j", "DROP"]]
+    if rule.action == "reset":
+        return [seen,
+                ipt + ["-A", "FORWARD", "-p", "tcp", *marked, "-m", "comment", "--comment", "dpi_reset",
+                       "-j", "REJECT", "--reject-with", "tcp-reset"],
+                ipt + ["-A", "FORWARD", "-p", "udp", *marked, "-m", "comment", "--comment", "dpi_blocked",
+                       "-j", "DROP"]]
+    # throttle: a policer per connection and direction (hashlimit in bytes), as DPI boxes police
+    per_s = max(1, int(rule.rate / 8))
+    return [seen, ipt + ["-A", "FORWARD", *marked, "-m", "hashlimit", "--hashlimit-above", f"{per_s}b/s",
+                         "--hashlimit-burst", f"{max(per_s, 3000)}b", "--hashlimit-mode", "srcip,srcport,dstip,dstport",
+                         "--hashlimit-name", "dpi", "-m", "comment", "--comment", "dpi_throttled", "-j", "DROP"]]
+
+
+def listening(container, rpc_port: int) -> dict[str, list[int]]:
+    """The ports a client's own processes listen on for peers (TCP, and UDP for uTP), from
+    `ss` inside its container: it shows process details only for that container's own
+    processes, so in a shared namespace each client sees which sockets are its own."""
+    res = container.exec_run(["ss", "-Hlnptu"])
+    out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    text = res.output.decode(errors="replace") if isinstance(res.output, bytes) else ""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or "users:" not in line:
+            continue
+        port = int(fields[4].rsplit(":", 1)[1]) if fields[4].rsplit(":", 1)[-1].isdigit() else None
+        if port is None or port == rpc_port:
+            continue
+        out.setdefault(fields[0], set()).add(port)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+PING_LINE = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+).*time=([\d.]+) ms")
+
+
+def parse_ping(text: str, epoch0: float) -> list[tuple[float, int, float]]:
+    """(t since the swarm started, sequence, RTT in ms) of each answered ping (ping -D)."""
+    out = []
+    for line in text.splitlines():
+        m = PING_LINE.match(line)
+        if m:
+            out.append((round(float(m.group(1)) - epoch0, 3), int(m.group(2)), float(m.group(3))))
+    return out
+
+
+class Households:
+    """The run's homes on the machine; Swarm calls it at each step of bring-up and teardown."""
+
+    def __init__(self, plan_: Plan, hosts: dict, emit, rd):
+        self.plan, self.hosts, self.emit, self.rd = plan_, hosts, emit, rd
+        self.ports: dict[str, dict] = {}          # client -> what it listens on, as observed
+        self.forwarded: dict[str, list[int]] = {}
+        self.epoch0 = time.time()
+
+    def pid(self, name: str) -> int:
+        return self.hosts[name].pid
+
+    def configure(self) -> None:
+        """Routers route and translate; every client's route to the WAN goes through its router."""
+        for home in self.plan.homes:
+            wan = self.plan.host(home.name).data_ip
+            for argv in router_commands(home, wan):
+                _must(self.pid(home.name), argv, f"router {home.name}")
+            for member in home.members:
+                hp = self.plan.host(member)
+                if hp.shares_netns is None:
+                    _must(self.pid(member), ["ip", "route", "add", str(DATA_NET), "via", home.lan_ip, "dev", "eth0"],
+                          f"{member}'s route through {home.name}")
+        for pol in self.plan.protocol_policies:
+            for router in pol.routers:
+                for argv in policy_commands(pol.rule):
+                    _must(self.pid(router), argv, f"{pol.where}: protocol policy at {router}")
+        if self.plan.homes:
+            self.emit(self.rd.event("households", homes=len(self.plan.homes),
+                                    policies=[p.where for p in self.plan.protocol_policies]))
+
+    def clients_started(self, drivers: dict) -> None:
+        """After the clients listen: record each one's ports (one PC: who got which), and
+        forward the ports of forwarded clients, as UPnP would once the client is up."""
+        for home in self.plan.homes:
+            for member in home.members:
+                d = drivers[member]
+                got = self.ports[member] = {"configured": d.peer_port, **listening(self.hosts[member].container,
+                                                                                   d.rpc_port)}
+                if not got["tcp"]:
+                    self.emit(self.rd.event("warning", message=f"{member} ({d.name}) listens on no TCP port for "
+                                            "peers (its port may be taken by another client on the same PC)"))
+                elif d.peer_port is None:
+                    d.peer_port = got["tcp"][0]      # the port its flows are counted on
+            wan = self.plan.host(home.name).data_ip
+            for member in home.forwards:
+                ports = self.ports[member]["tcp"][:1]
+                for port in ports:
+                    for argv in forward_commands(home, wan, self.plan.host(member).data_ip, port):
+                        _must(self.pid(home.name), argv, f"forwarding {home.name}:{port} to {member}")
+                self.forwarded[member] = ports
+        if self.ports:
+            self.emit(self.rd.event("listening", ports=self.ports, forwarded=self.forwarded))
+
+    def start_traffic(self, epoch0: float) -> None:
+        """Probes and background traffic start with the swarm."""
+        self.epoch0 = epoch0
+        server = next((h for h in self.plan.hosts if h.role == "server"), None)
+        if server is None:
+            return
+        srv = self.hosts[server.name]
+        for home in self.plan.homes:
+            r = self.hosts[home.name]
+            if home.probe_s:
+                # a copy of ping without its file capability (the container has none to grant
+                # and no-new-privileges): it then uses an unprivileged ICMP socket
+                r.exec(["sh", "-c", f"cp /bin/ping /tmp/ping && exec /tmp/ping -D -n -i {home.probe_s:g} -W 2 "
+                                    f"{server.data_ip} >{r.container_dir}/log/ping.txt 2>&1"], detach=True)
+            bg = home.background
+            if bg is None:
+                continue
+            for port, rate, reverse in ((home.iperf_ports[0], bg.up, ""), (home.iperf_ports[1], bg.down, " -R")):
+                if rate is None:
+                    continue
+                srv.exec(["sh", "-c", f"exec iperf3 -s -p {port} >{srv.container_dir}/log/iperf3-{port}.txt 2>&1"],
+                         detach=True)
+                on = f"-t {max(1, round(bg.on))}" if bg.on else "-t 86400"
+                loop = (f"while :; do iperf3 -c {server.data_ip} -p {port}{reverse} -b {int(rate)} {on} -i 1 "
+                        f"--forceflush --timestamps; sleep {bg.off:g}; done") if bg.on else \
+                       (f"until iperf3 -c {server.data_ip} -p {port}{reverse} -b {int(rate)} {on} -i 1 "
+                        f"--forceflush --timestamps; do sleep 0.5; done")
+                r.exec(["sh", "-c", f"sleep 0.5; {loop} >>{r.container_dir}/log/background-{port}.txt 2>&1"],
+                       detach=True)
+        self.emit(self.rd.event("household_traffic", probes=sum(1 for h in self.plan.homes if h.probe_s),
+                                background=sum(1 for h in self.plan.homes if h.background)))
+
+    def policy_counts(self) -> dict[str, dict[str, int]]:
+        """Each router's protocol-policy counters (packets): recognised, blocked, reset, throttled."""
+        out = {}
+        for pol in self.plan.protocol_policies:
+            for router in pol.routers:
+                counts: dict[str, int] = {}
+                for table in ("mangle", "filter"):
+                    r = _in_ns(self.pid(router), [IPTABLES, "-w", "-t", table, "-L", "FORWARD", "-v", "-x", "-n"])
+                    if r.returncode == 0:
+                        counts.update(parse_counters(r.stdout))
+                out[router] = {"policy": pol.where, "action": pol.rule.action, **counts}
+        return out
+
+    def probes(self) -> list[dict]:
+        rows = []
+        for home in self.plan.homes:
+            path = Path(self.hosts[home.name].host_dir) / "log" / "ping.txt"
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            rows += [{"t": t, "home": home.name, "seq": seq, "rtt_ms": rtt} for t, seq, rtt in
+                     parse_ping(text, self.epoch0)]
+        return rows
