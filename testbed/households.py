@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from testbed.plan.homes import HomePlan, ProtocolPolicyPlan
 from testbed.wire import HANDSHAKE_HEX, IPTABLES, parse_counters
 
 DPI_MARK = "0x6057"
+PORT_WATCH_S = 60.0        # how long to look for a client's port after it started
 
 
 def _in_ns(pid: int, argv: list[str]) -> subprocess.CompletedProcess:
@@ -120,7 +122,11 @@ class Households:
         self.plan, self.hosts, self.emit, self.rd = plan_, hosts, emit, rd
         self.ports: dict[str, dict] = {}          # client -> what it listens on, as observed
         self.forwarded: dict[str, list[int]] = {}
+        self.seen_default: set[str] = set()      # clients on their own default port
         self.epoch0 = time.time()
+        self.drivers: dict = {}
+        self.watcher: threading.Thread | None = None
+        self.stopping = threading.Event()
 
     def pid(self, name: str) -> int:
         return self.hosts[name].pid
@@ -145,25 +151,58 @@ class Households:
                                     policies=[p.where for p in self.plan.protocol_policies]))
 
     def clients_started(self, drivers: dict) -> None:
-        """After the clients listen: record each one's ports (one PC: who got which), and
-        forward the ports of forwarded clients, as UPnP would once the client is up."""
-        for home in self.plan.homes:
-            for member in home.members:
-                d = drivers[member]
-                got = self.ports[member] = {"configured": d.peer_port, **listening(self.hosts[member].container,
-                                                                                   d.rpc_port)}
-                if not got["tcp"]:
-                    self.emit(self.rd.event("warning", message=f"{member} ({d.name}) listens on no TCP port for "
-                                            "peers (its port may be taken by another client on the same PC)"))
-                elif d.peer_port is None:
-                    d.peer_port = got["tcp"][0]      # the port its flows are counted on
-            wan = self.plan.host(home.name).data_ip
-            for member in home.forwards:
-                ports = self.ports[member]["tcp"][:1]
-                for port in ports:
-                    for argv in forward_commands(home, wan, self.plan.host(member).data_ip, port):
-                        _must(self.pid(home.name), argv, f"forwarding {home.name}:{port} to {member}")
-                self.forwarded[member] = ports
+        """Once the clients run: record each one's ports (one PC: who got which), and forward
+        the port of each forwarded client once it listens, as UPnP would. Some clients listen
+        only once they have a torrent (aria2), so a thread keeps looking for those."""
+        self.drivers = drivers
+        waiting = [m for home in self.plan.homes for m in home.members]
+        if waiting:
+            self.look(waiting, final=False)
+            self.watcher = threading.Thread(target=self.watch, name="home-ports", daemon=True)
+            self.watcher.start()
+
+    def look(self, members: list[str], final: bool) -> list[str]:
+        """Observe the members' ports; forward new ones; return those still without a TCP port."""
+        left = []
+        for m in members:
+            d = self.drivers[m]
+            got = self.ports[m] = {"configured": d.peer_port if m not in self.seen_default else None,
+                                   **listening(self.hosts[m].container, d.rpc_port)}
+            if not got["tcp"]:
+                left.append(m)
+                if final:
+                    self.emit(self.rd.event("warning", message=f"{m} ({d.name}) listened on no TCP port for peers "
+                                            "(another client on the same PC may hold its port)"))
+                continue
+            if d.peer_port is None:
+                self.seen_default.add(m)
+                d.peer_port = got["tcp"][0]      # the port its flows are counted on
+            home = self.plan.home(self.plan.host(m).home)
+            if m in home.forwards and m not in self.forwarded:
+                wan = self.plan.host(home.name).data_ip
+                port = got["tcp"][0]
+                for argv in forward_commands(home, wan, self.plan.host(m).data_ip, port):
+                    _must(self.pid(home.name), argv, f"forwarding {home.name}:{port} to {m}")
+                self.forwarded[m] = [port]
+                self.emit(self.rd.event("forwarded", host=m, router=home.name, port=port))
+        return left
+
+    def watch(self) -> None:
+        left = [m for m in self.ports if not self.ports[m]["tcp"]]
+        deadline = time.monotonic() + PORT_WATCH_S
+        while left and not self.stopping.wait(0.5):
+            try:
+                left = self.look(left, final=time.monotonic() > deadline)
+            except Exception as exc:       # reported; the client stays unforwarded
+                self.emit(self.rd.event("warning", message=f"watching home ports: {exc}"))
+                return
+            if time.monotonic() > deadline:
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.watcher is not None:
+            self.watcher.join(5)
         if self.ports:
             self.emit(self.rd.event("listening", ports=self.ports, forwarded=self.forwarded))
 

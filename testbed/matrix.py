@@ -37,7 +37,16 @@ TRANSMISSION_UTP = ("transmission 3.00 tries uTP first and its fallback to TCP i
 
 def pair_experiment(seeder: str, leecher: str, size: str, transmission_utp: bool | None = None) -> dict:
     def group(name: str, client: str) -> dict:
-        g = {"name": name, "client": client, "access": {"up": "20mbit", "down": "20mbit"}}
+        # queue: 50 packets, not the default 100. The uplink's queue sits on the sender's own
+        # interface; with 100 packets a uTP seeder's UDP socket (212992-byte send buffer) is
+        # refused sends while the queue backs up (SndbufErrors in its namespace) and qBittorrent
+        # 4.5.2 (libtorrent 2.0.8) resends much of what crossed the link intact. Measured,
+        # qbittorrent -> libtorrent, 32 MiB: 52-54k datagrams sent and received for 23k packets
+        # of data, 24-42 s; with 50 packets, 23.2k datagrams, 15-16 s (line rate 13.4 s). One
+        # matrix run lost that pair's only connection mid-transfer in this state (the seeder
+        # went silent, then dropped the peer; the leecher noticed after its 60 s request
+        # timeout, too late to reconnect within the run's 90 s).
+        g = {"name": name, "client": client, "access": {"up": "20mbit", "down": "20mbit", "queue": 50}}
         if client == "transmission" and transmission_utp is not None:
             g["behaviour"] = {"utp": transmission_utp}
         return g

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from testbed import report_homes
 from testbed.errors import InputError
 from testbed.results import read_summary
 from testbed.units import fmt_size, parse_size
@@ -231,7 +232,7 @@ def plot_usage(run_dir: Path) -> Path | None:
     if not metered or not meter:
         return None
     plt = _pyplot()
-    plans = {g["name"]: g["access"].get("plan") for g in _groups(run_dir)}
+    plans = {g["name"]: (g.get("access") or {}).get("plan") for g in _groups(run_dir)}
     fig, (ax_use, ax_up) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
     for i, p in enumerate(metered):
         color = f"C{i % 10}"
@@ -271,7 +272,8 @@ def _groups(run_dir: Path) -> list[dict]:
 
 def plots(run_dir: Path) -> list[Path]:
     """Every plot the run's results support, written into the run directory."""
-    return [p for p in (plot(run_dir), plot_links(run_dir), plot_usage(run_dir)) if p]
+    return [p for p in (plot(run_dir), plot_links(run_dir), plot_usage(run_dir),
+                        report_homes.plot_homes(run_dir, _pyplot, _save)) if p]
 
 
 def render(run_dir: Path, console: Console) -> dict:
@@ -280,6 +282,9 @@ def render(run_dir: Path, console: Console) -> dict:
     b = bills(summary)
     if b is not None:
         console.print(b)
+    homes = report_homes.homes_table(run_dir)
+    if homes is not None:
+        console.print(homes)
     console.print(headline(summary))
     note = element_note(summary)
     if note:

@@ -109,8 +109,8 @@ class LibtorrentDriver(ClientDriver):
     def stop_torrent(self) -> None:
         self.call("stop_torrent")
 
-    def __init__(self, host, behaviour=None):
-        super().__init__(host, behaviour)
+    def __init__(self, host, behaviour=None, rpc_port=None):
+        super().__init__(host, behaviour, rpc_port)
         self._rpc_lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._have: tuple[float, dict] | None = None     # the pieces that came with the last status

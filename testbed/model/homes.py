@@ -116,18 +116,23 @@ class IspTopology(Strict):
                 sites.append(site)
                 up = isp.homes * isp.subscribed_up / isp.oversubscription
                 down = isp.homes * isp.subscribed_down / (isp.down_oversubscription or isp.oversubscription)
-                core.append({"ends": [site, isp.name], "rate": up, "reverse_rate": down,
-                             "queue": isp.queue, "delay": isp.delay})
+                core.append({"ends": [site, isp.name], "rate": _bits(up), "reverse_rate": _bits(down),
+                             "queue": isp.queue, "delay": f"{isp.delay}s"})
                 segments.append({"site": site, "core": isp.name, "homes": isp.homes,
-                                 "subscribed_up": isp.subscribed_up, "subscribed_down": isp.subscribed_down,
+                                 "subscribed_up": _bits(isp.subscribed_up),
+                                 "subscribed_down": _bits(isp.subscribed_down),
                                  "oversubscription": isp.oversubscription,
                                  "down_oversubscription": isp.down_oversubscription or isp.oversubscription})
         if self.transit is not None and len(self.isps) == 2:
             t = self.transit
-            core.append({"ends": [self.isps[0].name, self.isps[1].name], "rate": t.rate, "queue": t.queue,
-                         "delay": t.delay})
+            core.append({"ends": [self.isps[0].name, self.isps[1].name], "rate": _bits(t.rate), "queue": t.queue,
+                         "delay": f"{t.delay}s"})
         return {"name": self.name, "description": self.description, "switch": self.switch, "sites": sites,
                 "core": core, "segments": segments}
+
+
+def _bits(rate_bps: float) -> str:
+    return f"{rate_bps:.6f}bit"       # a rate with its unit, exactly (the schema takes no bare number)
 
 
 class Segment(Strict):

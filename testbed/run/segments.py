@@ -30,7 +30,9 @@ def tree_commands(dev: str, rate_bps: float, queue: int) -> list[str]:
     """The two-class tree on one direction of the aggregation link (pure)."""
     rate, burst = tc_rate(rate_bps), burst_bytes(rate_bps)
     cls = f"burst {burst}b cburst {burst}b quantum {MTU_FRAME}"
-    return [f"tc qdisc replace dev {dev} root handle 1: htb default 10",
+    # the link's shaping is replaced whole (an HTB root's default class cannot be changed)
+    return [f"tc qdisc del dev {dev} root",
+            f"tc qdisc add dev {dev} root handle 1: htb default 10",
             f"tc class replace dev {dev} parent 1: classid 1:1 htb rate {rate} ceil {rate} {cls}",
             f"tc class replace dev {dev} parent 1:1 classid {UNMARKED} htb rate {rate} ceil {rate} prio 0 {cls}",
             f"tc class replace dev {dev} parent 1:1 classid {MARKED} htb rate {tc_rate(FLOOR_BPS)} ceil {rate} "

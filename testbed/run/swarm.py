@@ -242,6 +242,7 @@ class Swarm:
             m.close()
         if self.homes is None:
             return {}
+        self.homes.stop()
         for row in self.homes.probes():
             self.rd.row("probes", row)
         return {"protocol_policies": self.homes.policy_counts(), "segment_policies": [m.summary() for m in self.managers],
