@@ -48,7 +48,8 @@ def cmd_validate(args) -> int:
         return 0
     leechers = {h.name for h in p.by_role("leecher")}
     arrive = sum(1 for e in p.timeline if e.kind == "arrive" and e.host in leechers)
-    bound = f"Kumar-Ross minimum {p.t_min_s:.1f}s" if p.t_min_s is not None else "no Kumar-Ross bound (not a flash crowd)"
+    bound = f"Kumar-Ross minimum {p.t_min_s:.1f}s" if p.t_min_s is not None else \
+        "no Kumar-Ross bound (homes share their links)" if p.homes else "no Kumar-Ross bound (not a flash crowd)"
     console.print(f"{args.file}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s); "
                   f"{arrive} of {len(leechers)} leechers arrive within {p.horizon_s:g}s, {len(p.timeline)} planned events; "
                   f"{bound})")

@@ -229,10 +229,11 @@ class Households:
                 srv.exec(["sh", "-c", f"exec iperf3 -s -p {port} >{srv.container_dir}/log/iperf3-{port}.txt 2>&1"],
                          detach=True)
                 on = f"-t {max(1, round(bg.on))}" if bg.on else "-t 86400"
-                loop = (f"while :; do iperf3 -c {server.data_ip} -p {port}{reverse} -b {int(rate)} {on} -i 1 "
-                        f"--forceflush --timestamps; sleep {bg.off:g}; done") if bg.on else \
-                       (f"until iperf3 -c {server.data_ip} -p {port}{reverse} -b {int(rate)} {on} -i 1 "
-                        f"--forceflush --timestamps; do sleep 0.5; done")
+                # writes of about 10 ms of the rate: iperf3's default 128 KiB block would leave
+                # as one burst every few seconds at home rates, not as a steady load
+                cmd = (f"iperf3 -c {server.data_ip} -p {port}{reverse} -b {int(rate)} -l {max(1024, int(rate / 800))} "
+                       f"{on} -i 1 --forceflush --timestamps")
+                loop = f"while :; do {cmd}; sleep {bg.off:g}; done" if bg.on else f"until {cmd}; do sleep 0.5; done"
                 r.exec(["sh", "-c", f"sleep 0.5; {loop} >>{r.container_dir}/log/background-{port}.txt 2>&1"],
                        detach=True)
         self.emit(self.rd.event("household_traffic", probes=sum(1 for h in self.plan.homes if h.probe_s),

@@ -50,7 +50,8 @@ def headline(summary: dict) -> str:
         line += f" ({summary['leechers_arrived']} arrived)"
     if t_min is None:
         line += f" in {done:.1f}s" if done is not None else ""
-        line += "; no Kumar-Ross bound: it is for a flash crowd"
+        line += ("; no Kumar-Ross bound: it is for peers with links of their own, and homes share theirs"
+                 if summary.get("homes") else "; no Kumar-Ross bound: it is for a flash crowd")
         if summary.get("ended_by"):
             line += f"; ended by {summary['ended_by']}"
     elif done is not None:

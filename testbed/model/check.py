@@ -279,17 +279,19 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
                 fail(f"{where}.forward", "a forwarded client must be connectable (behaviour.connectable)")
             h = exp.household(g.household)
             if g.forward and not h.one_pc:
-                # one forward per (home, port): two LAN hosts cannot both take the same outside port
+                # one forward per (home, port): two LAN hosts cannot both take one outside port
                 port = g.behaviour.listen_port
-                for m in range(min(g.count, h.count)):
-                    slot = (f"{g.household}#{m}", port if port != "default" else f"default:{g.client}")
-                    if port is not None and slot in forwarded and forwarded[slot] != where:
-                        fail(f"{where}.forward", f"{forwarded[slot]} already forwards port {port} of the same home; "
-                             "give one of them another behaviour.listen_port")
-                    if port is None and g.count > h.count:
-                        fail(f"{where}.forward", "two members share a home and would need the same forwarded "
-                             "port; give the household more homes or set listen_port")
-                    forwarded.setdefault(slot, where)
+                pkey = catalog.PEER_PORT if port is None else (f"default:{g.client}" if port == "default" else port)
+                shown = catalog.PEER_PORT if port is None else port
+                if g.count > h.count:
+                    fail(f"{where}.forward", f"two members would share a home and both need port {shown} "
+                         "forwarded; give the household more homes")
+                for m in range(g.count):
+                    slot = (g.household, m % h.count, pkey)
+                    if slot in forwarded:
+                        fail(f"{where}.forward", f"{forwarded[slot]} already forwards port {shown} of the same "
+                             "home; give one of them another behaviour.listen_port")
+                    forwarded[slot] = where
     for i, p in enumerate(exp.policies):
         where = f"policies[{i}]"
         if (p.segment is None) == (p.household is None):

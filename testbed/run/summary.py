@@ -83,7 +83,9 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "t_min_s": round(p.t_min_s, 3) if p.t_min_s is not None else None,
         "t_min_terms": {k: round(v, 3) for k, v in p.t_min_terms.items()},
         "t_min_note": None if p.t_min_s is not None else
+        "the Kumar-Ross bound is for peers with links of their own; here homes share theirs" if p.homes else
         "the Kumar-Ross bound is for a flash crowd (every peer arriving at t=0); this swarm's arrivals differ",
+        "homes": len(p.homes),
         # the makespan: from the swarm's start to the last completion, when every arrived leecher completed
         "swarm_completion_s": round(max(done_at), 3) if done_at and len(done_at) == len(arrived) else None,
         "leechers_completed": sum(1 for x in leechers if x["completed"]), "leechers": len(leechers),
