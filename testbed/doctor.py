@@ -91,6 +91,10 @@ def checks() -> list[Check]:
     out.append(Check("packet filter", ok,
                      detail + ("" if ok else ": runs cannot use connectable: false, and summaries lack wire counters"),
                      "apt-get install iptables (and a kernel with conntrack and string matches)", required=False))
+    from testbed import households
+    ok, detail = households.available() if root else (False, "not root")
+    out.append(Check("home routers", ok, detail + ("" if ok else ": experiments with households cannot run"),
+                     "a kernel with iptables NAT, string, connmark and hashlimit matches", required=False))
     if client is not None:
         for img in images.all_images():
             built = images.exists(client, img)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from testbed.errors import RunError
 from testbed.plan import DATA_NET, Plan
-from testbed.plan.homes import HomePlan, ProtocolPolicyPlan
+from testbed.model.homes import ProtocolPolicy
+from testbed.plan.homes import HomePlan
 from testbed.wire import HANDSHAKE_HEX, IPTABLES, parse_counters
 
 DPI_MARK = "0x6057"
@@ -61,6 +62,33 @@ def forward_commands(home: HomePlan, wan_ip: str, client_ip: str, port: int) -> 
     return out
 
 
+def accounting_commands(server_ip: str | None, tracker_ip: str) -> list[list[str]]:
+    """Counting rules (no target) in a router: its WAN traffic with the internet server (the
+    home's other traffic and probes) and with the tracker, each way, whether the router or a
+    client behind it is the end. The rest of the home's traffic is peer-to-peer (pure)."""
+    out = []
+    for name, addr in (("other", server_ip), ("tracker", tracker_ip)):
+        if addr is None:
+            continue
+        for chain, way, flag in (("FORWARD", "up", "-o"), ("OUTPUT", "up", "-o"), ("FORWARD", "down", "-i"),
+                                 ("INPUT", "down", "-i")):
+            match = ["-d", addr] if way == "up" else ["-s", addr]
+            out.append([IPTABLES, "-w", "-A", chain, flag, "eth0", *match, "-m", "comment", "--comment",
+                        f"{name}_{way}"])
+    return out
+
+
+def byte_counters(listing: str) -> dict[str, int]:
+    """Bytes by rule comment, summed over rules with the same comment (`iptables -L -v -x -n`)."""
+    found: dict[str, int] = {}
+    for line in listing.splitlines():
+        fields = line.split()
+        if "/*" in fields and fields[0].isdigit():
+            name = fields[fields.index("/*") + 1]
+            found[name] = found.get(name, 0) + int(fields[1])
+    return found
+
+
 def policy_commands(rule) -> list[list[str]]:
     """iptables rules of a protocol policy, in a router's FORWARD path (pure). Each rule is
     named by a comment, so its packet counter is the policy's count of that action."""
@@ -82,6 +110,31 @@ def policy_commands(rule) -> list[list[str]]:
     return [seen, ipt + ["-A", "FORWARD", *marked, "-m", "hashlimit", "--hashlimit-above", f"{per_s}b/s",
                          "--hashlimit-burst", f"{max(per_s, 3000)}b", "--hashlimit-mode", "srcip,srcport,dstip,dstport",
                          "--hashlimit-name", "dpi", "-m", "comment", "--comment", "dpi_throttled", "-j", "DROP"]]
+
+
+def available() -> tuple[bool, str]:
+    """Whether a home router's rules load here (NAT, forwards, accounting, every protocol
+    policy), tried in a throwaway namespace."""
+    import os
+    if os.geteuid() != 0:
+        return False, "not root"
+    ns = f"tb{os.getpid() % 0xFFFFFF:06x}-homeprobe"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        return False, "cannot create a network namespace"
+    home = HomePlan("probe", "probe", "s1", "198.18.128.0/26", "198.18.128.1", "probe.lan", False)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "add", "lan0", "type", "dummy"], capture_output=True)
+        rules = [*router_commands(home, "198.18.0.3")[1:], *forward_commands(home, "198.18.0.3", "198.18.128.2", 51413),
+                 *accounting_commands("198.18.0.2", "198.18.0.1")]
+        for action in ("block", "reset", "throttle"):
+            rules += policy_commands(ProtocolPolicy(action=action, rate="64kbit" if action == "throttle" else None))
+        for argv in rules:
+            r = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+            if r.returncode != 0:
+                return False, f"`{' '.join(argv)}` failed: {r.stderr.strip()}"
+        return True, "NAT, port forwards, string, connmark, hashlimit and REJECT rules load in a namespace"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def listening(container, rpc_port: int) -> dict[str, list[int]]:
@@ -142,6 +195,10 @@ class Households:
                 if hp.shares_netns is None:
                     _must(self.pid(member), ["ip", "route", "add", str(DATA_NET), "via", home.lan_ip, "dev", "eth0"],
                           f"{member}'s route through {home.name}")
+        server = next((h.data_ip for h in self.plan.hosts if h.role == "server"), None)
+        for home in self.plan.homes:
+            for argv in accounting_commands(server, self.plan.host("tracker").data_ip):
+                _must(self.pid(home.name), argv, f"traffic accounting at {home.name}")
         for pol in self.plan.protocol_policies:
             for router in pol.routers:
                 for argv in policy_commands(pol.rule):
@@ -242,6 +299,10 @@ class Households:
     def policy_counts(self) -> dict[str, dict[str, int]]:
         """Each router's protocol-policy counters (packets): recognised, blocked, reset, throttled."""
         out = {}
+        server = next((h.data_ip for h in self.plan.hosts if h.role == "server"), None)
+        for home in self.plan.homes:
+            for argv in accounting_commands(server, self.plan.host("tracker").data_ip):
+                _must(self.pid(home.name), argv, f"traffic accounting at {home.name}")
         for pol in self.plan.protocol_policies:
             for router in pol.routers:
                 counts: dict[str, int] = {}
@@ -250,6 +311,20 @@ class Households:
                     if r.returncode == 0:
                         counts.update(parse_counters(r.stdout))
                 out[router] = {"policy": pol.where, "action": pol.rule.action, **counts}
+        return out
+
+    def traffic(self) -> dict[str, dict[str, int]]:
+        """Each home's WAN bytes with the internet server and with the tracker, each way."""
+        out = {}
+        for home in self.plan.homes:
+            counts: dict[str, int] = {}
+            for chain in ("FORWARD", "INPUT", "OUTPUT"):
+                r = _in_ns(self.pid(home.name), [IPTABLES, "-w", "-L", chain, "-v", "-x", "-n"])
+                if r.returncode == 0:
+                    for k, v in byte_counters(r.stdout).items():
+                        if k.startswith(("other_", "tracker_")):
+                            counts[k] = counts.get(k, 0) + v
+            out[home.name] = counts
         return out
 
     def probes(self) -> list[dict]:

@@ -14,7 +14,7 @@ def error_of(data) -> str:
 
 
 def test_shipped_experiments_validate():
-    for path in (ROOT / "experiments").glob("*.yaml"):
+    for path in (ROOT / "experiments").rglob("*.yaml"):
         assert load_experiment(path).name
 
 

@@ -132,6 +132,7 @@ class Plan:
     homes: tuple[HomePlan, ...] = ()
     segment_policies: tuple[SegmentPolicyPlan, ...] = ()
     protocol_policies: tuple[ProtocolPolicyPlan, ...] = ()
+    segment_sites: tuple[str, ...] = ()     # sites that are ISP segments (generated topologies)
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
@@ -314,7 +315,7 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
         homes=tuple(HomePlan(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items()
                                 if k not in ("addrs", "up")}) for hp in homes.values()),
         segment_policies=segment_policies(exp, hosts, links),
-        protocol_policies=protocol_policies(exp, hosts))
+        protocol_policies=protocol_policies(exp, hosts), segment_sites=tuple(sg.site for sg in topo.segments))
 
 
 def hosts_by_name(hosts: list[HostPlan], name: str) -> HostPlan:

@@ -46,6 +46,8 @@ class Executor:
         self.policies = Policies(plan_, self.push, emit, rd)
         self.rate_now: dict[tuple[str, str], float] = {}
         self.throttle: dict[str, float] = {}
+        self.cut_lines: set[str] = set()          # hosts (peers or home routers) whose line was cut
+        self.members = {h.name: h.members for h in plan_.homes}
         self.ended_by: str | None = None
         self.completion_bytes: dict[str, tuple[int, int]] = {}   # (interface, client) bytes up at completion
         self.copies: list[tuple[float, float]] = []       # (t, distributed copies among the peers online)
@@ -174,7 +176,7 @@ class Executor:
             self._apply_rate(ev.host, direction, "throttle")
 
     def _apply_rate(self, host: str, direction: str, cause: str):
-        if self.peers[host].left_reason == "cut":
+        if host in self.cut_lines:
             return False
         s = getattr(self.plan.host(host), direction)
         rate = min(self.rate_now.get((host, direction), s.rate_bps), self.throttle.get(host, float("inf")))
@@ -184,10 +186,13 @@ class Executor:
 
     def _cut(self, ev: Event, p: Peer, t: float):
         self.swarm.links.carrier(ev.host, up=False)
+        self.cut_lines.add(ev.host)
         t_cut = self.now()            # the line went down now, after this sample's counters were read
-        if p.state != "gone":
-            p.left_s = t_cut
-        p.state, p.left_reason = "gone", "cut"
+        # a home's line: every client behind it is cut off with it
+        for q in [p] if p is not None else [self.peers[m] for m in self.members.get(ev.host, ())]:
+            if q.state != "gone":
+                q.left_s = t_cut
+            q.state, q.left_reason = "gone", "cut"
         for direction in ("up", "down"):
             self.rd.row("links", {"t": round(t_cut, 3), "host": ev.host, "direction": direction,
                                   "rate_bps": 0, "cause": "cut"})
@@ -233,7 +238,7 @@ class Executor:
                 self.emit(self.rd.event("peer_complete", host=name, t_swarm=round(t_read, 3),
                                         download_s=round(t_read - p.arrived_s, 3)))
                 self.policies.completed(name, t_read)
-        self.policies.tick(stats, self.sampler.seen.ip_usage, t)
+        self.policies.tick(stats, {**self.sampler.seen.ip_usage, **self.sampler.home_usage}, t)
         counts = {state: sum(1 for p in self.peers.values() if p.state == state)
                   for state in ("online", "paused", "offline", "crashed", "gone")}
         seeds = sum(1 for p in self.peers.values() if p.state == "online" and p.completed_s is not None)

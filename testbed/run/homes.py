@@ -47,6 +47,10 @@ def home_summary(sw, ex, carriers: dict, t_end: float | None) -> dict:
                             "client_bytes_up": s.bytes_up if s else None,
                             "client_bytes_down": s.bytes_down if s else None})
         seconds = max(t_end or 0.0, 1e-9)
+        kinds = carriers.get("traffic", {}).get(home.name, {})
+        split = {f"{k}_{d}": kinds.get(f"{k}_{d}", 0) for k in ("other", "tracker") for d in ("up", "down")}
+        split["p2p_up"] = max(0, up - split["other_up"] - split["tracker_up"])
+        split["p2p_down"] = max(0, down - split["other_down"] - split["tracker_down"])
         homes.append({
             "name": home.name, "household": home.kind, "site": home.site, "wan_ip": router.data_ip,
             "lan": home.lan_net, "one_pc": home.one_pc,
@@ -56,10 +60,24 @@ def home_summary(sw, ex, carriers: dict, t_end: float | None) -> dict:
             "utilisation_down": round(down * 8 / seconds / router.down.rate_bps, 4),
             "bill": metering.bill(router.data_plan, up, down, minutes) if router.data_plan else None,
             "rtt": _rtt([r for r in probes if r["home"] == home.name]),
+            # IP bytes: with the internet server (other traffic, probes), the tracker, and the rest: P2P
+            "traffic": split,
             "background": home.background.model_dump(mode="json") if home.background else None,
             "clients": clients,
             "protocol_policy": carriers.get("protocol_policies", {}).get(home.name),
         })
-    return {"homes": homes, "segment_policies": carriers.get("segment_policies", []),
+    segments = {}
+    for h in homes:
+        if h["site"] in p.segment_sites:
+            acc = segments.setdefault(h["site"], {"segment": h["site"], "p2p_up": 0, "other_up": 0, "p2p_down": 0,
+                                                  "other_down": 0})
+            for k in ("p2p_up", "other_up", "p2p_down", "other_down"):
+                acc[k] += h["traffic"][k]
+    for acc in segments.values():
+        for d in ("up", "down"):
+            total = acc[f"p2p_{d}"] + acc[f"other_{d}"]
+            acc[f"p2p_share_{d}"] = round(acc[f"p2p_{d}"] / total, 4) if total else None
+    return {"homes": homes, "segments": list(segments.values()),
+            "segment_policies": carriers.get("segment_policies", []),
             "note": "bytes are IP bytes at each home's access link (what its carrier counts); "
                     "clients of one PC share one interface, so their own counts are the per-client figures"}

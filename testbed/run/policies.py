@@ -23,6 +23,7 @@ class Policies:
         self.abort_at = {h.name: h.participant.abort_at for h in plan_.hosts
                          if h.participant and h.participant.abort_at is not None}
         self.caps = {h.name: metering.CapWatch(h.data_plan) for h in plan_.hosts if h.data_plan}
+        self.members = {h.name: h.members for h in plan_.homes}     # a home's data plan covers its clients
         self.seed_start: dict[str, float] = {}
         self.asked: set[str] = set()            # peers already told to stop seeding or give up
 
@@ -65,7 +66,9 @@ class Policies:
             elif action == "cut":
                 self.push(Event(t, "cut", name, "cap"))
             elif action == "stop_seeding":
-                # the user stops seeding: at once if the download is complete, else on completion
-                self.seeding[name] = ("stop", None)
-                if name in self.seed_start:
-                    self._stop(name, t, "cap")
+                # the user (a home: each of its clients) stops seeding: at once if the download
+                # is complete, else on completion
+                for who in self.members.get(name, (name,)):
+                    self.seeding[who] = ("stop", None)
+                    if who in self.seed_start:
+                        self._stop(who, t, "cap")

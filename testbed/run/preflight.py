@@ -66,6 +66,12 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
         if not ok:
             raise PreflightError(f"behaviour.connectable: false needs a packet filter in each peer's namespace, "
                                  f"which does not work here: {why} (see testbed doctor)")
+    if plan_.homes:
+        from testbed import households
+        ok, why = households.available()
+        if not ok:
+            raise PreflightError(f"households need NAT and packet-filter rules in each router's namespace, "
+                                 f"which do not work here: {why} (see testbed doctor)")
     return images.require(client, {h.image for h in plan_.hosts})
 
 

@@ -245,7 +245,7 @@ class Swarm:
         self.homes.stop()
         for row in self.homes.probes():
             self.rd.row("probes", row)
-        return {"protocol_policies": self.homes.policy_counts(), "segment_policies": [m.summary() for m in self.managers],
+        return {"protocol_policies": self.homes.policy_counts(), "traffic": self.homes.traffic(), "segment_policies": [m.summary() for m in self.managers],
                 "ports": self.homes.ports, "forwarded": self.homes.forwarded}
 
     # ------------------------------------------------------------ teardown
