@@ -282,3 +282,35 @@ def test_a_blocking_carrier_stops_plaintext_bittorrent_but_not_encrypted(docker_
     assert peers["plain"]["bytes_up"] == 0
     assert all(peers[f"far{i}"]["completed"] for i in (1, 2))
     assert not any(peers[f"farp{i}"]["completed"] for i in (1, 2))
+
+
+THROTTLE_RESET = {
+    "name": "dpi2", "seed": 8, "content": {"size": "16MiB"},
+    "households": [{"name": "thr", "access": {"up": "4mbit", "down": "16mbit"}, "probe": None},
+                   {"name": "rst", "access": {"up": "4mbit", "down": "16mbit"}, "probe": None}],
+    "seeders": [
+        {"name": "throttled", "client": "libtorrent", "household": "thr", "forward": True,
+         "behaviour": {"encryption": "disable", "utp": False}},
+        {"name": "reset", "client": "libtorrent", "household": "rst", "forward": True,
+         "behaviour": {"encryption": "disable", "utp": False}}],
+    "peers": [{"name": "far", "count": 2, "client": "libtorrent", "access": {"up": "256kbit", "down": "16mbit"},
+               "behaviour": {"encryption": "disable", "utp": False}}],
+    "policies": [{"household": "thr", "protocol": {"action": "throttle", "rate": "256kbit"}},
+                 {"household": "rst", "protocol": {"action": "reset"}}],
+    "end": {"duration": "40s"},
+    "timeout": "3m",
+}
+
+
+def test_a_throttling_carrier_slows_each_connection_and_a_resetting_one_stops_them(docker_client, tmp_path):
+    result = run(parse_experiment(THROTTLE_RESET), tmp_path)
+    assert result.status == "complete", result.summary["error"]
+    peers = {p["name"]: p for p in result.summary["peers"]}
+    homes = {h["name"]: h for h in json.loads((result.run_dir / "households.json").read_text())["homes"]}
+    assert homes["thr"]["protocol_policy"]["dpi_throttled"] > 0, homes["thr"]["protocol_policy"]
+    assert homes["rst"]["protocol_policy"]["dpi_reset"] > 0, homes["rst"]["protocol_policy"]
+    # the throttled seeder's own count: at most two connections (one per far peer) at
+    # 256 kbit/s for 40 s, plus a burst each, where its 4 Mbit/s line would carry 20 MB
+    limit = 2 * 256e3 / 8 * 40 * 1.1 + 2 * 32e3
+    assert 0 < peers["throttled"]["bytes_up"] < limit, (peers["throttled"]["bytes_up"], limit)
+    assert peers["reset"]["bytes_up"] == 0
