@@ -69,7 +69,8 @@ def compact_peers(body: bytes) -> list[tuple[str, int]]:
 
 NAT = {
     "name": "nat", "seed": 3, "content": {"size": "4MiB"},
-    "households": [{"name": "home", "access": {"up": "4mbit", "down": "16mbit", "queue": 50}}],
+    "households": [{"name": "home", "access": {"up": "4mbit", "down": "16mbit", "queue": 50,
+                                               "plan": {"per_gb": 10.0, "counts": "up"}}}],
     "seeders": [
         {"name": "fw", "client": "transmission", "household": "home", "forward": True},
         {"name": "nf", "client": "transmission", "household": "home", "behaviour": {"listen_port": 51414}}],
@@ -145,6 +146,17 @@ def test_the_household_run_completes_and_leaves_nothing(nat, docker_client):
     # the LAN bridge and the router's links existed while it ran, and nothing is left now
     assert f"tb{tag}l1" in seen["links_while_running"]
     assert nothing_left(docker_client, result.summary["run_id"])
+
+
+def test_the_home_pays_for_what_its_line_carried(nat):
+    """The household's bill is computed from its own line's counters (IP bytes up)."""
+    result, _ = nat
+    home = json.loads((result.run_dir / "households.json").read_text())["homes"][0]
+    meter = [r for r in csv.DictReader((result.run_dir / "meter.csv").open())
+             if r["scope"] == "household" and r["name"] == "home"]
+    up = int(meter[-1]["ip_bytes_up"])
+    assert up > 4 * 2 ** 20 and home["ip_bytes_up"] == up
+    assert home["bill"]["total"] == pytest.approx(up / 1e9 * 10.0, rel=1e-6)
 
 
 # ------------------------------------------------------------------ one PC
