@@ -30,7 +30,6 @@ from testbed.plan.homes import HomePlan
 from testbed.wire import HANDSHAKE_HEX, IPTABLES, parse_counters
 
 DPI_MARK = "0x6057"
-PORT_WATCH_S = 60.0        # how long to look for a client's port after it started
 
 
 def _in_ns(pid: int, argv: list[str]) -> subprocess.CompletedProcess:
@@ -97,6 +96,13 @@ def policy_commands(rule) -> list[list[str]]:
     seen = ipt + ["-t", "mangle", "-A", "FORWARD", *match, "-m", "comment", "--comment", "dpi_recognised",
                   "-j", "CONNMARK", "--set-mark", DPI_MARK]
     marked = ["-m", "connmark", "--mark", DPI_MARK]
+    # a carrier never sees LAN traffic that hairpins in the router: it skips the policy
+    lan = [ipt + ["-t", table, "-A", "FORWARD", "-i", "lan0", "-o", "lan0", "-j", "RETURN"]
+           for table in ("mangle", "filter")]
+    return lan + _policy_rules(rule, ipt, seen, marked)
+
+
+def _policy_rules(rule, ipt, seen, marked) -> list[list[str]]:
     if rule.action == "block":
         return [seen, ipt + ["-A", "FORWARD", *marked, "-m", "comment", "--comment", "dpi_blocked", "-j", "DROP"]]
     if rule.action == "reset":
@@ -137,7 +143,7 @@ def available() -> tuple[bool, str]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def listening(container, rpc_port: int) -> dict[str, list[int]]:
+def listening(container, rpc_port: int, ctl_ip: str = "") -> dict[str, list[int]]:
     """The ports a client's own processes listen on for peers (TCP, and UDP for uTP), from
     `ss` inside its container: it shows process details only for that container's own
     processes, so in a shared namespace each client sees which sockets are its own."""
@@ -148,8 +154,12 @@ def listening(container, rpc_port: int) -> dict[str, list[int]]:
         fields = line.split()
         if len(fields) < 5 or "users:" not in line:
             continue
-        port = int(fields[4].rsplit(":", 1)[1]) if fields[4].rsplit(":", 1)[-1].isdigit() else None
-        if port is None or port == rpc_port:
+        addr, _, port_text = fields[4].rpartition(":")
+        if not port_text.isdigit():
+            continue
+        port = int(port_text)
+        # the control port: bound to the control address, or to every address (aria2)
+        if addr == ctl_ip or (port == rpc_port and addr in ("0.0.0.0", "*", "[::]")):
             continue
         out.setdefault(fields[0], set()).add(port)
     return {k: sorted(v) for k, v in out.items()}
@@ -180,6 +190,8 @@ class Households:
         self.drivers: dict = {}
         self.watcher: threading.Thread | None = None
         self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.taken: dict[str, dict[int, str]] = {}     # home -> outside port -> the client it goes to
 
     def pid(self, name: str) -> int:
         return self.hosts[name].pid
@@ -214,54 +226,71 @@ class Households:
         self.drivers = drivers
         waiting = [m for home in self.plan.homes for m in home.members]
         if waiting:
-            self.look(waiting, final=False)
+            self.look(waiting)
             self.watcher = threading.Thread(target=self.watch, name="home-ports", daemon=True)
             self.watcher.start()
 
-    def look(self, members: list[str], final: bool) -> list[str]:
-        """Observe the members' ports; forward new ones; return those still without a TCP port."""
+    def look(self, members: list[str]) -> list[str]:
+        """Observe the members' ports; forward new ones; return those still without a TCP port.
+        A member that cannot be looked at now (its container paused, say) is tried again."""
         left = []
         for m in members:
             d = self.drivers[m]
-            got = self.ports[m] = {"configured": d.peer_port if m not in self.seen_default else None,
-                                   **listening(self.hosts[m].container, d.rpc_port)}
-            if not got["tcp"]:
+            try:
+                found = listening(self.hosts[m].container, d.rpc_port, d.host.ctl_ip)
+            except Exception:
                 left.append(m)
-                if final:
-                    self.emit(self.rd.event("warning", message=f"{m} ({d.name}) listened on no TCP port for peers "
-                                            "(another client on the same PC may hold its port)"))
+                continue
+            with self.lock:
+                self.ports[m] = {"configured": None if m in self.seen_default else d.peer_port, **found}
+            if not found["tcp"]:
+                left.append(m)
                 continue
             if d.peer_port is None:
                 self.seen_default.add(m)
-                d.peer_port = got["tcp"][0]      # the port its flows are counted on
+                d.peer_port = found["tcp"][0]      # the port its flows are counted on
             home = self.plan.home(self.plan.host(m).home)
             if m in home.forwards and m not in self.forwarded:
-                wan = self.plan.host(home.name).data_ip
-                port = got["tcp"][0]
-                for argv in forward_commands(home, wan, self.plan.host(m).data_ip, port):
-                    _must(self.pid(home.name), argv, f"forwarding {home.name}:{port} to {m}")
-                self.forwarded[m] = [port]
-                self.emit(self.rd.event("forwarded", host=m, router=home.name, port=port))
+                self.forward(home, m, found["tcp"][0])
         return left
 
+    def forward(self, home: HomePlan, member: str, port: int) -> None:
+        taken = self.taken.setdefault(home.name, {})
+        if port in taken:         # one outside port, one LAN host: the first forward stays
+            self.emit(self.rd.event("warning", message=f"{member} listens on {port}, which {home.name} already "
+                                    f"forwards to {taken[port]}: {member} is not forwarded"))
+            self.forwarded[member] = []
+            return
+        wan = self.plan.host(home.name).data_ip
+        for argv in forward_commands(home, wan, self.plan.host(member).data_ip, port):
+            _must(self.pid(home.name), argv, f"forwarding {home.name}:{port} to {member}")
+        taken[port] = member
+        self.forwarded[member] = [port]
+        self.emit(self.rd.event("forwarded", host=member, router=home.name, port=port))
+
     def watch(self) -> None:
+        """Until the run ends: a client may listen only once its torrent is added (aria2), and
+        that is when it arrives."""
         left = [m for m in self.ports if not self.ports[m]["tcp"]]
-        deadline = time.monotonic() + PORT_WATCH_S
         while left and not self.stopping.wait(0.5):
             try:
-                left = self.look(left, final=time.monotonic() > deadline)
-            except Exception as exc:       # reported; the client stays unforwarded
+                left = self.look(left)
+            except Exception as exc:       # reported; those clients stay unforwarded
                 self.emit(self.rd.event("warning", message=f"watching home ports: {exc}"))
-                return
-            if time.monotonic() > deadline:
                 return
 
     def stop(self) -> None:
         self.stopping.set()
         if self.watcher is not None:
-            self.watcher.join(5)
-        if self.ports:
-            self.emit(self.rd.event("listening", ports=self.ports, forwarded=self.forwarded))
+            self.watcher.join(10)
+        with self.lock:
+            ports = {m: dict(v) for m, v in self.ports.items()}
+        for m, got in ports.items():
+            if not got.get("tcp"):
+                self.emit(self.rd.event("warning", message=f"{m} ({self.drivers[m].name}) listened on no TCP port "
+                                        "for peers (on one PC, another client may hold its port)"))
+        if ports:
+            self.emit(self.rd.event("listening", ports=ports, forwarded=dict(self.forwarded)))
 
     def start_traffic(self, epoch0: float) -> None:
         """Probes and background traffic start with the swarm."""
@@ -299,17 +328,13 @@ class Households:
     def policy_counts(self) -> dict[str, dict[str, int]]:
         """Each router's protocol-policy counters (packets): recognised, blocked, reset, throttled."""
         out = {}
-        server = next((h.data_ip for h in self.plan.hosts if h.role == "server"), None)
-        for home in self.plan.homes:
-            for argv in accounting_commands(server, self.plan.host("tracker").data_ip):
-                _must(self.pid(home.name), argv, f"traffic accounting at {home.name}")
         for pol in self.plan.protocol_policies:
             for router in pol.routers:
                 counts: dict[str, int] = {}
                 for table in ("mangle", "filter"):
                     r = _in_ns(self.pid(router), [IPTABLES, "-w", "-t", table, "-L", "FORWARD", "-v", "-x", "-n"])
                     if r.returncode == 0:
-                        counts.update(parse_counters(r.stdout))
+                        counts.update({k: v for k, v in parse_counters(r.stdout).items() if k.startswith("dpi_")})
                 out[router] = {"policy": pol.where, "action": pol.rule.action, **counts}
         return out
 

@@ -84,6 +84,12 @@ def test_the_shipped_isp_topologies_load():
     ({"households": [{"name": "home", "access": {"up": "1mbit", "down": "1mbit"}, "background": {"on": "5s"}}]},
      "households[0].background"),
     ({"households": [{"name": "leecher", "access": {"up": "1mbit", "down": "1mbit"}}]}, "households[0].name"),
+    ({"peers": [{"name": "internet", "access": {"up": "1mbit", "down": "1mbit"}}]}, "peers[0].name"),
+    ({"households": [{"name": "home", "count": 2, "access": {"up": "1mbit", "down": "1mbit"}},
+                     {"name": "home1", "access": {"up": "1mbit", "down": "1mbit"}}]}, "households[1].name"),
+    ({"policies": [{"household": "home", "protocol": {"action": "block"}},
+                   {"household": "home", "protocol": {"action": "reset"}}]}, "policies[1].protocol"),
+    ({"peers": [{"name": "a", "count": 70, "household": "home"}]}, "households[0].count"),
 ])
 def test_bad_households_and_policies_are_refused_naming_the_key(over, key):
     d = experiment_dict(households=[{"name": "home", "access": {"up": "1mbit", "down": "1mbit"}}])
@@ -91,6 +97,19 @@ def test_bad_households_and_policies_are_refused_naming_the_key(over, key):
     with pytest.raises(InputError) as err:
         parse_experiment(d)
     assert f": {key}: " in str(err.value), str(err.value)
+
+
+def test_segment_policies_are_checked_against_the_run():
+    topo = {"generator": "isp", "isps": [{"name": "isp", "homes": 2, "subscribed_up": "1mbit",
+                                          "subscribed_down": "4mbit", "oversubscription": 2}]}
+    with pytest.raises(InputError, match=r"policies\[0\]\.congestion\.window: is not shorter than the run"):
+        parse_experiment(experiment_dict(topology=topo, policies=[{"segment": "isp1", "congestion": {}}]))
+    with pytest.raises(InputError, match=r"policies\[0\]\.protocol: segment 'isp1' has no household"):
+        parse_experiment(experiment_dict(topology=topo, policies=[{"segment": "isp1",
+                                                                   "protocol": {"action": "block"}}]))
+    with pytest.raises(InputError, match=r"policies\[1\]\.segment: .* already has a congestion policy"):
+        parse_experiment(experiment_dict(topology=topo, policies=[{"segment": "isp1", "congestion": {"window": "5s"}},
+                                                                  {"segment": "isp1", "congestion": {"window": "5s"}}]))
 
 
 def test_a_misspelt_key_gets_a_suggestion_even_where_nothing_is_missing():
@@ -153,8 +172,9 @@ def test_router_and_forward_commands():
 def test_protocol_policies_match_the_plaintext_handshake_and_count_each_action(action, target):
     rule = ProtocolPolicy(action=action, rate="64kbit" if action == "throttle" else None)
     lines = [" ".join(a) for a in households.policy_commands(rule)]
-    assert "|13|BitTorrent protocol" in lines[0] and "dpi_recognised" in lines[0]
-    assert any(target in x and "--comment dpi_" in x for x in lines[1:])
+    assert lines[0].endswith("-i lan0 -o lan0 -j RETURN") and lines[1].endswith("-i lan0 -o lan0 -j RETURN")
+    assert "|13|BitTorrent protocol" in lines[2] and "dpi_recognised" in lines[2]
+    assert any(target in x and "--comment dpi_" in x for x in lines[3:])
     if action == "throttle":
         assert any("--hashlimit-above 8000b/s" in x for x in lines)
 
@@ -214,6 +234,29 @@ def test_rfc6057_marks_a_heavy_user_only_while_the_port_is_congested_and_release
         m.check(float(t), {port: (0, base[1] + int(k * 0.6e6 / 8), 0, 0), h1: (base[0] + int(k * 0.4e6 / 8), 0, 0, 0),
                            h2: (int(t * 0.2e6 / 8), 0, 0, 0)})
     assert [(r["host"], r["action"]) for r in rd.rows] == [("h1", "mark"), ("h1", "unmark")]
+
+
+def test_rfc6057_leaves_a_heavy_user_alone_while_the_port_is_not_congested_and_watches_downstream(monkeypatch):
+    monkeypatch.setattr(segments, "_tc", lambda line: None)
+    p = plan(parse_experiment(experiment_dict(
+        topology={"generator": "isp", "isps": [{"name": "isp", "homes": 4, "subscribed_up": "2mbit",
+                                                "subscribed_down": "2mbit", "oversubscription": 1}]},
+        households=[{"name": "h", "count": 2, "site": "isp1", "access": {"up": "2mbit", "down": "2mbit"}}],
+        peers=[{"name": "a", "count": 2, "household": "h"}],
+        policies=[{"segment": "isp1", "congestion": {"window": "5s"}}])), RUN)
+    rd = _Rows()
+    m = segments.CongestionManager(p, p.segment_policies[0], rd, lambda e: None, lambda: 0.0)
+    up, down, h1 = m.dev["up"], m.dev["down"], m.access["h1"]
+    # h1 uploads at 90 % of its rate, but the 8 Mbit/s port is only 22 % full: no mark
+    for t in range(0, 8):
+        m.check(float(t), {up: (0, int(t * 1.8e6 / 8), 0, 0), down: (0, 0, 0, 0), h1: (int(t * 1.8e6 / 8), 0, 0, 0)})
+    assert rd.rows == []
+    # downstream: h1 receives 1.9 Mbit/s (95 %) while the port carries 7 of 8 (above 80 %): marked down
+    for t in range(8, 16):
+        k = t - 7
+        m.check(float(t), {up: (0, 0, 0, 0), down: (0, int(k * 7e6 / 8), 0, 0),
+                           h1: (int(7 * 1.8e6 / 8), int(k * 1.9e6 / 8), 0, 0)})
+    assert [(r["host"], r["direction"], r["action"]) for r in rd.rows] == [("h1", "down", "mark")]
 
 
 def test_rfc6057_defaults_are_the_rfc_s():

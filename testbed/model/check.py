@@ -4,6 +4,7 @@ from __future__ import annotations
 from testbed import catalog, units
 from testbed.errors import InputError
 from testbed.model.churn import Decaying, EndAfter, Exponential, FlashCrowd, Lognormal, Poisson, ProfileUse, Weibull
+from testbed.model.homes import LAN_PREFIX, MAX_HOMES
 from testbed.model.schema import AccessLink, Experiment, PeerGroup, Throttle, Topology
 
 
@@ -32,6 +33,9 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 fail(f"topology.core[{i}].{key}", "must not be negative")
         if not 0 <= link.loss < 1:
             fail(f"topology.core[{i}].loss", "must be at least 0% and below 100%")
+    for i, seg in enumerate(topo.segments):
+        if not any({c.ends[0], c.ends[1]} == {seg.site, seg.core} for c in topo.core):
+            fail(f"topology.segments[{i}]", f"no core link joins segment '{seg.site}' to '{seg.core}'")
     if exp.tracker.site is not None and exp.tracker.site not in sites:
         fail("tracker.site", f"unknown site '{exp.tracker.site}' (sites: {', '.join(topo.sites)})")
     if exp.content.size <= 0:
@@ -254,11 +258,34 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
                 if getattr(bg, key) is not None and getattr(bg, key) < 1:
                     fail(f"{where}.background.{key}", "must be at least 1s")
     names = exp.host_names()
-    all_hosts = [n for ns in names.values() for n in ns]
+    # every host the plan will make has a name of its own: tracker, internet server, routers, peers
+    seen_names: dict[str, str] = {"tracker": "the tracker"}
+    if exp.households:
+        seen_names["internet"] = "the internet server"
+    for key, gs in (("seeders", exp.seeders), ("peers", exp.peers)):
+        for i, g in enumerate(gs):
+            for n in names[g.name]:
+                if n in seen_names:
+                    fail(f"{key}[{i}].name", f"its host '{n}' has the name of {seen_names[n]}; rename the group")
+                seen_names[n] = f"a member of group '{g.name}'"
     for home, routers in exp.home_names().items():
         for r in routers:
-            if r in all_hosts:
-                fail(f"{homes[home]}.name", f"its home '{r}' has the name of a peer; rename the household")
+            if r in seen_names:
+                fail(f"{homes[home]}.name", f"its home '{r}' has the name of {seen_names[r]}; rename the household")
+            seen_names[r] = f"a home of household '{home}'"
+    if sum(h.count for h in exp.households) > MAX_HOMES:
+        fail("households", f"{sum(h.count for h in exp.households)} homes are more than the {MAX_HOMES} LANs "
+             "of the address plan")
+    per_home: dict[tuple[str, int], int] = {}
+    for _, g in exp.groups():
+        if g.household in homes:
+            count = exp.household(g.household).count
+            for m in range(g.count):
+                per_home[(g.household, m % count)] = per_home.get((g.household, m % count), 0) + 1
+    for (hname, _), n in per_home.items():
+        if n > 2 ** (32 - LAN_PREFIX) - 3:
+            fail(f"{homes[hname]}.count", f"a home would hold {n} clients, more than its LAN /{LAN_PREFIX} "
+                 "holds; give the household more homes")
     forwarded: dict[tuple[str, object], str] = {}
     for key, gs in (("seeders", exp.seeders), ("peers", exp.peers)):
         for i, g in enumerate(gs):
@@ -292,6 +319,8 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
                         fail(f"{where}.forward", f"{forwarded[slot]} already forwards port {shown} of the same "
                              "home; give one of them another behaviour.listen_port")
                     forwarded[slot] = where
+    home_sites = {h.site for h in exp.households}
+    congested, policed = set(), {}
     for i, p in enumerate(exp.policies):
         where = f"policies[{i}]"
         if (p.segment is None) == (p.household is None):
@@ -303,6 +332,17 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
             if seg is None:
                 known = ", ".join(s.site for s in topo.segments) or "none: use a topology with generator: isp"
                 fail(f"{where}.segment", f"'{p.segment}' is not an ISP segment (segments: {known})")
+            if p.congestion is not None:
+                if p.segment in congested:
+                    fail(f"{where}.segment", f"segment '{p.segment}' already has a congestion policy")
+                congested.add(p.segment)
+                horizon = exp.end.duration if isinstance(exp.end, EndAfter) else exp.timeout
+                if p.congestion.window >= horizon:
+                    fail(f"{where}.congestion.window", f"is not shorter than the run ({units.exact_duration(horizon)}): "
+                         "nobody could ever be marked; scale the window down (RFC 6057 uses 15 minutes)")
+            if p.protocol is not None and p.segment not in home_sites:
+                fail(f"{where}.protocol", f"segment '{p.segment}' has no household: the policy is carried out "
+                     "at each home router of the segment")
         if p.household is not None:
             if p.household not in homes:
                 fail(f"{where}.household", f"unknown household '{p.household}'")
@@ -319,6 +359,13 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
                 fail(f"{where}.congestion.window", "must be at least check_every, which must be at least 200ms")
         pp = p.protocol
         if pp is not None:
+            # one protocol policy per router: a segment's covers every home on it
+            covered = ({h.name for h in exp.households if h.site == p.segment} if p.segment is not None
+                       else {p.household})
+            for h in covered:
+                if h in policed:
+                    fail(f"{where}.protocol", f"household '{h}' is already under {policed[h]}'s protocol policy")
+                policed[h] = where
             if pp.action == "throttle" and (pp.rate is None or pp.rate < 8000):
                 fail(f"{where}.protocol.rate", "a throttle needs a rate of at least 8kbit")
             if pp.action != "throttle" and pp.rate is not None:

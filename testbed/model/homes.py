@@ -17,6 +17,11 @@ from pydantic import Field
 
 from testbed.model.fields import Duration, Percent, Rate, Strict
 
+# The address plan's limits, which validation checks: each home's LAN is a /26 of
+# 198.18.128.0/17 (the plan's), so 512 homes of at most 61 clients each.
+LAN_PREFIX = 26
+MAX_HOMES = 2 ** (LAN_PREFIX - 17)
+
 
 class Background(Strict):
     """Other (non-P2P) traffic of a household: TCP transfers to and from the internet server
@@ -51,10 +56,11 @@ class ProtocolPolicy(Strict):
     handshake ("\\x13BitTorrent protocol") in a TCP packet, or a uTP packet carrying it.
     An encrypted (MSE/PE) connection never shows it.
 
-    throttle: every connection that showed the handshake is limited to `rate` (both ways
-    together); block: the handshake packet is dropped, so the connection never starts;
-    reset: the connection is reset both ways (TCP RST), as Comcast's 2007 Sandvine
-    deployment did (FCC 08-183)."""
+    throttle: every connection that showed the handshake is policed to `rate` in each
+    direction; block: its packets are dropped from the handshake on, so it never starts;
+    reset: each of its TCP packets that reaches the router is answered with a reset to its
+    sender, so both ends are reset as soon as each sends (Comcast's 2007 Sandvine deployment
+    forged resets; FCC 08-183). uTP flows are dropped under reset."""
 
     action: Literal["throttle", "block", "reset"]
     rate: Rate | None = None

@@ -11,11 +11,9 @@ import ipaddress
 from dataclasses import dataclass
 
 from testbed.model import Experiment
-from testbed.model.homes import Background, ProtocolPolicy, Rfc6057
+from testbed.model.homes import LAN_PREFIX, MAX_HOMES, Background, ProtocolPolicy, Rfc6057
 
 LAN_NET = ipaddress.ip_network("198.18.128.0/17")
-LAN_PREFIX = 26
-MAX_HOMES = 2 ** (LAN_PREFIX - LAN_NET.prefixlen)
 SERVER = "internet"          # the host at the core that background traffic and probes talk to
 RPC_PORT_BASE = 7100         # control ports of clients sharing one PC (their defaults may clash)
 IPERF_PORT_BASE = 5201       # the internet server's iperf3 listeners, two per home with background

@@ -131,7 +131,10 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
             status, error = "failed", "a peer's file differs from the origin's (sha256)"
         summary = summarize(sw, ex, status if error is None else "failed", error, sha_ok, wire, t_end, cpu)
         if p.homes:
-            write_json(rd.path / "households.json", home_summary(sw, ex, carriers, t_end))
+            try:
+                write_json(rd.path / "households.json", home_summary(sw, ex, carriers, t_end))
+            except Exception as exc:   # the rest of the results and the teardown go on
+                rd.event("teardown_error", step="households.json", error=f"{exc.__class__.__name__}: {exc}")
         write_json(rd.path / "summary.json", summary)
         emit(rd.event("teardown"))
         teardown = sw.close()

@@ -38,14 +38,16 @@ def home_summary(sw, ex, carriers: dict, t_end: float | None) -> dict:
         for m in home.members:
             hp = p.host(m)
             s = seen.last.get(m) if seen else None
+            st = ex.peers.get(m) if ex else None
+            carry = (st.carry_up, st.carry_down) if st else (0, 0)      # sessions before a restart
             clients.append({"name": m, "client": hp.client, "role": hp.role, "lan_ip": hp.data_ip,
                             "upload_limit_bps": hp.behaviour.upload_limit,
                             "listen_port_asked": hp.behaviour.listen_port, **ports.get(m, {}),
                             "forwarded": forwarded.get(m, []),
                             "shares_namespace_with": hp.shares_netns,
                             # each client's own count: in one PC, the interface is shared
-                            "client_bytes_up": s.bytes_up if s else None,
-                            "client_bytes_down": s.bytes_down if s else None})
+                            "client_bytes_up": s.bytes_up + carry[0] if s else None,
+                            "client_bytes_down": s.bytes_down + carry[1] if s else None})
         seconds = max(t_end or 0.0, 1e-9)
         kinds = carriers.get("traffic", {}).get(home.name, {})
         split = {f"{k}_{d}": kinds.get(f"{k}_{d}", 0) for k in ("other", "tracker") for d in ("up", "down")}

@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections import deque
 
+from testbed.errors import RunError
 from testbed.plan import Plan
 from testbed.plan.homes import SegmentPolicyPlan
 from testbed.run.sampler import all_dev_stats
@@ -26,9 +27,17 @@ UNMARKED, MARKED = "1:10", "1:20"
 FLOOR_BPS = 8000.0           # what a marked class is guaranteed (HTB needs a rate)
 
 
-def tree_commands(dev: str, rate_bps: float, queue: int) -> list[str]:
-    """The two-class tree on one direction of the aggregation link (pure)."""
+def tree_commands(dev: str, rate_bps: float, queue: int, leaf: str | None = None) -> list[str]:
+    """The two-class tree on one direction of the aggregation link (pure). `leaf` is the
+    link's own leaf qdisc line (the shaper's: pfifo, or netem with the link's delay, jitter
+    and loss), put under each class; each class has the link's queue."""
     rate, burst = tc_rate(rate_bps), burst_bytes(rate_bps)
+    if leaf:
+        leaves = [leaf.replace("parent 1:1 handle 10:", f"parent {UNMARKED} handle 10:"),
+                  leaf.replace("parent 1:1 handle 10:", f"parent {MARKED} handle 20:")]
+    else:
+        leaves = [f"tc qdisc replace dev {dev} parent {UNMARKED} handle 10: pfifo limit {queue}",
+                  f"tc qdisc replace dev {dev} parent {MARKED} handle 20: pfifo limit {queue}"]
     cls = f"burst {burst}b cburst {burst}b quantum {MTU_FRAME}"
     # the link's shaping is replaced whole (an HTB root's default class cannot be changed)
     return [f"tc qdisc del dev {dev} root",
@@ -37,8 +46,7 @@ def tree_commands(dev: str, rate_bps: float, queue: int) -> list[str]:
             f"tc class replace dev {dev} parent 1:1 classid {UNMARKED} htb rate {rate} ceil {rate} prio 0 {cls}",
             f"tc class replace dev {dev} parent 1:1 classid {MARKED} htb rate {tc_rate(FLOOR_BPS)} ceil {rate} "
             f"prio 7 {cls}",
-            f"tc qdisc replace dev {dev} parent {UNMARKED} handle 10: pfifo limit {queue}",
-            f"tc qdisc replace dev {dev} parent {MARKED} handle 20: pfifo limit {queue}"]
+            *leaves]
 
 
 def mark_command(dev: str, verb: str, prio: int, field: str, addr: str) -> str:
@@ -50,7 +58,7 @@ def mark_command(dev: str, verb: str, prio: int, field: str, addr: str) -> str:
 def _tc(line: str) -> None:
     r = subprocess.run(line.split(), capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"`{line}`: {r.stderr.strip()}")
+        raise RunError(f"segment policy: `{line}`: {r.stderr.strip()}")
 
 
 class Window:
@@ -77,13 +85,16 @@ class Window:
 class CongestionManager:
     """One segment's RFC 6057 policy, run in its own thread while the swarm runs."""
 
-    def __init__(self, plan_: Plan, pol: SegmentPolicyPlan, rd, emit, clock):
+    def __init__(self, plan_: Plan, pol: SegmentPolicyPlan, rd, emit, clock, shaper=None):
         self.pol, self.rd, self.emit, self.clock = pol, rd, emit, clock
         link = next(lk for lk in plan_.links if lk.kind == "core" and {lk.node1, lk.node2} == {pol.segment, pol.core})
         seg_first = link.node1 == pol.segment
         # upstream leaves the segment's end; downstream leaves the core's end
         self.dev = {"up": link.intf1 if seg_first else link.intf2, "down": link.intf2 if seg_first else link.intf1}
         self.queue = (link.egress1 or link.egress2).queue_pkts
+        self.shaping = {"up": link.egress1 if seg_first else link.egress2,
+                        "down": link.egress2 if seg_first else link.egress1}
+        self.shaper = shaper
         self.access = {lk.node1: lk.intf2 for lk in plan_.links if lk.kind == "access"}
         w = pol.rule.window
         self.port = {d: Window(w) for d in ("up", "down")}
@@ -98,7 +109,8 @@ class CongestionManager:
     def install(self) -> None:
         for d in ("up", "down"):
             rate = self.pol.up_rate_bps if d == "up" else self.pol.down_rate_bps
-            for line in tree_commands(self.dev[d], rate, self.queue):
+            leaf = self.shaper.leaf("replace", self.dev[d], self.shaping[d], rate) if self.shaper else None
+            for line in tree_commands(self.dev[d], rate, self.queue, leaf):
                 _tc(line)
 
     def start(self) -> None:

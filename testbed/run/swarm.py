@@ -73,7 +73,7 @@ class Swarm:
         self.homes = households.Households(self.plan, self.hosts, self.emit, self.rd)
         self.homes.configure()
         for pol in self.plan.segment_policies:
-            manager = CongestionManager(self.plan, pol, self.rd, self.emit, lambda: 0.0)
+            manager = CongestionManager(self.plan, pol, self.rd, self.emit, lambda: 0.0, self.shaper)
             manager.install()
             self.managers.append(manager)
         for hp in self.plan.hosts:
@@ -222,11 +222,16 @@ class Swarm:
         """Pause: every process of the host frozen (cgroup freezer) and its line down, so no
         packet crosses it; resume undoes both."""
         c = self.hosts[name].container
+        # one PC: the line is the whole PC's, so only this client's processes are frozen
+        hp = self.plan.host(name)
+        shared = hp.shares_netns is not None or (hp.home is not None and self.plan.home(hp.home).one_pc)
         if frozen:
             c.pause()
-            self.links.carrier(name, up=False)
+            if not shared:
+                self.links.carrier(name, up=False)
         else:
-            self.links.carrier(name, up=True)
+            if not shared:
+                self.links.carrier(name, up=True)
             c.unpause()
 
     def start_carriers(self, clock, epoch0: float) -> None:
