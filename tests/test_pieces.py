@@ -363,3 +363,24 @@ def test_lt_client_encodes_what_the_driver_decodes(have, monkeypatch, tmp_path):
     d = driver("libtorrent", tmp_path, INFOHASH)
     monkeypatch.setattr(d, "call", lambda method, **params: answer)
     assert d.pieces() == have
+
+
+def test_deluge_s_downloading_mark_does_not_hide_a_piece_it_had():
+    """deluge writes 2 ('being downloaded') over a complete piece while a peer's
+    downloading_piece_index still points at it; the driver keeps the last reading there."""
+    from testbed.clients.deluge import DelugeDriver
+
+    class Answer:
+        def __init__(self, states):
+            self.states = states
+
+        def call(self, *args):
+            return {"pieces": self.states, "num_pieces": len(self.states), "is_seed": False}
+
+    d = DelugeDriver.__new__(DelugeDriver)
+    d._torrent = "x"
+    got = []
+    for states in ([3, 2, 0], [2, 2, 0], [3, 3, 2], [3, 3, 3]):
+        d._client = lambda s=states: Answer(s)
+        got.append(d.pieces())
+    assert got == [[True, False, False], [True, False, False], [True, True, False], [True, True, True]]

@@ -19,6 +19,7 @@ USER, PASSWORD = "testbed", "testbed"
 class DelugeDriver(ClientDriver):
     name = "deluge"
     rpc_port = 58846
+    _last_pieces: list[bool] | None = None     # the last piece map read (see pieces())
 
     def core_settings(self) -> dict:
         """core.conf settings that differ from deluge 2.0.3's defaults, and why."""
@@ -131,4 +132,10 @@ class DelugeDriver(ClientDriver):
             # while the torrent has no piece picker, and so answers fewer entries than pieces:
             # at that moment it cannot say
             return None
-        return [v == 3 for v in states]
+        # deluge writes 2 over a piece's state for every peer whose downloading_piece_index
+        # points at it, even when the piece is already complete (deluge/core/torrent.py,
+        # _get_pieces_info): a 2 says nothing of the have bit, so the last reading stands
+        last = self._last_pieces if self._last_pieces and len(self._last_pieces) == n else [False] * n
+        have = [v == 3 or (v == 2 and was) for v, was in zip(states, last)]
+        self._last_pieces = have
+        return have
