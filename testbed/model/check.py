@@ -286,7 +286,8 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
         if n > 2 ** (32 - LAN_PREFIX) - 3:
             fail(f"{homes[hname]}.count", f"a home would hold {n} clients, more than its LAN /{LAN_PREFIX} "
                  "holds; give the household more homes")
-    forwarded: dict[tuple[str, object], str] = {}
+    forwarded: dict[tuple, str] = {}
+    pc_connectable: dict[str, tuple[bool, str]] = {}
     for key, gs in (("seeders", exp.seeders), ("peers", exp.peers)):
         for i, g in enumerate(gs):
             where = f"{key}[{i}]"
@@ -305,6 +306,12 @@ def check_homes(exp: Experiment, sites: set[str], fail) -> None:
             if g.forward and not g.behaviour.connectable:
                 fail(f"{where}.forward", "a forwarded client must be connectable (behaviour.connectable)")
             h = exp.household(g.household)
+            if h.one_pc:
+                # one namespace, one packet filter: the PC accepts connections or it does not
+                pc_connectable.setdefault(g.household, (g.behaviour.connectable, where))
+                if pc_connectable[g.household][0] != g.behaviour.connectable:
+                    fail(f"{where}.behaviour.connectable", f"differs from {pc_connectable[g.household][1]}'s, "
+                         f"on the same PC (one_pc household '{g.household}')")
             if g.forward and not h.one_pc:
                 # one forward per (home, port): two LAN hosts cannot both take one outside port
                 port = g.behaviour.listen_port
