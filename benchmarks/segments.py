@@ -10,7 +10,6 @@ RTT to the internet server (median, p95) and its own upload, all from the result
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -19,19 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from testbed.report_homes import rates, rows  # noqa: E402
+
 SHARES = (0, 25, 50)
 SEGMENT = "cable1-cable"
 WARMUP_S = 15.0          # seeders verify and peers connect first: judge the steady part
 
 
-def rows(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
 def per_second(meter: list[dict], scope: str, name: str, key: str) -> list[tuple[float, float]]:
-    pts = [(float(r["t"]), int(r[key])) for r in meter if r["scope"] == scope and r["name"] == name]
-    return [(t1, (b1 - b0) * 8 / (t1 - t0)) for (t0, b0), (t1, b1) in zip(pts, pts[1:]) if t1 > t0]
+    return list(zip(*rates([r for r in meter if r["scope"] == scope and r["name"] == name], key)))
 
 
 def measure(run: Path) -> dict:

@@ -17,6 +17,7 @@ there and answers with a reset: nothing behind it accepts it, as behind a real N
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -121,7 +122,6 @@ def _policy_rules(rule, ipt, seen, marked) -> list[list[str]]:
 def available() -> tuple[bool, str]:
     """Whether a home router's rules load here (NAT, forwards, accounting, every protocol
     policy), tried in a throwaway namespace."""
-    import os
     if os.geteuid() != 0:
         return False, "not root"
     ns = f"tb{os.getpid() % 0xFFFFFF:06x}-homeprobe"

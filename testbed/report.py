@@ -172,22 +172,9 @@ def bills(summary: dict) -> Table | None:
     return t
 
 
-def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
 def _throughput(meter: list[dict], name: str, key: str) -> tuple[list[float], list[float]]:
-    """Per-interval rate (bit/s) from a cumulative meter.csv column."""
-    pts = [(float(r["t"]), int(r[key])) for r in meter if r["scope"] == "peer" and r["name"] == name]
-    xs, ys = [], []
-    for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
-        if t1 > t0:
-            xs.append(t1)
-            ys.append((b1 - b0) * 8 / (t1 - t0))
-    return xs, ys
+    """Per-interval rate (bit/s) of a peer from a cumulative meter.csv column."""
+    return report_homes.rates([r for r in meter if r["scope"] == "peer" and r["name"] == name], key)
 
 
 def _steps(links: list[dict], host: str, direction: str, t_end: float) -> tuple[list[float], list[float]]:
@@ -202,7 +189,7 @@ def _steps(links: list[dict], host: str, direction: str, t_end: float) -> tuple[
 def plot_links(run_dir: Path) -> Path | None:
     """links.png: for each access direction whose rate changed during the run (a trace, a
     throttle, a cut), the rate it was set to against the throughput measured on it."""
-    links, meter = _rows(run_dir / "links.csv"), _rows(run_dir / "meter.csv")
+    links, meter = report_homes.rows(run_dir / "links.csv"), report_homes.rows(run_dir / "meter.csv")
     changed = sorted({(r["host"], r["direction"]) for r in links if r["cause"] != "static" and float(r["t"]) > 0}
                      | {(r["host"], r["direction"]) for r in links if r["cause"] == "trace"})
     if not changed or not meter:
@@ -229,7 +216,7 @@ def plot_usage(run_dir: Path) -> Path | None:
     """usage.png: each metered peer's counted usage against its cap, and its upload rate."""
     summary = read_summary(run_dir)
     metered = [p for p in summary["peers"] if p.get("bill")]
-    meter = _rows(run_dir / "meter.csv")
+    meter = report_homes.rows(run_dir / "meter.csv")
     if not metered or not meter:
         return None
     plt = _pyplot()

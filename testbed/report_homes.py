@@ -12,7 +12,8 @@ from rich.table import Table
 from testbed.units import fmt_rate, fmt_size
 
 
-def _rows(path: Path) -> list[dict]:
+def rows(path: Path) -> list[dict]:
+    """A results CSV as dicts; none if the run did not write it."""
     if not path.is_file():
         return []
     with path.open() as f:
@@ -50,8 +51,9 @@ def homes_table(run_dir: Path) -> Table | None:
     return t
 
 
-def _rates(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    pts = [(float(r["t"]), int(r[key])) for r in rows]
+def rates(counter_rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """Per-interval rate (bit/s) from one name's rows of a cumulative meter.csv column."""
+    pts = [(float(r["t"]), int(r[key])) for r in counter_rows]
     xs, ys = [], []
     for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
         if t1 > t0:
@@ -72,28 +74,28 @@ def core_rates(run_dir: Path) -> dict[str, tuple[float, float]]:
 
 def plot_homes(run_dir: Path, pyplot, save) -> Path | None:
     homes = read_homes(run_dir)
-    meter = _rows(run_dir / "meter.csv")
+    meter = rows(run_dir / "meter.csv")
     if not homes or not meter:
         return None
-    probes = _rows(run_dir / "probes.csv")
-    marks = _rows(run_dir / "policy.csv")
-    rates = core_rates(run_dir)
+    probes = rows(run_dir / "probes.csv")
+    marks = rows(run_dir / "policy.csv")
+    link_rates = core_rates(run_dir)
     segs = sorted({r["name"] for r in meter if r["scope"] == "segment"})
     plt = pyplot()
     fig, (ax_seg, ax_home, ax_rtt) = plt.subplots(3, 1, figsize=(8, 8.5), sharex=True)
     for i, seg in enumerate(segs):
-        rows = [r for r in meter if r["scope"] == "segment" and r["name"] == seg]
-        up, down = rates.get(seg, (None, None))
+        seg_rows = [r for r in meter if r["scope"] == "segment" and r["name"] == seg]
+        up, down = link_rates.get(seg, (None, None))
         for key, cap, ls in (("ip_bytes_up", up, "-"), ("ip_bytes_down", down, ":")):
-            xs, ys = _rates(rows, key)
+            xs, ys = rates(seg_rows, key)
             if cap and any(ys):
                 ax_seg.plot(xs, [100 * y / cap for y in ys], color=f"C{i}", ls=ls, lw=1.1,
                             label=f"{seg} {'up' if key.endswith('up') else 'down'}")
     ax_seg.set_ylabel("link utilisation, %")
     ax_seg.set_title(f"{run_dir.name}: core / aggregation links (solid: up, dotted: down)", fontsize=9)
     for i, h in enumerate(homes["homes"]):
-        rows = [r for r in meter if r["scope"] == "household" and r["name"] == h["name"]]
-        xs, ys = _rates(rows, "ip_bytes_up")
+        home_rows = [r for r in meter if r["scope"] == "household" and r["name"] == h["name"]]
+        xs, ys = rates(home_rows, "ip_bytes_up")
         ax_home.plot(xs, [y / 1e6 for y in ys], color=f"C{i % 10}", lw=1, label=h["name"])
     ax_home.set_ylabel("home upload, Mbit/s (IP)")
     for i, h in enumerate(homes["homes"]):
