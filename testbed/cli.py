@@ -7,6 +7,7 @@ log file and points to it. Exit 0 only for what completed.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -14,30 +15,39 @@ import time
 import traceback
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from testbed import __version__
 from testbed.errors import InputError, TestbedError
 
-# soft_wrap: a sentence stays on one line when the output is a pipe or a log
-console = Console(soft_wrap=True)
-if not console.is_terminal:
-    console.width = 132     # tables in logs and pipes: wide enough not to truncate
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _sigterm(signum, frame):
-    # Same path as Ctrl-C: the orchestrator's finally tears the run down and writes partial results.
-    raise KeyboardInterrupt
+from testbed.cli_common import console, err
+from testbed.cli_common import sigterm_as_interrupt as _sigterm
+from testbed.cli_study import cmd_compare, cmd_report, cmd_study
 
 
 # ------------------------------------------------------------------ commands
 
 def cmd_validate(args) -> int:
+    from testbed.model.study import is_study
+    if args.timeline and len(args.files) != 1:
+        raise InputError("validate --timeline: name one experiment file")
+    out = []
+    for f in args.files:
+        out.append(_validate_study(f) if is_study(f) else _validate_experiment(f, args))
+        if out[-1] is None:
+            return 0
+    if args.json:
+        sys.stdout.write(json.dumps(out if len(out) > 1 else out[0], indent=1) + "\n")
+    else:
+        for o in out:
+            console.print(o["text"])
+    return 0
+
+
+def _validate_experiment(f: str, args) -> dict | None:
     from testbed.model import load_experiment
     from testbed.plan import TIMELINE_FIELDS, plan
-    exp = load_experiment(args.file)
+    exp = load_experiment(f)
     n = sum(g.count for _, g in exp.groups())
     p = plan(exp, "validate-000000", repetition=args.repetition)
     if args.timeline:
@@ -45,15 +55,28 @@ def cmd_validate(args) -> int:
         w = csv.DictWriter(sys.stdout, fieldnames=TIMELINE_FIELDS)
         w.writeheader()
         w.writerows(ev.row() for ev in p.timeline)
-        return 0
+        return None
     leechers = {h.name for h in p.by_role("leecher")}
     arrive = sum(1 for e in p.timeline if e.kind == "arrive" and e.host in leechers)
     bound = f"Kumar-Ross minimum {p.t_min_s:.1f}s" if p.t_min_s is not None else \
         "no Kumar-Ross bound (homes share their links)" if p.homes else "no Kumar-Ross bound (not a flash crowd)"
-    console.print(f"{args.file}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s); "
-                  f"{arrive} of {len(leechers)} leechers arrive within {p.horizon_s:g}s, {len(p.timeline)} planned events; "
-                  f"{bound})")
-    return 0
+    text = (f"{f}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s); "
+            f"{arrive} of {len(leechers)} leechers arrive within {p.horizon_s:g}s, {len(p.timeline)} planned events; "
+            f"{bound})")
+    return {"file": f, "kind": "experiment", "valid": True, "name": exp.name, "peers": n,
+            "topology": exp.topology.name, "repetitions": exp.repetitions, "leechers": len(leechers),
+            "leechers_arriving": arrive, "horizon_s": p.horizon_s, "planned_events": len(p.timeline),
+            "t_min_s": p.t_min_s, "text": text}
+
+
+def _validate_study(f: str) -> dict:
+    from testbed.model.study import load_study
+    st = load_study(f)
+    arms = [{"name": n, "peers": sum(g.count for _, g in e.groups())} for n, _, _, e in st.arms]
+    text = (f"{f}: valid study ({len(st.arms)} arms: {', '.join(st.names)}; {st.study.repetitions} repetitions "
+            f"each, {len(st.arms) * st.study.repetitions} runs; seed {st.study.seed})")
+    return {"file": f, "kind": "study", "valid": True, "name": st.study.name, "arms": arms,
+            "repetitions": st.study.repetitions, "runs": len(st.arms) * st.study.repetitions, "text": text}
 
 
 def cmd_run(args) -> int:
@@ -203,15 +226,6 @@ def cmd_calibrate(args) -> int:
     return 1 if bad or summary["status"] != "complete" else 0
 
 
-def cmd_report(args) -> int:
-    from testbed import report
-    run_dir = Path(args.run_dir)
-    summary = report.render(run_dir, console)
-    for png in report.plots(run_dir):
-        console.print(f"plot: {png}")
-    return 0 if summary["status"] == "complete" else 1
-
-
 def cmd_images(args) -> int:
     from testbed import images
     from testbed.runtime import docker_client
@@ -233,16 +247,22 @@ def cmd_images(args) -> int:
 def cmd_doctor(args) -> int:
     from testbed import doctor
     failed = 0
-    for c in doctor.checks():
+    checks = doctor.checks()
+    for c in checks:
         if not c.ok and args.fix and c.apply:
             c.apply()
             c.ok, c.detail = True, c.detail + " -> fixed"
+    if args.json:
+        sys.stdout.write(json.dumps([{"name": c.name, "ok": c.ok, "required": c.required, "detail": c.detail,
+                                      "fix": None if c.ok else c.fix} for c in checks], indent=1) + "\n")
+        return 2 if any(c.required and not c.ok for c in checks) else 0
+    for c in checks:
         mark = "[green]ok  " if c.ok else ("[red]FAIL" if c.required else "[yellow]warn")
         console.print(f"{mark}[/] {c.name:18} {c.detail}")
         if not c.ok:
             console.print(f"     {'':18} fix: {c.fix}")
             failed += c.required
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
 def cmd_clean(args) -> int:
@@ -296,15 +316,36 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results", help="where the calibration directory goes (default ./results)")
     s.set_defaults(func=cmd_calibrate)
 
-    s = sub.add_parser("validate", help="check an experiment file without running it")
+    s = sub.add_parser("validate", help="check experiment or study files without running them")
     s.add_argument("--timeline", action="store_true", help="print the planned events (timeline.csv) instead")
     s.add_argument("--repetition", type=int, default=1, help="whose draws --timeline shows (default 1)")
-    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="what was found, as JSON")
+    s.add_argument("files", nargs="+", metavar="file")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("report", help="summarize a run directory (table and progress.png)")
-    s.add_argument("run_dir")
+    s = sub.add_parser("report", help="report a run or a study: table, plots, report.html and report.md")
+    s.add_argument("path", metavar="run_or_study_dir")
+    s.add_argument("--out", help="write the report here instead of into the directory it reads")
+    s.add_argument("--json", action="store_true", help="the metrics as JSON on standard output")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("compare", help="the controlled-vs-real-world table of two runs or studies")
+    s.add_argument("a", help="RUN_DIR, STUDY_DIR (its baseline) or STUDY_DIR:ARM")
+    s.add_argument("b", help="the same forms; the difference is b - a")
+    s.add_argument("--metric", action="append", help="only this metric (repeatable)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("study", help="studies: a baseline and its variants, repeated with paired seeds")
+    ssub = s.add_subparsers(dest="study_command", required=True)
+    b = ssub.add_parser("run", help="run every arm of a study file, every repetition")
+    b.add_argument("file")
+    b.add_argument("--results", default="results", help="where the study directory goes (default ./results)")
+    b.add_argument("--out", help="the study directory itself (must not exist)")
+    b.set_defaults(func=cmd_study)
+    b = ssub.add_parser("resume", help="run what an interrupted study has not finished")
+    b.add_argument("dir")
+    b.set_defaults(func=cmd_study)
 
     s = sub.add_parser("images", help="container images")
     isub = s.add_subparsers(dest="images_command", required=True)
@@ -315,6 +356,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("doctor", help="check the machine's prerequisites, each with its fix")
     s.add_argument("--fix", action="store_true", help="apply the fixes that are safe to apply")
+    s.add_argument("--json", action="store_true", help="each check as JSON")
     s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("clean", help="remove containers, veths, bridges and namespaces of runs")

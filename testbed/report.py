@@ -9,15 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import report_homes
-from testbed.errors import InputError
-from testbed.results import read_summary
 from testbed.units import fmt_size, parse_size
 
 
 def load(run_dir: Path) -> dict:
-    if not (run_dir / "summary.json").is_file():
-        raise InputError(f"{run_dir}: not a run directory (no summary.json)")
-    return read_summary(run_dir)
+    """summary.json, or for a run that never wrote one, what its events and samples hold."""
+    from testbed.analysis.partial import summary_of
+    return summary_of(run_dir)
 
 
 def table(summary: dict) -> Table:
@@ -37,7 +35,7 @@ def table(summary: dict) -> Table:
         extra = (p.get("profile") or "-", secs(p.get("arrived_s")), left) if churn else ()
         t.add_row(p["name"], p["group"], p["client"], *extra, "yes" if p["completed"] else "NO",
                   secs(p["completion_s"]), secs(p.get("t_min_s")), up, down,
-                  "ok" if p["sha256_ok"] else "missing" if not p.get("file_present") else
+                  "-" if p["sha256_ok"] is None else "ok" if p["sha256_ok"] else "missing" if not p.get("file_present") else
                   "MISMATCH" if p["completed_at_s"] is not None or p["role"] == "seeder" else "partial")
     return t
 
@@ -89,7 +87,7 @@ def _save(plt, fig, out: Path) -> None:
     plt.close(fig)
 
 
-def plot(run_dir: Path) -> Path | None:
+def plot(run_dir: Path, out_dir: Path | None = None) -> Path | None:
     """progress.png: each leecher's progress over time, with the Kumar-Ross minimum; under
     churn, a second panel with the peers online and the seeds among them (swarm.csv)."""
     samples = run_dir / "samples.csv"
@@ -97,7 +95,7 @@ def plot(run_dir: Path) -> Path | None:
         return None
     plt = _pyplot()
 
-    summary = read_summary(run_dir)
+    summary = load(run_dir)
     leechers = {p["name"] for p in summary["peers"] if p["role"] == "leecher"}
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     with samples.open() as f:
@@ -129,7 +127,7 @@ def plot(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     if legend or summary.get("t_min_s") is not None:
         ax.legend(fontsize=7, ncol=2, loc="lower right")
-    out = run_dir / "progress.png"
+    out = (out_dir or run_dir) / "progress.png"
     _save(plt, fig, out)
     return out
 
@@ -186,7 +184,7 @@ def _steps(links: list[dict], host: str, direction: str, t_end: float) -> tuple[
     return xs, ys
 
 
-def plot_links(run_dir: Path) -> Path | None:
+def plot_links(run_dir: Path, out_dir: Path | None = None) -> Path | None:
     """links.png: for each access direction whose rate changed during the run (a trace, a
     throttle, a cut), the rate it was set to against the throughput measured on it."""
     links, meter = report_homes.rows(run_dir / "links.csv"), report_homes.rows(run_dir / "meter.csv")
@@ -207,14 +205,14 @@ def plot_links(run_dir: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("seconds since the swarm started")
-    out = run_dir / "links.png"
+    out = (out_dir or run_dir) / "links.png"
     _save(plt, fig, out)
     return out
 
 
-def plot_usage(run_dir: Path) -> Path | None:
+def plot_usage(run_dir: Path, out_dir: Path | None = None) -> Path | None:
     """usage.png: each metered peer's counted usage against its cap, and its upload rate."""
-    summary = read_summary(run_dir)
+    summary = load(run_dir)
     metered = [p for p in summary["peers"] if p.get("bill")]
     meter = report_homes.rows(run_dir / "meter.csv")
     if not metered or not meter:
@@ -247,7 +245,7 @@ def plot_usage(run_dir: Path) -> Path | None:
     for ax in (ax_use, ax_up):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, loc="upper left")
-    out = run_dir / "usage.png"
+    out = (out_dir or run_dir) / "usage.png"
     _save(plt, fig, out)
     return out
 
@@ -258,10 +256,12 @@ def _groups(run_dir: Path) -> list[dict]:
     return [*exp.get("seeders", []), *exp.get("peers", [])]
 
 
-def plots(run_dir: Path) -> list[Path]:
-    """Every plot the run's results support, written into the run directory."""
-    return [p for p in (plot(run_dir), plot_links(run_dir), plot_usage(run_dir),
-                        report_homes.plot_homes(run_dir, _pyplot, _save)) if p]
+def plots(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Every plot the run's results support, written into out_dir (default: the run directory)."""
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return [p for p in (plot(run_dir, out_dir), plot_links(run_dir, out_dir), plot_usage(run_dir, out_dir),
+                        report_homes.plot_homes(run_dir, _pyplot, _save, out_dir)) if p]
 
 
 def render(run_dir: Path, console: Console) -> dict:

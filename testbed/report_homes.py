@@ -72,7 +72,7 @@ def core_rates(run_dir: Path) -> dict[str, tuple[float, float]]:
     return out
 
 
-def plot_homes(run_dir: Path, pyplot, save) -> Path | None:
+def plot_homes(run_dir: Path, pyplot, save, out_dir: Path | None = None) -> Path | None:
     homes = read_homes(run_dir)
     meter = rows(run_dir / "meter.csv")
     if not homes or not meter:
@@ -111,6 +111,6 @@ def plot_homes(run_dir: Path, pyplot, save) -> Path | None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=3, loc="upper left")
-    out = run_dir / "homes.png"
+    out = (out_dir or run_dir) / "homes.png"
     save(plt, fig, out)
     return out

@@ -14,8 +14,15 @@ def error_of(data) -> str:
 
 
 def test_shipped_experiments_validate():
+    from testbed.model.study import is_study, load_study
+    studies = 0
     for path in (ROOT / "experiments").rglob("*.yaml"):
-        assert load_experiment(path).name
+        if is_study(path):
+            studies += 1
+            assert len(load_study(path).arms) >= 2
+        else:
+            assert load_experiment(path).name
+    assert studies >= 5
 
 
 def test_units_are_parsed_and_topology_resolved(exp_dict):

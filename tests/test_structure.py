@@ -56,6 +56,15 @@ def test_model_and_plan_import_nothing_that_touches_the_machine():
     assert out == "", f"model/plan pull in: {out}"
 
 
+def test_analysis_reads_only_results():
+    """Reports and comparisons work from a results directory on any machine: the analysis
+    imports nothing that acts on the machine, and nothing of the run or the plan."""
+    code = ("import sys, testbed.analysis.pages, testbed.analysis.compare; "
+            f"print(','.join(m for m in sys.modules if m.startswith({MACHINE + ('testbed.plan', 'testbed.model')!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"analysis pulls in: {out}"
+
+
 def test_modules_stay_a_few_hundred_lines():
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long

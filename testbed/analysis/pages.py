@@ -1,0 +1,142 @@
+"""Report pages: report.md (Markdown, for a pull request or a paper's notes) and report.html
+(one self-contained file: its plots are embedded PNGs, it loads nothing), for a study or for
+one run, plus metrics.json with every number the pages show."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from testbed.analysis import compare, plots
+from testbed.analysis.metrics import HEADLINE, METRICS, run_metrics
+from testbed.analysis.partial import summary_of
+from testbed.results import write_atomic, write_json
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
+.warn{color:#a40}.note{color:#555;font-size:12px}h2{margin-top:1.6em}"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>'
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="{"n" if i else ""}">{html.escape(c)}</td>' for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def _md_to_rows(md: str) -> tuple[list[str], list[list[str]]]:
+    lines = [ln.strip().strip("|").split(" | ") for ln in md.splitlines()]
+    return [c.strip() for c in lines[0]], [[c.strip() for c in ln] for ln in lines[2:]]
+
+
+# ---------------------------------------------------------------- studies
+
+def study_report(study_dir: Path, out: Path) -> dict:
+    index, sides = compare.study_sides(study_dir)
+    arms = list(sides.values())
+    base, variants = arms[0], arms[1:]
+    first = ["| metric | variant | baseline | variant value | difference | 95 % CI of the difference |",
+             "|---|---|---:|---:|---:|---:|"]
+    per_variant = {}
+    for v in variants:
+        rows = compare.table(base, v)
+        per_variant[v.label] = rows
+        if not v.runs:
+            first.append(f"| - | {v.label} | - | no usable run | - | - |")
+            continue
+        for r in rows:
+            if r["metric"] in HEADLINE:
+                d, ci = compare.diff_cells(r["difference"], r["unit"])
+                first.append(f"| {r['metric']} | {v.label} | {compare.cell(r['baseline'], r['unit'])} | "
+                             f"{compare.cell(r['variant'], r['unit'])} | {d} | {ci} |")
+    failed = [r for r in index["runs"] if r["status"] not in compare.USABLE]
+    note = compare.method_note(base, variants[0]) if variants else ""
+    md = [f"# {index['study']}: controlled vs real-world", "",
+          f"Study directory `{study_dir.name}`; seed {index['seed']}; {index['repetitions']} repetition(s) per arm; "
+          f"status: {index['status']}.", "", "## Controlled vs real-world", "", *first, "", note, ""]
+    if failed:
+        md += ["## Runs not in the figures", "", "| arm | repetition | status | why |", "|---|---:|---|---|",
+               *[f"| {r['arm']} | {r['repetition']} | {r['status']} | {(r.get('error') or '-')[:200]} |"
+                 for r in failed], ""]
+    for v in variants:
+        md += [f"## {base.label} vs {v.label}: every metric", "",
+               compare.markdown_table(per_variant[v.label], base.label, v.label), ""]
+    md += ["## Arms", "", *[f"- **{a['name']}**: {a['description'] or '-'}" for a in index["arms"]], "",
+           "## Metrics", "", *[f"- `{k}` ({u}): {m}" for k, (u, m) in METRICS.items()], ""]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "report.md", "\n".join(md))
+
+    run_dirs = {s.label: [study_dir / r["run_dir"] for r in index["runs"]
+                          if r["arm"] == s.label and r["status"] in compare.USABLE and r.get("run_dir")] for s in arms}
+    parts = [f"<h1>{html.escape(index['study'])}: controlled vs real-world</h1>",
+             f"<p>{html.escape(md[2])}</p><h2>Controlled vs real-world</h2>",
+             _html_table(*_md_to_rows("\n".join(first))), f"<p class=\"note\">{html.escape(note)}</p>",
+             _img(plots.differences(base, variants) if variants else None, "differences from the baseline"),
+             "<h2>Completion times</h2>", _img(plots.completion_cdfs(arms), "completion time CDFs"),
+             "<h2>Progress and population</h2>", _img(plots.progress_population(arms, run_dirs), "progress"),
+             "<h2>Bytes by group</h2>", _img(plots.grouped_bars(arms, "bytes_up", 1e-6, "MB uploaded"), "bytes up"),
+             _img(plots.grouped_bars(arms, "bytes_down", 1e-6, "MB downloaded"), "bytes down")]
+    bills = plots.grouped_bars(arms, "bill", 1.0, "money")
+    if bills:
+        parts += ["<h2>Bills</h2>", _img(bills, "bills by group")]
+    util = plots.utilisation(arms)
+    if util:
+        parts += ["<h2>Link utilisation</h2>", _img(util, "link utilisation")]
+    if failed:
+        parts += ["<h2 class=\"warn\">Runs not in the figures</h2>", _html_table(["arm", "repetition", "status", "why"], [
+            [r["arm"], str(r["repetition"]), r["status"], (r.get("error") or "-")[:200]] for r in failed])]
+    for v in variants:
+        parts += [f"<h2>{html.escape(base.label)} vs {html.escape(v.label)}: every metric</h2>",
+                  _html_table(*_md_to_rows(compare.markdown_table(per_variant[v.label], base.label, v.label)))]
+    write_atomic(out / "report.html", _page(f"{index['study']} study", parts))
+    data = {"study": index["study"], "status": index["status"], "method": note,
+            "arms": {s.label: {"runs": {r: m for r, m in s.runs.items()}, "skipped": s.skipped,
+                               "aggregate": {k: compare.aggregate(s, k).as_dict() for k in s.metric_names()}}
+                     for s in arms},
+            "differences": per_variant, "report_md": str(out / "report.md"), "report_html": str(out / "report.html")}
+    write_json(out / "metrics.json", data)
+    return data
+
+
+# ---------------------------------------------------------------- one run
+
+def run_report(run_dir: Path, out: Path, pngs: list[Path]) -> dict:
+    summary = summary_of(run_dir)
+    m = run_metrics(run_dir)
+    names = compare.order(set(m["metrics"]))
+    rows = [[k, compare.fmt(m["metrics"][k], compare.unit(k))] for k in names]
+    md = [f"# {summary['run_id']}", "", f"Experiment {summary.get('experiment')}, status **{summary['status']}**"
+          + (" (partial: " + str(summary.get("error")) + ")" if summary.get("partial") else "") + ".", "",
+          "| metric | value |", "|---|---:|", *[f"| {a} | {b} |" for a, b in rows], "",
+          "Completion times are from each peer's arrival, at 1 s sampling resolution.", ""]
+    peer_rows = [[p["name"], p["group"], p["client"], "yes" if p["completed"] else "no",
+                  "-" if p.get("completion_s") is None else f"{p['completion_s']:.1f}",
+                  compare.fmt(p.get("bytes_up"), "bytes"), compare.fmt(p.get("bytes_down"), "bytes")]
+                 for p in summary["peers"]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "report.md", "\n".join(md))
+    parts = [f"<h1>{html.escape(summary['run_id'])}</h1><p>{html.escape(md[2])}</p>",
+             _html_table(["metric", "value"], rows),
+             _html_table(["peer", "group", "client", "done", "download s", "up", "down"], peer_rows),
+             *[_img(p.read_bytes(), p.stem) for p in pngs]]
+    write_atomic(out / "report.html", _page(summary["run_id"], parts))
+    data = {**m, "report_md": str(out / "report.md"), "report_html": str(out / "report.html")}
+    write_json(out / "metrics.json", data)
+    return data
+
+
+def dumps(data) -> str:
+    return json.dumps(data, indent=1, default=str)
