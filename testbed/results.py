@@ -3,7 +3,8 @@
 results/<run_id>/
   experiment.yaml   the fully resolved experiment
   manifest.json     testbed version and commit, images, kernel, tc/netem, seed, host facts
-  events.jsonl      one JSON object per line, appended as things happen
+  events.jsonl      one JSON object per line, appended as things happen (time: unix seconds;
+                    t: seconds since the swarm started, negative during the bring-up)
   samples.csv       per second, per peer: client-reported and interface-counted bytes
                     (t: when the client answered, t_if: when the counters were read),
                     established TCP connections accepted (tcp_in) and dialed (tcp_out), and
@@ -27,7 +28,9 @@ results/<run_id>/
   delayer-stats.json  the userspace delay element's counters per receiving host (if used)
   summary.json      status, t_min_s, per-peer outcome and bill (written last; partial on failure)
   hosts/<name>/     each host's client configuration and logs
-Files that are replaced are written atomically (temp file + rename).
+Files that are replaced are written atomically (temp file + rename). Every `t` in every file
+counts seconds from one origin, the swarm's start (the sampler's first tick); every peer is
+keyed by its host name. docs/results.md is the data dictionary: every column with its unit.
 """
 from __future__ import annotations
 
@@ -38,9 +41,13 @@ import threading
 import time
 from pathlib import Path
 
-SAMPLE_FIELDS = ["t", "t_if", "peer", "progress", "rate_up", "rate_down", "client_bytes_up", "client_bytes_down",
+# the version of this contract, in manifest.json and summary.json; raised when a file or a
+# column changes meaning (2: samples' rate_*_Bps and tcp_send_queue_bytes, events' t from the
+# swarm's start, studies)
+FORMAT_VERSION = 2
+SAMPLE_FIELDS = ["t", "t_if", "peer", "progress", "rate_up_Bps", "rate_down_Bps", "client_bytes_up", "client_bytes_down",
                  "if_bytes_up", "if_bytes_down", "peers", "tcp_in", "tcp_out", "tcp_uploading", "tcp_downloading",
-                 "tcp_send_queue", "utp_flows", "utp_uploading", "utp_downloading"]
+                 "tcp_send_queue_bytes", "utp_flows", "utp_uploading", "utp_downloading"]
 METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_up", "packets_down"]
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
 POLICY_FIELDS = ["t", "segment", "host", "direction", "action", "user_share", "port_util"]
@@ -89,7 +96,8 @@ class RunDir:
         return self.path / "hosts"
 
     def event(self, kind: str, **fields) -> dict:
-        rec = {"time": round(time.time(), 3), "t": round(time.time() - self.t0, 3), "kind": kind, **fields}
+        now = time.time()
+        rec = {"time": round(now, 3), "t": round(now - self.t0, 3), "kind": kind, **fields}
         self._events.write(json.dumps(rec) + "\n")
         return rec
 
@@ -101,6 +109,22 @@ class RunDir:
         self._samples_file.close()
         for f, _, _ in self._tables.values():
             f.close()
+        self._rebase_events()
+
+    def _rebase_events(self) -> None:
+        """The bring-up's events were written before the swarm's start was known: give every
+        event its t from that one origin (negative before the start), from its unix time."""
+        path = self.path / "events.jsonl"
+        lines = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if "time" in rec and "t_swarm" not in rec:
+                rec["t"] = round(rec["time"] - self.t0, 3)
+            lines.append(json.dumps(rec))
+        write_atomic(path, "".join(ln + "\n" for ln in lines))
 
 
 def write_plan(path: Path, plan) -> None:

@@ -146,13 +146,13 @@ def tcp_activity(before: dict | None, now: dict | None) -> dict[str, int]:
     and the bytes queued for sending on all of them."""
     now = now or {}
     before = before or {}
-    out = {"tcp_in": 0, "tcp_out": 0, "tcp_uploading": 0, "tcp_downloading": 0, "tcp_send_queue": 0}
+    out = {"tcp_in": 0, "tcp_out": 0, "tcp_uploading": 0, "tcp_downloading": 0, "tcp_send_queue_bytes": 0}
     for key, (inbound, acked, received, send_q) in now.items():
         out["tcp_in" if inbound else "tcp_out"] += 1
         _, acked0, received0, _ = before.get(key, (inbound, 0, 0, 0))
         out["tcp_uploading"] += acked - acked0 >= BLOCK
         out["tcp_downloading"] += received - received0 >= BLOCK
-        out["tcp_send_queue"] += send_q
+        out["tcp_send_queue_bytes"] += send_q
     return out
 
 

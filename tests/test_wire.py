@@ -47,4 +47,4 @@ def test_tcp_table_splits_by_who_dialed_and_skips_unaccepted_and_tracker(monkeyp
                      (6666, "198.18.0.7", 50000): (True, 1, 200000, 0)}
     before = {(40000, "198.18.0.6", 6666): (False, 70000, 0, 0), (6666, "198.18.0.7", 50000): (True, 1, 0, 0)}
     assert wire.tcp_activity(before, table) == {"tcp_in": 1, "tcp_out": 1, "tcp_uploading": 0, "tcp_downloading": 1,
-                                                "tcp_send_queue": 3000}
+                                                "tcp_send_queue_bytes": 3000}

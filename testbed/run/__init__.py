@@ -95,6 +95,9 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         sw.start_seeders()
         sampler = Sampler(p, rd, sw.drivers, {n: h.pid for n, h in sw.hosts.items()}, emit, time.monotonic())
         sampler.start()
+        # one time origin for every file: events' t counts from the swarm's start as the
+        # samples' does (the bring-up's events before it have negative t)
+        rd.t0 = time.time() - sampler.now()
         sw.start_carriers(sampler.now, time.time() - sampler.now())
         ex = Executor(p, sw, sampler, rd, emit, sample_interval)
         emit(rd.event("swarm_start", leechers=len(p.by_role("leecher")), t_min_s=p.t_min_s))

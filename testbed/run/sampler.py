@@ -174,7 +174,7 @@ class Sampler:
             up, down = self.seen.if_bytes(name)
             # t: when its client answered; t_if: when its interface counters were read (swarm time)
             self.rd.sample({"t": round(t_read, 3), "t_if": round(t, 3), "peer": name, "progress": round(s.progress, 5),
-                            "rate_up": s.rate_up, "rate_down": s.rate_down, "client_bytes_up": s.bytes_up,
+                            "rate_up_Bps": s.rate_up, "rate_down_Bps": s.rate_down, "client_bytes_up": s.bytes_up,
                             "client_bytes_down": s.bytes_down, "if_bytes_up": up, "if_bytes_down": down,
                             "peers": s.peers, **tcp})
         return out

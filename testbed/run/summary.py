@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from testbed import facts, images, metering, shaping
 from testbed.plan import Plan
+from testbed.results import FORMAT_VERSION
 from testbed.run.executor import Executor
 from testbed.run.swarm import Swarm
 from testbed.shaping import LinkShaper
@@ -76,7 +77,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
     arrived = [x for x in leechers if x["arrived_s"] is not None]
     done_at = [x["completed_at_s"] for x in leechers if x["completed_at_s"] is not None]
     return {
-        "run_id": p.run_id, "experiment": p.name, "repetition": p.repetition,
+        "format_version": FORMAT_VERSION, "run_id": p.run_id, "experiment": p.name, "repetition": p.repetition,
         "status": status, "error": error, "partial": status != "complete",
         "ended_by": ex.ended_by if ex else None, "end": p.end,
         "flash_crowd": p.t_min_s is not None,
@@ -148,7 +149,7 @@ def manifest(p: Plan, imgs: dict[str, images.Image], seed: int, repetitions: int
     tc = facts.traffic_control()
     shaper = shaping.choose(p.shaper, tc["netem"])()
     return {
-        "run_id": p.run_id, "experiment": p.name, "seed": seed,
+        "format_version": FORMAT_VERSION, "run_id": p.run_id, "experiment": p.name, "seed": seed,
         "repetition": p.repetition, "repetitions": repetitions,
         # each purpose's stream is derived from (seed, repetition, purpose): repetitions are independent
         "derived_seeds": p.seeds,
