@@ -107,27 +107,33 @@ def differences(base: Side, variants: list[Side]) -> bytes | None:
     return _png(plt, fig)
 
 
+def _bars(sides: list[Side], names: list[str], labels: list[str], scale: float, height: float):
+    """One bar per (metric, arm): the mean over repetitions with its 95 % interval."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    width = 0.8 / len(sides)
+    for i, s in enumerate(sides):
+        for k, name in enumerate(names):
+            iv = aggregate(s, name)
+            if iv.estimate is None:
+                continue
+            err = None if iv.low is None else [[(iv.estimate - iv.low) * scale], [(iv.high - iv.estimate) * scale]]
+            ax.bar(k + i * width, iv.estimate * scale, width, yerr=err, capsize=2, color=f"C{i}",
+                   label=s.label if k == 0 else None)
+    ax.set_xticks([k + width * (len(sides) - 1) / 2 for k in range(len(names))], labels, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return plt, fig, ax
+
+
 def grouped_bars(sides: list[Side], stem_name: str, scale: float = 1.0, ylabel: str = "") -> bytes | None:
     """A metric of each group (bytes up, bills, ...) per arm: mean over repetitions, 95 % bars."""
     groups = sorted({k[len(stem_name) + 1:-1] for s in sides for k in s.metric_names() if k.startswith(f"{stem_name}[")})
     if not groups:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    width = 0.8 / len(sides)
-    for i, s in enumerate(sides):
-        for g_i, g in enumerate(groups):
-            iv = aggregate(s, f"{stem_name}[{g}]")
-            if iv.estimate is None:
-                continue
-            err = None if iv.low is None else [[(iv.estimate - iv.low) * scale], [(iv.high - iv.estimate) * scale]]
-            ax.bar(g_i + i * width, iv.estimate * scale, width, yerr=err, capsize=2, color=f"C{i}",
-                   label=s.label if g_i == 0 else None)
-    ax.set_xticks([g + width * (len(sides) - 1) / 2 for g in range(len(groups))], groups, fontsize=8)
+    plt, fig, ax = _bars(sides, [f"{stem_name}[{g}]" for g in groups], groups, scale, 3.6)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{stem_name} by group: {METRICS[stem_name][1]}", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
     return _png(plt, fig)
 
 
@@ -137,21 +143,9 @@ def utilisation(sides: list[Side]) -> bytes | None:
                     if k.startswith(("home_utilisation", "segment_utilisation", "segment_p2p_share"))})
     if not names:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
-    width = 0.8 / len(sides)
-    for i, s in enumerate(sides):
-        for k, name in enumerate(names):
-            iv = aggregate(s, name)
-            if iv.estimate is None:
-                continue
-            err = None if iv.low is None else [[iv.estimate - iv.low], [iv.high - iv.estimate]]
-            ax.bar(k + i * width, iv.estimate, width, yerr=err, capsize=2, color=f"C{i}",
-                   label=s.label if k == 0 else None)
-    ax.set_xticks([k + width * (len(sides) - 1) / 2 for k in range(len(names))], names, fontsize=7, rotation=15)
+    plt, fig, ax = _bars(sides, names, names, 1.0, 3.4)
+    ax.tick_params(axis="x", labelrotation=15, labelsize=7)
     ax.set_ylabel("share of capacity / of bytes")
     ax.set_ylim(0, 1.05)
     ax.set_title("Link utilisation (upstream) per arm", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
     return _png(plt, fig)

@@ -64,6 +64,16 @@ def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None =
     return f"{source}: {where}: {msg}{more}"
 
 
+def validated(model: type[BaseModel], data: Any, source: str, what: str):
+    """`data` as a `model` (an experiment, a study), or one sentence saying what is wrong."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: the {what} must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_sentence(source, exc, model)) from None
+
+
 # ---------------------------------------------------------------- loading
 
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from testbed import traces
 from testbed.errors import InputError
 from testbed.model.check import check_meaning
-from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_library
+from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_library, validated
 from testbed.model.participation import resolve_participation
 from testbed.model.homes import IspTopology
 from testbed.model.schema import AccessLink, Experiment, LinkProfile, Topology
@@ -105,12 +105,7 @@ def resolve_access(access: AccessLink, where: str, source: str, base_dir: Path |
 def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
     """Both validation layers; returns an experiment whose topology and link profiles are
     resolved inline."""
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: the experiment must be a mapping of keys, got {type(data).__name__}")
-    try:
-        exp = Experiment.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(_sentence(source, exc, Experiment)) from None
+    exp = validated(Experiment, data, source, "experiment")
     if isinstance(exp.topology, str):
         exp = exp.model_copy(update={"topology": load_topology(exp.topology, source, base_dir)})
     elif isinstance(exp.topology, IspTopology):

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from testbed.errors import InputError
 from testbed.model.fields import Strict
-from testbed.model.files import _read_yaml, _sentence
+from testbed.model.files import _read_yaml, validated
 from testbed.model.load import parse_experiment
 from testbed.model.schema import Experiment
 
@@ -130,12 +130,7 @@ def remove(data: dict, path: str, where: str) -> dict:
 
 
 def parse_study(data: Any, source: str, base_dir: Path) -> LoadedStudy:
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: the study must be a mapping of keys, got {type(data).__name__}")
-    try:
-        study = Study.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(_sentence(source, exc, Study)) from None
+    study = validated(Study, data, source, "study")
     names = [study.baseline_name, *(v.name for v in study.variants)]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:

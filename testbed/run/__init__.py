@@ -20,14 +20,14 @@ from typing import Callable
 
 from testbed import facts, runtime, shaping
 from testbed.errors import TestbedError
-from testbed.model import Experiment, resolved_yaml
+from testbed.model import Experiment
 from testbed.plan import plan, run_tag
 from testbed.results import RunDir, write_json, write_plan
 from testbed.run.executor import Executor
 from testbed.run.preflight import BringupLock, free_control_block, preflight
 from testbed.run.sampler import Sampler
 from testbed.run.homes import home_summary
-from testbed.run.summary import cpu_seconds, image_packages, manifest, summarize
+from testbed.run.summary import cpu_seconds, image_packages, manifest, summarize, written_experiment
 from testbed.run.swarm import Swarm
 
 EventSink = Callable[[dict], None]
@@ -70,13 +70,15 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     imgs = preflight(p, docker_client)
 
     rd = RunDir(results_root.resolve() / run_id)   # absolute: it is bind-mounted
-    (rd.path / "experiment.yaml").write_text(resolved_yaml(exp))
+    shaper = shaping.choose(p.shaper, facts.traffic_control()["netem"])()
+    written, trace_hashes = written_experiment(exp, p, shaper.name)
+    (rd.path / "experiment.yaml").write_text(written)
     write_plan(rd.path, p)
     man = manifest(p, imgs, exp.seed, exp.repetitions)
+    man["traces"] = trace_hashes
     write_json(rd.path / "manifest.json", man)
     emit(rd.event("run_start", run_id=run_id, run_dir=str(rd.path), hosts=len(p.hosts), t_min_s=p.t_min_s,
                   events=len(p.timeline)))
-    shaper = shaping.choose(p.shaper, facts.traffic_control()["netem"])()
     sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, shaper)
     ex: Executor | None = None
     status, error, sha_ok, wire, t_end, cpu, carriers = "failed", None, {}, {}, None, None, {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 from datetime import datetime, timezone
+from pathlib import Path
 
 from testbed import facts, images, metering, shaping
 from testbed.plan import Plan
@@ -175,3 +176,38 @@ def image_packages(sw: Swarm) -> dict[str, dict[str, str]]:
         wanted = set(sw.images[h.plan.image].spec.packages)
         out[h.plan.image] = {k: v for k, v in versions.items() if k.split(":")[0] in wanted}
     return out
+
+
+def written_experiment(exp, p: Plan, shaper: str) -> tuple[str, dict[str, str]]:
+    """experiment.yaml as the run carried it out: the piece size, each group's site and the
+    shaper as chosen (not 'auto', not null), traces by name (under topologies/traces/, else
+    the file's name) rather than a path on this machine; and each trace's SHA-256, for the
+    manifest."""
+    import hashlib
+
+    import yaml
+
+    from testbed.traces import TRACE_DIR
+    data = exp.model_dump(mode="json", by_alias=True)
+    data["content"]["piece_size"] = f"{p.piece_bytes}B" if p.piece_bytes % 1024 else f"{p.piece_bytes // 1024}KiB"
+    data["shaper"] = shaper
+    hashes: dict[str, str] = {}
+
+    def name_traces(access: dict | None) -> None:
+        for key in ("up_trace", "down_trace"):
+            ref = (access or {}).get(key)
+            if isinstance(ref, str):
+                path = Path(ref)
+                name = str(path.relative_to(TRACE_DIR)) if path.is_relative_to(TRACE_DIR) else path.name
+                hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+                access[key] = name
+    for key in ("seeders", "peers"):
+        for g in data[key]:
+            sites = {h.site for h in p.hosts if h.group == g["name"] and h.role in ("seeder", "leecher")}
+            if g.get("site") is None and len(sites) == 1 and not g.get("household"):
+                g["site"] = sites.pop()
+            name_traces(g.get("access"))
+    for h in data.get("households", []):
+        name_traces(h.get("access"))
+    data["tracker"]["site"] = data["tracker"].get("site") or p.host("tracker").site
+    return yaml.safe_dump(data, sort_keys=False), hashes
