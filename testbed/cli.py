@@ -22,6 +22,7 @@ from testbed.errors import InputError, TestbedError
 
 from testbed.cli_common import console, err
 from testbed.cli_common import sigterm_as_interrupt as _sigterm
+from testbed.cli_regress import add_parsers as add_regress_parsers
 from testbed.cli_study import cmd_compare, cmd_report, cmd_study
 
 
@@ -346,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     b = ssub.add_parser("resume", help="run what an interrupted study has not finished")
     b.add_argument("dir")
     b.set_defaults(func=cmd_study)
+
+    add_regress_parsers(sub)
 
     s = sub.add_parser("images", help="container images")
     isub = s.add_subparsers(dest="images_command", required=True)

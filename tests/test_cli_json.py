@@ -7,12 +7,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def testbed(*args) -> subprocess.CompletedProcess:
+def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "testbed.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_validate_takes_several_files_studies_too_and_speaks_json():
-    r = testbed("validate", "--json", "experiments/quickstart.yaml", "experiments/studies/bandwidth-shy.yaml")
+    r = run_cli("validate", "--json", "experiments/quickstart.yaml", "experiments/studies/bandwidth-shy.yaml")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [o["kind"] for o in out] == ["experiment", "study"]
@@ -22,13 +22,13 @@ def test_validate_takes_several_files_studies_too_and_speaks_json():
 def test_validate_stops_at_the_first_bad_file_with_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nseed: 1\n")
-    r = testbed("validate", "experiments/quickstart.yaml", str(bad))
+    r = run_cli("validate", "experiments/quickstart.yaml", str(bad))
     assert r.returncode == 2 and str(bad) in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_report_and_compare_refuse_what_is_not_a_results_directory(tmp_path):
-    r = testbed("report", str(tmp_path / "none"))
+    r = run_cli("report", str(tmp_path / "none"))
     assert r.returncode == 2 and "no such run or study directory" in r.stderr
-    r = testbed("compare", str(tmp_path), str(tmp_path))
+    r = run_cli("compare", str(tmp_path), str(tmp_path))
     assert r.returncode == 2 and "holds no run directory" in r.stderr

@@ -1,0 +1,31 @@
+"""The CI gate on real swarms: the CI experiment with every leecher's upload cap halved
+regresses against the baseline kept in the repository (exit 1, the metric named). The
+unchanged experiment passing is what .ci/run checks after the test suite, and its
+false-alarm rate is measured by benchmarks/regress.py."""
+from __future__ import annotations
+
+import json
+
+import xmlschema
+import yaml
+
+from tests.conftest import ROOT
+from tests.integration.conftest import cli
+
+CI = ROOT / "experiments" / "ci"
+
+
+def test_halved_upload_caps_are_a_regression(docker_client, tmp_path):
+    exp = yaml.safe_load((CI / "small.yaml").read_text())
+    exp["peers"][0]["behaviour"]["upload_limit"] = "1mbit"        # was 2mbit
+    path = tmp_path / "halved.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    r = cli("regress", str(path), "--baseline", str(CI / "small.baseline.json"), "--repetitions", "2",
+            "--results", str(tmp_path / "runs"), "--junit", str(tmp_path / "junit.xml"), "--json", timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "regression: completion_median_s worse by" in r.stderr
+    assert "warning: the experiment differs from the baseline's" in r.stderr
+    report = json.loads(r.stdout)
+    assert "completion_median_s" in report["regressed"] and len(report["runs"]) == 2
+    schema = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "junit-10.xsd"))
+    schema.validate(str(tmp_path / "junit.xml"))
