@@ -17,25 +17,27 @@ class ClientFacts:
     # behaviour knobs (or knob=value) the client cannot honour -> the sentence validation gives
     unsupported: dict[str, str] = field(default_factory=dict)
     utp: bool = True                             # whether the client speaks uTP at all
+    binary: str | None = None                    # the executable a client build replaces (build.binary)
 
 
 PEER_PORT = 51413      # every client listens for peers here (the tracker hands out one port)
 
 CLIENTS: dict[str, ClientFacts] = {
-    "transmission": ClientFacts("transmission", "transmission-daemon 3.00", {
+    "transmission": ClientFacts("transmission", "transmission-daemon 3.00", binary="/usr/bin/transmission-daemon",
+                                unsupported={
         "encryption=disable": "transmission 3.00 always accepts encrypted peers (its modes are tolerated, "
                               "preferred and required), so 'encryption: disable' cannot be set"}),
-    "qbittorrent": ClientFacts("qbittorrent", "qbittorrent-nox 4.5.2"),
-    "aria2": ClientFacts("aria2", "aria2c 1.36", {
+    "qbittorrent": ClientFacts("qbittorrent", "qbittorrent-nox 4.5.2", binary="/usr/bin/qbittorrent-nox"),
+    "aria2": ClientFacts("aria2", "aria2c 1.36", binary="/usr/bin/aria2c", unsupported={
         "utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set",
         "upload_slots": "aria2 has no setting for upload slots (its choker unchokes a fixed number of peers), "
                         "so 'upload_slots' cannot be set",
         "encryption=disable": "aria2 always tries the encrypted handshake first and accepts it, "
                               "so 'encryption: disable' cannot be set"}, utp=False),
     "libtorrent": ClientFacts("libtorrent", "python3-libtorrent 2.0.8"),
-    "rtorrent": ClientFacts("rtorrent", "rtorrent 0.9.8", {
+    "rtorrent": ClientFacts("rtorrent", "rtorrent 0.9.8", binary="/usr/bin/rtorrent", unsupported={
         "utp": "rtorrent has no uTP (rakshasa/rtorrent#912), so 'utp' cannot be set"}, utp=False),
-    "deluge": ClientFacts("deluge", "deluged 2.0.3", {
+    "deluge": ClientFacts("deluge", "deluged 2.0.3", unsupported={
         "utp": "deluge 2.0.3 has no setting for uTP (its libtorrent default, on, applies), so 'utp' cannot be set"}),
 }
 

@@ -43,10 +43,11 @@ class Image:
     spec: ImageSpec
     digest: str
     folder: Path
+    local_tag: str | None = None     # a client build given as a local image: used as it is
 
     @property
     def tag(self) -> str:
-        return f"{REPO}/{self.name}:{self.digest}"
+        return self.local_tag or f"{REPO}/{self.name}:{self.digest}"
 
     def mmdebstrap_argv(self) -> list[str]:
         pkgs = ",".join(BASE_PACKAGES + list(self.spec.packages))
@@ -107,9 +108,64 @@ def build(image: Image, log: Path) -> None:
                        f"{imp.returncode}); see {log}")
 
 
-def require(client, names: set[str]) -> dict[str, Image]:
-    """Preflight: every image the plan needs is built and current."""
-    images = {n: load_image(n) for n in sorted(names)}
+def derived(name: str, build: dict) -> Image:
+    """The image of a client build: the client's image with the build's binary or package in
+    it (tagged by the base's definition and the file's sha256), or the local image named."""
+    base = load_image(build["base"])
+    if build["kind"] == "image":
+        return Image(name, base.spec, base.digest, base.folder, local_tag=build["source"])
+    digest = hashlib.sha256(f"{base.digest}:{build['kind']}:{build['sha256']}".encode()).hexdigest()[:12]
+    return Image(name, base.spec, digest, base.folder)
+
+
+def build_derived(client, image: Image, build: dict) -> None:
+    """docker build FROM the client's image: the binary copied over the client's executable,
+    or the package installed with dpkg (no network: its dependencies must be in the image)."""
+    import io
+    import tarfile
+    base = load_image(build["base"])
+    src = Path(build["source"])
+    if build["kind"] == "binary":
+        steps = f"COPY payload {build['dest']}\nRUN chmod 0755 {build['dest']}\n"
+    else:
+        steps = (f"COPY payload /tmp/{src.name}\nRUN dpkg -i /tmp/{src.name} && rm /tmp/{src.name} && "
+                 f"dpkg-query -W > {PACKAGE_LIST}\n")
+    dockerfile = (f"FROM {base.tag}\n{steps}LABEL testbed.image={image.name} testbed.digest={image.digest} "
+                  f"testbed.build.sha256={build['sha256']}\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        tar.add(str(src), arcname="payload")
+    buf.seek(0)
+    import docker.errors
+    try:
+        client.images.build(fileobj=buf, custom_context=True, tag=image.tag, rm=True, forcerm=True)
+    except docker.errors.BuildError as exc:
+        log = "".join(str(x.get("stream") or x.get("error") or "") for x in exc.build_log)[-400:]
+        raise PreflightError(f"group '{build['group']}': build.{build['kind']}: {src} does not go into the "
+                             f"{build['client']} image "
+                             f"({exc.msg}): {log.strip()}") from None
+
+
+def require(client, names: set[str], builds: dict | None = None) -> dict[str, Image]:
+    """Preflight: every image the plan needs is built and current; a client build's image is
+    made here (a few seconds: one layer over the client's image) if it is not there yet."""
+    builds = builds or {}
+    images = {n: load_image(n) for n in sorted(names) if n not in builds}
+    for name, b in builds.items():
+        base = load_image(b["base"])
+        if not exists(client, base):
+            raise PreflightError(f"image(s) not built or out of date: {base.name} ({base.tag}); "
+                                 "run: testbed images build")
+        images[name] = derived(name, b)
+        if b["kind"] == "image":
+            if not exists(client, images[name]):
+                raise PreflightError(f"group '{b['group']}': build.image: there is no local Docker image '{b['source']}' "
+                                     "(docker images lists what there is)")
+        elif not exists(client, images[name]):
+            build_derived(client, images[name], b)
     missing = [i for i in images.values() if not exists(client, i)]
     if missing:
         which = ", ".join(f"{i.name} ({i.tag})" for i in missing)

@@ -162,3 +162,31 @@ def test_every_client_takes_require_and_prefer(exp_dict):
         for mode in ("require", "prefer"):
             exp_dict["peers"][0].update(client=client, behaviour={"encryption": mode, "max_connections": 3})
             parse_experiment(exp_dict)
+
+
+def test_client_builds_are_resolved_hashed_and_checked(tmp_path, exp_dict):
+    import hashlib
+    (tmp_path / "td").write_bytes(b"\x7fELF new build")
+    digest = hashlib.sha256(b"\x7fELF new build").hexdigest()
+    exp_dict["peers"][0]["build"] = {"binary": "td"}
+    exp = parse_experiment(exp_dict, "e.yaml", tmp_path)
+    assert exp.peers[0].build.sha256 == digest and exp.peers[0].build.binary == str(tmp_path / "td")
+    from testbed.plan import plan
+    p = plan(exp, "x-000001")
+    assert p.host("leecher1").image == p.host("leecher2").image != p.host("origin").image
+    assert p.builds[p.host("leecher1").image]["dest"] == "/usr/bin/transmission-daemon"
+    for build, msg in [({"binary": "td", "package": "x.deb"}, "exactly one of image, binary or package"),
+                       ({"binary": "missing"}, "cannot read"),
+                       ({"package": "td"}, "must be a Debian package file"),
+                       ({"binary": "td", "sha256": "0" * 64}, "not the one written")]:
+        exp_dict["peers"][0]["build"] = build
+        assert msg in _bad_at(exp_dict, tmp_path)
+    exp_dict["peers"][0]["client"] = "deluge"
+    exp_dict["peers"][0]["build"] = {"binary": "td"}
+    assert "deluge has no single executable" in _bad_at(exp_dict, tmp_path)
+
+
+def _bad_at(data, base_dir) -> str:
+    with pytest.raises(InputError) as exc:
+        parse_experiment(data, "e.yaml", base_dir)
+    return str(exc.value)

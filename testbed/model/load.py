@@ -17,7 +17,7 @@ from testbed.model.check import check_meaning
 from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_library, validated
 from testbed.model.participation import resolve_participation
 from testbed.model.homes import IspTopology
-from testbed.model.schema import AccessLink, Experiment, LinkProfile, Topology
+from testbed.model.schema import AccessLink, ClientBuild, Experiment, LinkProfile, Topology
 
 
 def load_topology(name: str, source: str, base_dir: Path | None) -> Topology:
@@ -102,6 +102,33 @@ def resolve_access(access: AccessLink, where: str, source: str, base_dir: Path |
     return out
 
 
+def resolve_build(build: ClientBuild, client: str, where: str, source: str, base_dir: Path | None) -> ClientBuild:
+    """A client build with its file resolved to an absolute path and hashed (read here, so
+    that the plan names the build's image by its content without reading anything)."""
+    import hashlib
+
+    from testbed.catalog import CLIENTS
+    given = [k for k in ("image", "binary", "package") if getattr(build, k)]
+    if len(given) != 1:
+        raise InputError(f"{source}: {where}: name exactly one of image, binary or package")
+    kind = given[0]
+    if kind == "image":
+        return build
+    if kind == "binary" and CLIENTS[client].binary is None:
+        raise InputError(f"{source}: {where}.binary: {client} has no single executable to replace; "
+                         "give a package instead")
+    if kind == "package" and not build.package.endswith(".deb"):
+        raise InputError(f"{source}: {where}.package: must be a Debian package file (.deb)")
+    path = ((base_dir or Path.cwd()) / getattr(build, kind)).resolve()
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"{source}: {where}.{kind}: cannot read {path} ({exc.strerror})") from None
+    if build.sha256 is not None and build.sha256 != digest:
+        raise InputError(f"{source}: {where}.sha256: {path} has sha256 {digest[:16]}..., not the one written")
+    return build.model_copy(update={kind: str(path), "sha256": digest})
+
+
 def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | None = None) -> Experiment:
     """Both validation layers; returns an experiment whose topology and link profiles are
     resolved inline."""
@@ -123,6 +150,9 @@ def parse_experiment(data: Any, source: str = "experiment", base_dir: Path | Non
                                                                        base_dir, profiles)})
                          for i, g in enumerate(groups)]
     exp = exp.model_copy(update=resolved)
+    exp = exp.model_copy(update={key: [g if g.build is None else g.model_copy(update={"build": resolve_build(
+        g.build, g.client, f"{key}[{i}].build", source, base_dir)}) for i, g in enumerate(getattr(exp, key))]
+        for key in ("seeders", "peers")})
     exp = resolve_participation(exp, source, base_dir)
     check_meaning(exp, source)
     return exp

@@ -204,6 +204,17 @@ class Behaviour(Strict):
         return self.seeding, None
 
 
+class ClientBuild(Strict):
+    """A client build to test instead of the released one (a client's own CI comparing its
+    new build): a local Docker image that carries the client, or a binary put in place of
+    the client's executable, or a Debian package installed over the client's image. Paths
+    are relative to the experiment file; load fills in sha256 (written here, it must match)."""
+    image: str | None = None
+    binary: str | None = None
+    package: str | None = None
+    sha256: str | None = None
+
+
 class PeerGroup(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,11}$")
     count: int = 1
@@ -217,6 +228,7 @@ class PeerGroup(Strict):
     participation: ParticipationMix | None = None
     household: str | None = None        # the members live in this household group's homes
     forward: bool = False                # behind a household: the router forwards the client's port
+    build: ClientBuild | None = None     # a client build to test instead of the image's release
 
 
 class Household(Strict):

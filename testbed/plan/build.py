@@ -133,6 +133,7 @@ class Plan:
     segment_policies: tuple[SegmentPolicyPlan, ...] = ()
     protocol_policies: tuple[ProtocolPolicyPlan, ...] = ()
     segment_sites: tuple[str, ...] = ()     # sites that are ISP segments (generated topologies)
+    builds: dict = field(default_factory=dict)   # image name -> a client build it is made from
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
@@ -253,7 +254,7 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
                 if g.forward:
                     home["forwards"].append(name)
             hosts.append(HostPlan(
-                name=name, role=role, group=g.name, client=g.client, image=catalog.CLIENTS[g.client].image,
+                name=name, role=role, group=g.name, client=g.client, image=client_image(g),
                 container=f"tb-{run_id}-{name}",
                 behaviour=behaviour_of(g, use, line.trace.mean_rate() if line.trace else line.rate_bps),
                 participant=who, **place))
@@ -315,7 +316,25 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
         homes=tuple(HomePlan(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items()
                                 if k not in ("addrs", "up")}) for hp in homes.values()),
         segment_policies=segment_policies(exp, hosts, links),
-        protocol_policies=protocol_policies(exp, hosts), segment_sites=tuple(sg.site for sg in topo.segments))
+        protocol_policies=protocol_policies(exp, hosts), segment_sites=tuple(sg.site for sg in topo.segments),
+        builds={client_image(g): build_plan(g) for _, g in exp.groups() if g.build is not None})
+
+
+def client_image(g) -> str:
+    """The image a group's clients run: the client's own, or one named after a client build's
+    content (its file's sha256, or the local image's tag)."""
+    base = catalog.CLIENTS[g.client].image
+    if g.build is None:
+        return base
+    import hashlib
+    return f"{base}-build-{hashlib.sha256((g.build.image or g.build.sha256).encode()).hexdigest()[:12]}"
+
+
+def build_plan(g) -> dict:
+    b = g.build
+    kind = "image" if b.image else "binary" if b.binary else "package"
+    return {"group": g.name, "client": g.client, "base": catalog.CLIENTS[g.client].image, "kind": kind,
+            "source": getattr(b, kind), "sha256": b.sha256, "dest": catalog.CLIENTS[g.client].binary}
 
 
 def hosts_by_name(hosts: list[HostPlan], name: str) -> HostPlan:

@@ -72,7 +72,7 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
         if not ok:
             raise PreflightError(f"households need NAT and packet-filter rules in each router's namespace, "
                                  f"which do not work here: {why} (see testbed doctor)")
-    return images.require(client, {h.image for h in plan_.hosts})
+    return images.require(client, {h.image for h in plan_.hosts}, plan_.builds)
 
 
 def delay_element_available() -> tuple[bool, str]:

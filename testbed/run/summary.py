@@ -159,6 +159,7 @@ def manifest(p: Plan, imgs: dict[str, images.Image], seed: int, repetitions: int
         "machines": sorted({h.machine for h in p.hosts}),
         "traffic_control": tc, "shaper": shaper.name, "delay_emulation": delay_emulation(shaper, tc),
         "images": {n: {"tag": i.tag, "packages": list(i.spec.packages)} for n, i in imgs.items()},
+        "builds": p.builds,      # client builds tested instead of a release: their files' sha256
         "addresses": {"data": "198.18.0.0/17", "home_lans": "198.18.128.0/17", "control": f"{p.control_gateway}/{p.control_prefix}"},
         "hosts": [{"name": h.name, "role": h.role, "client": h.client, "site": h.site, "machine": h.machine,
                    "data_ip": h.data_ip, "container": h.container} for h in p.hosts],
