@@ -86,6 +86,10 @@ def run_metrics(run_dir: Path) -> dict:
     for p in peers:
         groups[p["group"]].append(p)
     for g, members in groups.items():
+        done = [p["completion_s"] for p in members if p["role"] == "leecher" and p.get("completed")
+                and p.get("completion_s") is not None]
+        if done:
+            m[f"completion_median_s[{g}]"] = quantile(done, 0.5)
         m[f"bytes_up[{g}]"] = float(sum(_payload(p, "up") for p in members))
         m[f"bytes_down[{g}]"] = float(sum(_payload(p, "down") for p in members))
         ratios = [_payload(p, "up") / _payload(p, "down") for p in members if _payload(p, "down")]
