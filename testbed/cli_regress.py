@@ -35,8 +35,9 @@ def _runs(args, exp) -> list[Path]:
     signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     n = args.repetitions or exp.repetitions
     out = []
+    # with --json, standard output is the JSON document alone: progress goes to stderr
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console) as progress:
+                  TimeElapsedColumn(), console=err if getattr(args, "json", False) else console) as progress:
         whole = progress.add_task(f"{exp.name}: {n} repetitions", total=n, info="")
 
         def on_event(e: dict) -> None:
