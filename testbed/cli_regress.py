@@ -60,22 +60,37 @@ def cmd_baseline(args) -> int:
         exp = load_experiment(args.file)
         gates = regress.DEFAULT_METRICS
         if args.metric:
-            unknown = [m for m in args.metric if m not in regress.DEFAULT_METRICS and m.split("[")[0] not in
-                       regress.METRICS]
+            unknown = [m for m in args.metric if m.split(":")[0].split("[")[0] not in regress.METRICS
+                       or m.partition(":")[2] not in ("", "higher", "lower")]
             if unknown:
-                raise InputError(f"--metric: unknown metric '{unknown[0]}'")
-            gates = {m: regress.DEFAULT_METRICS.get(m, "higher") for m in args.metric}
-        base = regress.make_baseline(regress.measure(_runs(args, exp)), gates, args.tolerance)
+                raise InputError(f"--metric: unknown metric '{unknown[0]}' (a metric of `testbed report`, "
+                                 "optionally :higher or :lower, the way it gets worse)")
+            gates = {m.split(":")[0]: regress.worse(m) for m in args.metric}
+        base = regress.make_baseline(_complete(regress.measure(_runs(args, exp)), exp.name), gates, args.tolerance)
         out = Path(args.out)
     else:
         out = Path(args.baseline)
         old = regress.load_baseline(out)
         exp = load_experiment(args.file)
-        base = {**regress.make_baseline(regress.measure(_runs(args, exp))), "rule": old["rule"]}
+        if exp.name != old["experiment"]:
+            raise InputError(f"{args.baseline} is a baseline of '{old['experiment']}', not of '{exp.name}'")
+        base = {**regress.make_baseline(_complete(regress.measure(_runs(args, exp)), exp.name)), "rule": old["rule"]}
     write_json(out, base)
     means = ", ".join(f"{m} {_mean(base['metrics'].get(m))}" for m in base["rule"]["metrics"])
     console.print(f"baseline {out}: {len(base['runs'])} runs of {base['experiment']}; {means}")
     return 0
+
+
+def _complete(measured: dict, name: str) -> dict:
+    """A baseline is made of complete runs of the experiment named, nothing else."""
+    from testbed.errors import TestbedError
+    if measured["experiment"] != name:
+        raise InputError(f"the runs are of '{measured['experiment']}', not of '{name}'")
+    bad = [r for r in measured["runs"] if r["status"] != "complete"]
+    if bad:
+        raise TestbedError(f"run {bad[0]['run_id']} did not complete ({bad[0]['status']}); a baseline is made of "
+                           "complete runs")
+    return measured
 
 
 def _mean(xs) -> str:
@@ -91,8 +106,14 @@ def cmd_regress(args) -> int:
     if exp.name != base["experiment"]:
         raise InputError(f"--baseline: {args.baseline} is a baseline of '{base['experiment']}', not of "
                          f"'{exp.name}'")
+    unknown = [m for m in args.metric or () if m not in base["rule"]["metrics"]]
+    if unknown:
+        raise InputError(f"--metric: '{unknown[0]}' is not gated by the baseline (it gates: "
+                         f"{', '.join(base['rule']['metrics'])})")
     runs = _runs(args, exp)
     measured = regress.measure(runs)
+    if measured["experiment"] != exp.name:
+        raise InputError(f"--from-runs: the runs are of '{measured['experiment']}', not of '{exp.name}'")
     env = regress.differences(base["environment"], measured["environment"])
     warnings = []
     if env:
@@ -105,7 +126,8 @@ def cmd_regress(args) -> int:
     for w in warnings:
         err.print(f"testbed: warning: {w}", markup=False, highlight=False)
     verdicts = regress.compare_to_baseline(base, measured, args.metric)
-    report = regress_out.Report(exp.name, args.baseline, verdicts, warnings, [str(d) for d in runs])
+    report = regress_out.Report(exp.name, args.baseline, verdicts, warnings, [str(d) for d in runs],
+                                base["rule"].get("alpha", regress.ALPHA))
     if args.junit:
         Path(args.junit).write_text(regress_out.junit_xml(report))
     md = regress_out.markdown(report)

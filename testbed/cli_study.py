@@ -72,8 +72,8 @@ def cmd_study(args) -> int:
         study_dir = Path(args.dir)
         loaded, index = study.reopen(study_dir)
         if not study.pending(index):
-            console.print(f"{study_dir}: every run is finished; nothing to resume")
-            return 0
+            console.print(f"{study_dir}: every run is finished ({index['status']}); nothing to resume")
+            return 0 if index["status"] == "complete" else 1
     from mininet.log import setLogLevel
     setLogLevel("warning")
     signal.signal(signal.SIGTERM, sigterm_as_interrupt)

@@ -128,3 +128,21 @@ def test_regress_exit_codes_from_finished_runs(tmp_path):
     assert r.returncode == 2 and "--strict" in r.stderr
     r = run_cli("regress", "experiments/quickstart.yaml", "--baseline", str(tmp_path / "base.json"))
     assert r.returncode == 2 and "is a baseline of 'e', not of 'quickstart'" in r.stderr
+
+
+def test_a_run_that_did_not_complete_is_a_regression_and_typos_are_refused(tmp_path):
+    b = runs(tmp_path, "b", [30.0, 31.0, 29.0])
+    base = regress.make_baseline(regress.measure(b))
+    cand = runs(tmp_path, "c", [30.0, 30.5])
+    s = json.loads((cand[1] / "summary.json").read_text())
+    (cand[1] / "summary.json").write_text(json.dumps({**s, "status": "timeout"}))
+    verdicts = regress.compare_to_baseline(base, regress.measure(cand))
+    assert verdicts[0].metric == "runs_complete" and verdicts[0].regressed and "(timeout)" in verdicts[0].reason
+    with pytest.raises(InputError, match="'completion_mediam_s' is not gated"):
+        regress.compare_to_baseline(base, regress.measure(b), ["completion_mediam_s"])
+    assert regress.worse("kumar_ross_efficiency") == "lower" and regress.worse("completion_p95_s") == "higher"
+    assert regress.worse("bytes_up[leecher]:higher") == "higher"
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({k: v for k, v in base.items() if k != "rule"}))
+    with pytest.raises(InputError, match="missing required key 'rule'"):
+        regress.load_baseline(path)

@@ -3,7 +3,6 @@ the index bookkeeping (resume, failures). The real runs are in tests/integration
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -80,7 +79,6 @@ def test_arms_of_a_repetition_share_seed_and_draws_and_repetitions_differ():
         assert tb == tm[:3]
         arrivals[r] = tb
     assert arrivals[1] != arrivals[2]
-    assert runner.repetition_seed(5, 1) != runner.repetition_seed(5, 2)
 
 
 def test_shipped_studies_load():
@@ -180,11 +178,13 @@ def test_index_records_failures_and_resume_skips_finished_runs(tmp_path):
     loaded = parse_study(study(repetitions=2), "s.yaml", ROOT)
     calls = []
 
+    state = {"phase": 1}
+
     def fake(exp, root, emit, repetition, run_id):
         calls.append((run_id, repetition))
-        if len(calls) == 2:
+        if "-more-r1-" in run_id:
             raise PreflightError("the variant needs Open vSwitch")
-        if len(calls) == 3:
+        if state["phase"] == 1 and len(calls) == 3:
             raise KeyboardInterrupt
         (root / run_id).mkdir()
         return RunResult(root / run_id, "complete", {"error": None})
@@ -196,9 +196,24 @@ def test_index_records_failures_and_resume_skips_finished_runs(tmp_path):
     saved = json.loads((d / "study.json").read_text())
     assert [r["status"] for r in saved["runs"]] == ["complete", "refused", "interrupted", "pending"]
     assert saved["runs"][1]["error"] == "the variant needs Open vSwitch" and saved["status"] == "partial"
-    assert saved["runs"][0]["seed"] == saved["runs"][1]["seed"] != saved["runs"][2]["seed"]
     calls.clear()
+    state["phase"] = 2
     index = runner.run_study(loaded, d, saved, runner=fake)
-    assert [c[1] for c in calls] == [2, 2]             # only the interrupted and the pending run
-    assert index["status"] == "finished with failures"
-    assert math.isclose(len(index["runs"]), 4)
+    # the complete run is not repeated; the refused one is tried again (the machine may be fixed)
+    assert [(c[0].split("-")[1], c[1]) for c in calls] == [("more", 1), ("baseline", 2), ("more", 2)]
+    assert [r["status"] for r in index["runs"]] == ["complete", "refused", "complete", "complete"]
+    assert index["runs"][1]["error"] == "the variant needs Open vSwitch"
+    assert index["status"] == "partial"               # the refused run can be tried again
+
+
+def test_a_refused_baseline_stops_the_study(tmp_path):
+    loaded = parse_study(study(repetitions=2), "s.yaml", ROOT)
+
+    def refuse(exp, root, emit, repetition, run_id):
+        raise PreflightError("testbed run needs root")
+    d = tmp_path / "st"
+    index = runner.open_study(loaded, d)
+    with pytest.raises(PreflightError):
+        runner.run_study(loaded, d, index, runner=refuse)
+    assert [r["status"] for r in json.loads((d / "study.json").read_text())["runs"]] == ["refused", "pending",
+                                                                                          "pending", "pending"]

@@ -159,9 +159,9 @@ def markdown_table(rows: list[dict], a: str, b: str) -> str:
 
 
 def method_note(a: Side, b: Side) -> str:
-    n = min(len(a.runs), len(b.runs))
-    how = ("paired by repetition (same seeds): the t interval of the per-repetition differences"
-           if paired(a, b) else "unpaired: Welch's t interval")
+    n = len(set(a.runs) & set(b.runs)) if paired(a, b) else min(len(a.runs), len(b.runs))
+    how = ("paired by repetition (same seeds): the t interval of the per-repetition differences, over the "
+           "repetitions both arms completed" if paired(a, b) else "unpaired: Welch's t interval")
     return (f"Means over repetitions with Student-t 95 % intervals; differences {how}; n = {n}. "
             f"* marks an interval that excludes zero. Completion times are from each peer's arrival, "
             f"at 1 s sampling resolution.")

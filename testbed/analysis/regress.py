@@ -28,6 +28,9 @@ FORMAT = "testbed-baseline/1"
 # the gated metrics by default, and which way is worse
 DEFAULT_METRICS = {"completion_median_s": "higher", "completion_p95_s": "higher", "completed_fraction": "lower",
                    "origin_offload": "lower"}
+# which way is worse for the metrics a baseline may gate on (any other: higher is worse)
+LOWER_IS_WORSE = {"completed_fraction", "origin_offload", "kumar_ross_efficiency", "share_ratio", "bytes_up",
+                  "bytes_down"}
 DEFAULT_TOLERANCE = 0.25
 ALPHA = 0.05
 FINGERPRINT_KEYS = ("testbed", "kernel", "cpus", "shaper", "images")
@@ -58,8 +61,15 @@ def fingerprint(manifest: dict) -> dict:
             "images": {k: v["tag"] for k, v in sorted(manifest.get("images", {}).items())}}
 
 
+def worse(metric: str) -> str:
+    """'lower' or 'higher': which way a metric gets worse (`name:lower` in --metric overrides)."""
+    name, _, way = metric.partition(":")
+    return way or ("lower" if name.split("[")[0] in LOWER_IS_WORSE else "higher")
+
+
 def experiment_hash(run_dir: Path) -> str:
-    """The experiment as carried out, without its run-to-run fields (seed, repetitions)."""
+    """The experiment as carried out, without the fields that do not change the swarm
+    (repetitions, description)."""
     import yaml
     data = yaml.safe_load((run_dir / "experiment.yaml").read_text())
     for key in ("repetitions", "description"):
@@ -105,6 +115,11 @@ def load_baseline(path: Path) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"{path}: not a baseline file (format is not {FORMAT}); make one with `testbed baseline "
                          "create`")
+    for key in ("experiment", "experiment_hash", "environment", "metrics", "rule"):
+        if key not in data:
+            raise InputError(f"{path}: missing required key '{key}' (make it with `testbed baseline create`)")
+    if not isinstance(data["rule"], dict) or not isinstance(data["rule"].get("metrics"), dict):
+        raise InputError(f"{path}: rule.metrics: must map each gated metric to 'higher' or 'lower'")
     unknown = [m for m in data["rule"]["metrics"] if m.split("[")[0] not in METRICS]
     if unknown:
         raise InputError(f"{path}: rule.metrics: unknown metric '{unknown[0]}'")
@@ -147,9 +162,26 @@ def judge(metric: str, worse: str, base: list, cand: list, tolerance: float, alp
     return Verdict(metric, worse, b, c, mb, mc, change, p, tolerance, regressed, reason)
 
 
+def incomplete(measured: dict) -> Verdict | None:
+    """A failing verdict when a run did not complete (timed out, failed, a peer's file
+    differing from the origin's): a build that breaks runs is a regression, whatever the
+    metrics of the runs that did complete say."""
+    bad = [r for r in measured["runs"] if r["status"] != "complete"]
+    if not bad:
+        return None
+    n = len(measured["runs"])
+    return Verdict("runs_complete", "lower", [], [float(n - len(bad))], None, float(n - len(bad)), None, None, 0.0,
+                   True, f"{len(bad)} of {n} runs did not complete: " +
+                   ", ".join(f"{r['run_id']} ({r['status']})" for r in bad))
+
+
 def compare_to_baseline(baseline: dict, measured: dict, only: list[str] | None = None) -> list[Verdict]:
     rule = baseline["rule"]
-    out = []
+    unknown = [m for m in only or () if m not in rule["metrics"]]
+    if unknown:
+        raise InputError(f"--metric: '{unknown[0]}' is not gated by the baseline (it gates: "
+                         f"{', '.join(rule['metrics'])})")
+    out = [v for v in [incomplete(measured)] if v]
     for metric, worse in rule["metrics"].items():
         if only and metric not in only:
             continue

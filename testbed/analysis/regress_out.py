@@ -18,6 +18,7 @@ class Report:
     verdicts: list[Verdict]
     warnings: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    alpha: float = 0.05
 
     def as_dict(self) -> dict:
         return {"experiment": self.experiment, "baseline": self.baseline, "warnings": self.warnings,
@@ -61,10 +62,11 @@ def markdown(r: Report) -> str:
         rows.append(f"| {v.metric} | {v.worse} | {mean(v.baseline_mean)} ({len(v.baseline)}) | "
                     f"{mean(v.candidate_mean)} ({len(v.candidate)}) | {change} | {p} | "
                     f"{'REGRESSED' if v.regressed else 'ok'} |")
-    tol = sorted({f"{v.tolerance * 100:.0f} %" for v in r.verdicts})
+    tol = sorted({f"{v.tolerance * 100:.0f} %" for v in r.verdicts if v.metric != "runs_complete"})
     lines = [head, "", *rows, "",
              f"A metric regresses when its mean is worse than the baseline's by more than the tolerance "
-             f"({', '.join(tol)}) and a one-sided Welch t-test finds it significant (p < 0.05). "
+             f"({', '.join(tol)}) and a one-sided Welch t-test finds it significant (p < {r.alpha:g}); a run that "
+             f"does not complete is a regression. "
              f"Baseline: `{r.baseline}`."]
     lines += [f"> warning: {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"

@@ -153,8 +153,9 @@ def parse_study(data: Any, source: str, base_dir: Path) -> LoadedStudy:
         # the study's seed and repetitions rule: a variant cannot unpair itself
         data_ = {**data_, "seed": study.seed, "repetitions": study.repetitions}
         arms.append((name, desc, data_, parse_experiment(data_, where, exp_dir)))
-    digest = hashlib.sha256(json.dumps([study.model_dump(mode="json"), [a[2] for a in arms]], sort_keys=True,
-                                       default=str).encode()).hexdigest()[:16]
+    # of the resolved experiments: a changed trace path, topology file or build's sha256 counts
+    digest = hashlib.sha256(json.dumps([study.model_dump(mode="json"), [a[3].model_dump(mode="json") for a in arms]],
+                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
     return LoadedStudy(study, source, tuple(arms), digest)
 
 

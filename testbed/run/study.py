@@ -26,22 +26,17 @@ import yaml
 
 from testbed.errors import InputError, TestbedError
 from testbed.model.study import LoadedStudy, load_study
-from testbed.plan.draws import derived_seed
 from testbed.results import write_atomic, write_json
 
 FORMAT = "testbed-study/1"
-FINISHED = ("complete", "timeout", "failed", "refused")
+# finished runs are never repeated; a run refused at start is tried again on resume (the
+# machine may have been fixed since)
+FINISHED = ("complete", "timeout", "failed")
 
 
 def new_study_dir(root: Path, name: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return root / f"{name}-study-{stamp}-{secrets.token_hex(2)}"
-
-
-def repetition_seed(study_seed: int, repetition: int) -> int:
-    """The seed every arm of one repetition shares (recorded; the runs derive each purpose's
-    stream from the study's seed and the repetition, as any repeated experiment does)."""
-    return derived_seed(study_seed, repetition, "repetition")
 
 
 def run_id(study: str, arm: str, repetition: int) -> str:
@@ -69,7 +64,8 @@ def open_study(loaded: LoadedStudy, study_dir: Path) -> dict:
         "seed": s.seed, "repetitions": s.repetitions, "baseline": loaded.names[0],
         "arms": [{"name": n, "description": d} for n, d, _, _ in loaded.arms],
         "status": "pending", "created": _now(),
-        "runs": [{"arm": arm, "repetition": r, "seed": repetition_seed(s.seed, r), "run_id": None, "run_dir": None,
+        # every run of repetition r draws from (seed, r, purpose): the arms of a repetition share them
+        "runs": [{"arm": arm, "repetition": r, "seed": s.seed, "run_id": None, "run_dir": None,
                   "status": "pending", "error": None, "started": None, "ended": None, "wall_s": None}
                  for r in range(1, s.repetitions + 1) for arm in loaded.names],
     }
@@ -123,6 +119,10 @@ def run_study(loaded: LoadedStudy, study_dir: Path, index: dict, on_event: Calla
                 entry["status"], entry["error"] = "refused", str(exc)
                 if not (study_dir / entry["run_dir"]).exists():
                     entry["run_dir"] = None
+                if entry["arm"] == index["baseline"]:
+                    # the controlled arm cannot run here (no root, no daemon, no image): nothing
+                    # of the study can be compared, so stop with the reason instead of going on
+                    raise
             except KeyboardInterrupt:
                 entry["status"] = "interrupted"
                 entry["error"] = entry["error"] or "interrupted"

@@ -204,6 +204,10 @@ def written_experiment(exp, p: Plan, shaper: str) -> tuple[str, dict[str, str]]:
                 access[key] = name
     for key in ("seeders", "peers"):
         for g in data[key]:
+            build = g.get("build") or {}
+            for kind in ("binary", "package"):
+                if build.get(kind):      # by file name (its sha256 is beside it), not a path here
+                    build[kind] = Path(build[kind]).name
             sites = {h.site for h in p.hosts if h.group == g["name"] and h.role in ("seeder", "leecher")}
             if g.get("site") is None and len(sites) == 1 and not g.get("household"):
                 g["site"] = sites.pop()
