@@ -31,7 +31,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "bytes_down": ("bytes", "payload downloaded by a group's peers (their clients' counts)"),
     "share_ratio": ("ratio", "mean over a group's peers of bytes uploaded / bytes downloaded"),
     "bill": ("money", "sum of a group's peers' bills under their data plans"),
-    "home_utilisation_up": ("ratio", "mean over homes of the access link's upstream utilisation"),
+    "home_utilisation_up": ("ratio", "a home's access link, upstream bytes / capacity x time (no [home]: the mean "
+                                     "over homes)"),
     "segment_utilisation_up": ("ratio", "an ISP segment's aggregation link, upstream bytes / capacity x time"),
     "segment_p2p_share_up": ("ratio", "share of a segment's upstream IP bytes that were P2P"),
     "rtt_p95_ms": ("ms", "95th percentile of a home router's pings to the internet server (RTT under load)"),
@@ -124,6 +125,8 @@ def _homes(run_dir: Path) -> dict:
     homes = json.loads(path.read_text()).get("homes", [])
     ups = [h["utilisation_up"] for h in homes if h.get("utilisation_up") is not None]
     out: dict = {"home_utilisation_up": sum(ups) / len(ups)} if ups else {}
+    out.update({f"home_utilisation_up[{h['name']}]": h["utilisation_up"] for h in homes
+                if h.get("utilisation_up") is not None})
     out.update({f"rtt_p95_ms[{h['name']}]": h["rtt"]["p95_ms"] for h in homes if h.get("rtt")})
     by: dict[str, list[float]] = defaultdict(list)
     for h in homes:
