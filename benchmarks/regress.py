@@ -61,7 +61,7 @@ def main() -> int:
               f"{100 * (args.times - passed) / args.times:.0f} %)")
     if args.halved:
         exp = yaml.safe_load((CI / "small.yaml").read_text())
-        exp["peers"][0]["behaviour"]["upload_limit"] = "1mbit"
+        exp["peers"][0]["behaviour"]["upload_limit"] = "512kbit"
         halved = Path(tempfile.mkdtemp()) / "halved.yaml"
         halved.write_text(yaml.safe_dump(exp))
         caught = 0

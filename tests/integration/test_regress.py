@@ -17,7 +17,7 @@ CI = ROOT / "experiments" / "ci"
 
 def test_halved_upload_caps_are_a_regression(docker_client, tmp_path):
     exp = yaml.safe_load((CI / "small.yaml").read_text())
-    exp["peers"][0]["behaviour"]["upload_limit"] = "1mbit"        # was 2mbit
+    exp["peers"][0]["behaviour"]["upload_limit"] = "512kbit"      # was 1mbit
     path = tmp_path / "halved.yaml"
     path.write_text(yaml.safe_dump(exp))
     r = cli("regress", str(path), "--baseline", str(CI / "small.baseline.json"), "--repetitions", "2",
