@@ -30,8 +30,9 @@ from testbed.cli_study import cmd_compare, cmd_report, cmd_study
 
 def cmd_validate(args) -> int:
     from testbed.model.study import is_study
-    if args.timeline and len(args.files) != 1:
-        raise InputError("validate --timeline: name one experiment file")
+    if args.timeline and (len(args.files) != 1 or is_study(args.files[0])):
+        raise InputError("validate --timeline: name one experiment file (a study's arms each have their own: "
+                         "validate the baseline experiment)")
     out = []
     for f in args.files:
         out.append(_validate_study(f) if is_study(f) else _validate_experiment(f, args))

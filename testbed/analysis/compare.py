@@ -158,10 +158,17 @@ def markdown_table(rows: list[dict], a: str, b: str) -> str:
     return "\n".join(out)
 
 
-def method_note(a: Side, b: Side) -> str:
-    n = len(set(a.runs) & set(b.runs)) if paired(a, b) else min(len(a.runs), len(b.runs))
-    how = ("paired by repetition (same seeds): the t interval of the per-repetition differences, over the "
-           "repetitions both arms completed" if paired(a, b) else "unpaired: Welch's t interval")
-    return (f"Means over repetitions with Student-t 95 % intervals; differences {how}; n = {n}. "
+def pairing(a: Side, b: Side) -> str:
+    """How b - a is computed: paired over the repetitions both completed, or Welch's."""
+    if paired(a, b):
+        return (f"paired by repetition (same seeds): the t interval of the per-repetition differences, "
+                f"n = {len(set(a.runs) & set(b.runs))} pairs")
+    return f"unpaired: Welch's t interval, n = {min(len(a.runs), len(b.runs))}"
+
+
+def method_note(a: Side, *variants: Side) -> str:
+    """The sentence under a comparison table: intervals, pairing per variant, resolution."""
+    how = "; ".join(f"{v.label}: {pairing(a, v)}" for v in variants) if len(variants) > 1 else pairing(a, variants[0])
+    return (f"Means over repetitions with Student-t 95 % intervals; differences {how}. "
             f"* marks an interval that excludes zero. Completion times are from each peer's arrival, "
             f"at 1 s sampling resolution.")

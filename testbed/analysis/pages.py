@@ -63,10 +63,7 @@ def study_report(study_dir: Path, out: Path) -> dict:
                 first.append(f"| {r['metric']} | {v.label} | {compare.cell(r['baseline'], r['unit'])} | "
                              f"{compare.cell(r['variant'], r['unit'])} | {d} | {ci} |")
     failed = [r for r in index["runs"] if r["status"] not in compare.USABLE]
-    note = " ".join([compare.method_note(base, variants[0]).split(";")[0] + ";"] +
-                    [f"{v.label}: {compare.method_note(base, v).split(';', 1)[1].split('. *')[0].strip()}."
-                     for v in variants]) + (" * marks an interval that excludes zero. Completion times are from "
-                                            "each peer's arrival, at 1 s sampling resolution.") if variants else ""
+    note = compare.method_note(base, *variants) if variants else ""
     md = [f"# {index['study']}: controlled vs real-world", "",
           f"Study directory `{study_dir.name}`; seed {index['seed']}; {index['repetitions']} repetition(s) per arm; "
           f"status: {index['status']}.", "", "## Controlled vs real-world", "", *first, "", note, ""]
