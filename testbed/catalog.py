@@ -26,7 +26,8 @@ CLIENTS: dict[str, ClientFacts] = {
     "transmission": ClientFacts("transmission", "transmission-daemon 3.00", binary="/usr/bin/transmission-daemon",
                                 unsupported={
         "encryption=disable": "transmission 3.00 always accepts encrypted peers (its modes are tolerated, "
-                              "preferred and required), so 'encryption: disable' cannot be set"}),
+                              "preferred and required), so 'encryption: disable' cannot be set",
+        "utp=only": "transmission 3.00 has no setting that turns TCP off, so 'utp: only' cannot be set"}),
     "qbittorrent": ClientFacts("qbittorrent", "qbittorrent-nox 4.5.2", binary="/usr/bin/qbittorrent-nox"),
     "aria2": ClientFacts("aria2", "aria2c 1.36", binary="/usr/bin/aria2c", unsupported={
         "utp": "aria2 has no uTP (it speaks BitTorrent over TCP only), so 'utp' cannot be set",

@@ -112,6 +112,21 @@ def test_a_knob_the_client_cannot_honour_is_refused(exp_dict, client):
     assert msg.startswith("exp.yaml: peers[0].behaviour.utp: ") and "cannot be set" in msg
 
 
+@pytest.mark.parametrize("client", ["transmission", "aria2", "rtorrent", "deluge"])
+def test_utp_only_is_refused_where_tcp_cannot_be_turned_off(exp_dict, client):
+    exp_dict["peers"][0]["client"] = client
+    exp_dict["peers"][0]["behaviour"] = {"utp": "only"}
+    msg = error_of(exp_dict)
+    assert msg.startswith("exp.yaml: peers[0].behaviour.utp: ") and "cannot be set" in msg
+
+
+@pytest.mark.parametrize("client", ["libtorrent", "qbittorrent"])
+def test_utp_only_is_taken_where_tcp_can_be_turned_off(exp_dict, client):
+    exp_dict["peers"][0]["client"] = client
+    exp_dict["peers"][0]["behaviour"] = {"utp": "only"}
+    assert parse_experiment(exp_dict).peers[0].behaviour.utp == "only"
+
+
 def test_rate_caps_are_parsed(exp_dict):
     exp_dict["peers"][0]["behaviour"] = {"upload_limit": "200kbit", "utp": False}
     assert parse_experiment(exp_dict).peers[0].behaviour.upload_limit == 200e3

@@ -39,6 +39,8 @@ class LibtorrentDriver(ClientDriver):
             "download_rate_limit": round((self.behaviour.download_limit or 0) / 8),
             "enable_outgoing_utp": self.behaviour.utp is not False,   # default: on
             "enable_incoming_utp": self.behaviour.utp is not False,
+            "enable_outgoing_tcp": self.behaviour.utp != "only",   # utp: only -> no TCP at all
+            "enable_incoming_tcp": self.behaviour.utp != "only",
         }
         b = self.behaviour
         if b.max_connections is not None:

@@ -30,8 +30,8 @@ class QBittorrentDriver(ClientDriver):
             "dl_limit": round((self.behaviour.download_limit or 0) / 8),
             "max_connec": 500, "max_connec_per_torrent": 100,
             "announce_to_all_trackers": True,
-            # bittorrent_protocol: 0 = TCP and uTP (the default), 1 = TCP only
-            "bittorrent_protocol": 1 if self.behaviour.utp is False else 0,
+            # bittorrent_protocol: 0 = TCP and uTP (the default), 1 = TCP only, 2 = uTP only
+            "bittorrent_protocol": {False: 1, "only": 2}.get(self.behaviour.utp, 0),
         }
         b = self.behaviour
         if b.max_connections is not None:

@@ -42,7 +42,7 @@ class TransmissionDriver(ClientDriver):
             "message-level": 2,
             # 3.00 default: uTP on. Note its uTP-to-TCP fallback is broken (transmission#4033,
             # fixed in 4.0), so with uTP on it cannot reach TCP-only peers (aria2, rtorrent).
-            "utp-enabled": True if self.behaviour.utp is None else self.behaviour.utp,
+            "utp-enabled": self.behaviour.utp is not False,
         }
         b = self.behaviour
         if b.max_connections is not None:

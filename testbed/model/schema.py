@@ -181,7 +181,7 @@ Seeding = Annotated[Annotated[Literal["forever", "stop"], BeforeValidator(_seedi
 class Behaviour(Strict):
     """Client behaviour knobs, the same names for every client. None: the client's own default."""
 
-    utp: bool | None = None
+    utp: bool | Literal["only"] | None = None   # True/None: uTP and TCP; False: TCP only; only: uTP only
     upload_limit: Rate | None = None      # the client's own cap on payload upload
     download_limit: Rate | None = None
     max_connections: int | None = None   # peer connections for the torrent

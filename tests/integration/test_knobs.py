@@ -144,6 +144,13 @@ SWARMS = {
                                           peer("secret", "transmission", encryption="require")],
                      [peer("pl" + SHORT[c], c, encryption="disable") for c in DRIVERS
                       if "encryption=disable" not in DRIVERS[c].unsupported]),
+    # uTP only: an origin and a leecher of each client that can turn TCP off, a transmission
+    # leecher that speaks both (it relays between the two kinds) and one that speaks TCP only
+    # (it cannot reach the uTP-only peers: all it gets comes from the one that speaks both)
+    "utp_only": swarm("knob-utp-only", [peer("origin", "libtorrent", utp="only")],
+                      [peer("only" + SHORT[c], c, utp="only") for c in DRIVERS
+                       if c not in ("transmission", "aria2", "rtorrent", "deluge")]
+                      + [peer("bothtr", "transmission", utp=True), peer("tcptr", "transmission", utp=False)]),
 }
 
 
@@ -566,3 +573,31 @@ def test_plaintext_only_peers_cannot_use_an_encryption_only_seeder(runs):
     secret = r.peers["secret"]
     assert secret["bytes_up"] == 0 and secret["wire"]["plain_handshakes_out"] == 0
     assert secret["wire"]["plain_handshakes_in"] > 0         # they tried, in plaintext, and were refused
+
+
+UTP_ONLY = [c for c in DRIVERS if c in ("libtorrent", "qbittorrent")]
+
+
+@pytest.mark.parametrize("client", UTP_ONLY)
+def test_utp_only_peers_open_no_tcp_connection(runs, client):
+    """`utp: only`: the client completes over uTP alone. Its namespace never holds an
+    established TCP connection on the peer port, and its data came over UDP: over TCP it
+    received less than a block (the SYNs of peers that tried TCP and were refused)."""
+    r = runs["utp_only"]
+    name = "only" + SHORT[client]
+    assert r.peers[name]["sha256_ok"], name
+    assert max(r.column(name, "tcp_in")) == 0 == max(r.column(name, "tcp_out")), name
+    assert max(r.column(name, "utp_flows")) > 0, name
+    by_proto = {proto: sum(f["bytes_in"] for f in r.peers[name]["flows"] if f["proto"] == proto)
+                for proto in ("tcp", "udp")}
+    assert by_proto["tcp"] < BLOCK and by_proto["udp"] > r.summary["content_bytes"], (name, by_proto)
+
+
+def test_a_tcp_only_peer_gets_nothing_from_utp_only_peers(runs):
+    """The TCP-only leecher completes from the one peer that speaks both; from the uTP-only
+    origin and leechers it receives less than a block (the resets that refuse its TCP dials)."""
+    r = runs["utp_only"]
+    assert r.peers["tcptr"]["sha256_ok"]
+    only = ["origin", *("only" + SHORT[c] for c in UTP_ONLY)]
+    assert sum(r.flow("tcptr", o, "bytes_in") for o in only) < BLOCK
+    assert r.flow("tcptr", "bothtr", "bytes_in") > r.summary["content_bytes"]
