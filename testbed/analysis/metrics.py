@@ -8,55 +8,13 @@ at which the client reports every piece, so each time is late by less than that 
 """
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
 
+from testbed.analysis import dynamics
+from testbed.analysis.names import HEADLINE, METRICS, RESOLUTION_S, stem, unit  # noqa: F401
 from testbed.analysis.stats import quantile
-
-RESOLUTION_S = 1.0
-
-# name -> (unit, meaning); group metrics are listed by their stem
-METRICS: dict[str, tuple[str, str]] = {
-    "completion_median_s": ("s", "median download time of the leechers that completed, from each one's arrival"),
-    "completion_p95_s": ("s", "95th percentile of those download times"),
-    "completed_fraction": ("ratio", "leechers that completed (SHA-256 checked) / leechers that arrived"),
-    "swarm_completion_s": ("s", "from the swarm's start to the last completion, when every arrived leecher completed"),
-    "full_copy_lost": ("ratio", "1 if the peers online ever held no full copy after holding one, else 0"),
-    "last_full_copy_lost_s": ("s", "when the swarm lost its last full copy (runs where it did)"),
-    "origin_offload": ("ratio", "share of the bytes the leechers received that the origin seeders did not send"),
-    "kumar_ross_efficiency": ("ratio", "Kumar-Ross minimum / swarm completion time (flash crowds on own links)"),
-    "bytes_up": ("bytes", "payload uploaded by a group's peers (their clients' counts)"),
-    "bytes_down": ("bytes", "payload downloaded by a group's peers (their clients' counts)"),
-    "share_ratio": ("ratio", "mean over a group's peers of bytes uploaded / bytes downloaded"),
-    "bill": ("money", "sum of a group's peers' bills under their data plans"),
-    "home_utilisation_up": ("ratio", "a home's access link, upstream bytes / capacity x time (no [home]: the mean "
-                                     "over homes)"),
-    "segment_utilisation_up": ("ratio", "an ISP segment's aggregation link, upstream bytes / capacity x time"),
-    "segment_p2p_share_up": ("ratio", "share of a segment's upstream IP bytes that were P2P"),
-    "rtt_p95_ms": ("ms", "95th percentile of a home router's pings to the internet server (RTT under load)"),
-    "testbed_cpu_share": ("ratio", "the testbed process's own CPU time / wall time (one core = 1)"),
-}
-# The metrics a study's first table shows, in this order (others go to metrics.json and the
-# full table).
-HEADLINE = ["completion_median_s", "completion_p95_s", "completed_fraction", "origin_offload",
-            "full_copy_lost", "kumar_ross_efficiency"]
-
-
-def stem(name: str) -> str:
-    return name.split("[", 1)[0]
-
-
-def unit(name: str) -> str:
-    return METRICS.get(stem(name), ("", ""))[0]
-
-
-def _csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def run_metrics(run_dir: Path) -> dict:
@@ -70,6 +28,7 @@ def run_metrics(run_dir: Path) -> dict:
     m: dict[str, float | None] = {
         "completion_median_s": quantile(times, 0.5),
         "completion_p95_s": quantile(times, 0.95),
+        "completion_mean_s": sum(times) / len(times) if times else None,
         "completed_fraction": (sum(1 for p in arrived if p["completed"]) / len(arrived)) if arrived else None,
         "swarm_completion_s": summary.get("swarm_completion_s"),
     }
@@ -90,7 +49,11 @@ def run_metrics(run_dir: Path) -> dict:
         done = [p["completion_s"] for p in members if p["role"] == "leecher" and p.get("completed")
                 and p.get("completion_s") is not None]
         if done:
-            m[f"completion_median_s[{g}]"] = quantile(done, 0.5)
+            m[f"completion_median_s[{g}]"] = quantile(sorted(done), 0.5)
+            m[f"completion_mean_s[{g}]"] = sum(done) / len(done)
+        came = [p for p in members if p["role"] == "leecher" and p.get("arrived_s") is not None]
+        if came:
+            m[f"completed_fraction[{g}]"] = sum(1 for p in came if p["completed"]) / len(came)
         m[f"bytes_up[{g}]"] = float(sum(_payload(p, "up") for p in members))
         m[f"bytes_down[{g}]"] = float(sum(_payload(p, "down") for p in members))
         ratios = [_payload(p, "up") / _payload(p, "down") for p in members if _payload(p, "down")]
@@ -99,6 +62,10 @@ def run_metrics(run_dir: Path) -> dict:
         bills = [p["bill"]["total"] for p in members if p.get("bill")]
         if bills:
             m[f"bill[{g}]"] = float(sum(bills))
+    m.update(dynamics.exchange(summary))
+    plan = _plan(run_dir)
+    m.update(dynamics.progress(run_dir, summary, plan.get("content_bytes"), plan.get("piece_bytes")))
+    m.update(dynamics.population(run_dir))
     m.update(_homes(run_dir))
     m.update(_segments(run_dir))
     cpu = summary.get("testbed_cpu") or {}
@@ -109,6 +76,11 @@ def run_metrics(run_dir: Path) -> dict:
             "partial": summary.get("partial", True), "resolution_s": RESOLUTION_S,
             "completion_times_s": times, "metrics": m,
             "groups": {g: [p["name"] for p in members] for g, members in groups.items()}}
+
+
+def _plan(run_dir: Path) -> dict:
+    path = run_dir / "plan.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _payload(p: dict, d: str) -> int:
@@ -150,7 +122,7 @@ def _segments(run_dir: Path) -> dict:
     rates = {f"{lk['node1']}-{lk['node2']}": (lk.get("egress1") or {}).get("rate_bps")
              for lk in plan.get("links", []) if lk["kind"] == "core" and lk["node1"] in sites}
     last: dict[str, dict] = {}
-    for r in _csv(run_dir / "meter.csv"):
+    for r in dynamics.read_csv(run_dir / "meter.csv"):
         if r["scope"] == "segment" and r["name"] in rates:
             last[r["name"]] = r
     out = {}
