@@ -13,6 +13,22 @@ from testbed.cli_common import console, err, sigterm_as_interrupt
 from testbed.errors import InputError
 
 
+def _current_claims(study_dir: Path) -> dict | None:
+    """The claims of the study's source file as it is now, when it still describes these runs
+    (same digest): a corrected claim is judged again without running anything. Otherwise
+    None, and the report uses the claims the study was run with."""
+    from testbed.model.study import load_study
+    from testbed.run.study import load_index
+    try:
+        index = load_index(study_dir)
+        loaded = load_study(index["source"])
+    except (InputError, OSError, KeyError):
+        return None
+    if loaded.digest != index.get("digest") or not loaded.study.reproduces:
+        return None
+    return loaded.study.reproduces.model_dump(mode="json", exclude_none=True)
+
+
 def cmd_report(args) -> int:
     from testbed import report
     from testbed.analysis import pages
@@ -22,7 +38,7 @@ def cmd_report(args) -> int:
         raise InputError(f"{path}: no such run or study directory")
     out = Path(args.out) if args.out else path
     if is_study_dir(path):
-        data = pages.study_report(path, out)
+        data = pages.study_report(path, out, _current_claims(path))
         if args.json:
             sys.stdout.write(pages.dumps(data) + "\n")
         else:

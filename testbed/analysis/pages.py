@@ -8,7 +8,9 @@ import html
 import json
 from pathlib import Path
 
-from testbed.analysis import compare, plots
+import yaml
+
+from testbed.analysis import compare, plots, repro
 from testbed.analysis.metrics import HEADLINE, METRICS, run_metrics
 from testbed.analysis.partial import summary_of
 from testbed.results import write_atomic, write_json
@@ -44,8 +46,13 @@ def _md_to_rows(md: str) -> tuple[list[str], list[list[str]]]:
 
 # ---------------------------------------------------------------- studies
 
-def study_report(study_dir: Path, out: Path) -> dict:
+def study_report(study_dir: Path, out: Path, reproduces: dict | None = None) -> dict:
+    """`reproduces`: the claims to judge (default: those the study was run with, in study.yaml)."""
     index, sides = compare.study_sides(study_dir)
+    reproduces = reproduces or _claims(study_dir)
+    claims = repro.rows(reproduces, sides) if reproduces else []
+    wall = sum(r.get("wall_s") or 0 for r in index["runs"]) or None
+    published = repro.markdown(reproduces, claims, wall) if reproduces else []
     arms = list(sides.values())
     base, variants = arms[0], arms[1:]
     first = ["| metric | variant | baseline | variant value | difference | 95 % CI of the difference |",
@@ -66,7 +73,7 @@ def study_report(study_dir: Path, out: Path) -> dict:
     note = compare.method_note(base, *variants) if variants else ""
     md = [f"# {index['study']}: controlled vs real-world", "",
           f"Study directory `{study_dir.name}`; seed {index['seed']}; {index['repetitions']} repetition(s) per arm; "
-          f"status: {index['status']}.", "", "## Controlled vs real-world", "", *first, "", note, ""]
+          f"status: {index['status']}.", "", *published, "## Controlled vs real-world", "", *first, "", note, ""]
     if failed:
         md += ["## Runs not in the figures", "", "| arm | repetition | status | why |", "|---|---:|---|---|",
                *[f"| {r['arm']} | {r['repetition']} | {r['status']} | {(r.get('error') or '-')[:200]} |"
@@ -82,7 +89,8 @@ def study_report(study_dir: Path, out: Path) -> dict:
     run_dirs = {s.label: [study_dir / r["run_dir"] for r in index["runs"]
                           if r["arm"] == s.label and r["status"] in compare.USABLE and r.get("run_dir")] for s in arms}
     parts = [f"<h1>{html.escape(index['study'])}: controlled vs real-world</h1>",
-             f"<p>{html.escape(md[2])}</p><h2>Controlled vs real-world</h2>",
+             f"<p>{html.escape(md[2])}</p>", *_published_html(published),
+             "<h2>Controlled vs real-world</h2>",
              _html_table(*_md_to_rows("\n".join(first))), f"<p class=\"note\">{html.escape(note)}</p>",
              _img(plots.differences(base, variants) if variants else None, "differences from the baseline"),
              "<h2>Completion times</h2>", _img(plots.completion_cdfs(arms), "completion time CDFs"),
@@ -106,9 +114,29 @@ def study_report(study_dir: Path, out: Path) -> dict:
             "arms": {s.label: {"runs": {r: m for r, m in s.runs.items()}, "skipped": s.skipped,
                                "aggregate": {k: compare.aggregate(s, k).as_dict() for k in s.metric_names()}}
                      for s in arms},
-            "differences": per_variant, "report_md": str(out / "report.md"), "report_html": str(out / "report.html")}
+            "differences": per_variant,
+            "reproduction": {"paper": reproduces["paper"], "verdict": repro.overall(claims), "claims": claims,
+                             "runs_wall_s": wall} if reproduces else None,
+            "report_md": str(out / "report.md"), "report_html": str(out / "report.html")}
     write_json(out / "metrics.json", data)
     return data
+
+
+def _claims(study_dir: Path) -> dict | None:
+    path = study_dir / "study.yaml"
+    if not path.is_file():
+        return None
+    return (yaml.safe_load(path.read_text()) or {}).get("reproduces")
+
+
+def _published_html(md: list[str]) -> list[str]:
+    """The published-vs-measured section of report.md, as HTML (its paragraphs and table)."""
+    if not md:
+        return []
+    table = [ln for ln in md if ln.startswith("|")]
+    text = [ln for ln in md[1:] if ln and not ln.startswith("|")]
+    return ["<h2>Published vs measured</h2>", *[f"<p>{html.escape(t.replace('**', ''))}</p>" for t in text[:-1]],
+            _html_table(*_md_to_rows("\n".join(table))), f"<p><b>{html.escape(text[-1].replace('**', ''))}</b></p>"]
 
 
 # ---------------------------------------------------------------- one run

@@ -41,6 +41,7 @@ from testbed.errors import InputError
 from testbed.model.fields import Strict
 from testbed.model.files import _read_yaml, validated
 from testbed.model.load import parse_experiment
+from testbed.model.repro import Reproduces, check as check_claims
 from testbed.model.schema import Experiment
 
 BASELINE = "baseline"
@@ -63,6 +64,7 @@ class Study(Strict):
     baseline: str | dict[str, Any]
     baseline_name: str = Field(default=BASELINE, pattern=NAME)   # how reports call the baseline
     variants: list[Variant] = Field(min_length=1)
+    reproduces: Reproduces | None = None   # a reproduction: the paper and its claims (see model/repro.py)
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,12 @@ def parse_study(data: Any, source: str, base_dir: Path) -> LoadedStudy:
         # the study's seed and repetitions rule: a variant cannot unpair itself
         data_ = {**data_, "seed": study.seed, "repetitions": study.repetitions}
         arms.append((name, desc, data_, parse_experiment(data_, where, exp_dir)))
-    # of the resolved experiments: a changed trace path, topology file or build's sha256 counts
-    digest = hashlib.sha256(json.dumps([study.model_dump(mode="json"), [a[3].model_dump(mode="json") for a in arms]],
-                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if study.reproduces:
+        check_claims(study.reproduces, names, f"{source}: reproduces")
+    # of the resolved experiments: a changed trace path, topology file or build's sha256 counts;
+    # not of the claims, which judge the runs and do not make them
+    resolved = [study.model_dump(mode="json", exclude={"reproduces"}), [a[3].model_dump(mode="json") for a in arms]]
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return LoadedStudy(study, source, tuple(arms), digest)
 
 

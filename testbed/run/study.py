@@ -58,6 +58,8 @@ def open_study(loaded: LoadedStudy, study_dir: Path) -> dict:
     doc = {"name": s.name, "description": s.description, "seed": s.seed, "repetitions": s.repetitions,
            "source": str(Path(loaded.source).resolve()),
            "arms": [{"name": n, "description": d, "experiment": data} for n, d, data, _ in loaded.arms]}
+    if s.reproduces:
+        doc["reproduces"] = s.reproduces.model_dump(mode="json", exclude_none=True)
     write_atomic(study_dir / "study.yaml", yaml.safe_dump(doc, sort_keys=False))
     index = {
         "format": FORMAT, "study": s.name, "digest": loaded.digest, "source": doc["source"],

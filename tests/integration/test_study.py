@@ -30,7 +30,12 @@ def tiny_study(tmp_path: Path) -> Path:
          "set": {"peers": [{"name": "leecher", "behaviour": {"upload_limit": "32kbit"}}]}},
         # validates everywhere, refused at start where Open vSwitch is missing (this machine)
         {"name": "broken", "description": "asks for Open vSwitch",
-         "set": {"topology": {"switch": "ovs", "sites": ["s1"]}}}]}
+         "set": {"topology": {"switch": "ovs", "sites": ["s1"]}}}],
+        # a reproduction's claim: the report judges it on the runs (published vs measured)
+        "reproduces": {"paper": "the testbed's own tiny study", "scaled": "two leechers", "claims": [
+            {"claim": "capped leechers download slower", "source": "Section 1", "published": "slower",
+             "metric": "completion_median_s", "versus": "baseline", "arms": ["capped"],
+             "test": {"op": ">", "value": 0}}]}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -106,13 +111,21 @@ def test_study_interrupted_resumed_reported(docker_client, tmp_path):
     r = cli("report", str(d), "--out", str(out))
     assert r.returncode == 1, r.stdout + r.stderr       # the study is not complete: the report says so
     md = (out / "report.md").read_text()
-    assert md.index("## Controlled vs real-world") < md.index("|")
+    assert md.index("## Published vs measured") < md.index("|") < md.index("## Controlled vs real-world")
+    assert "**Verdict: " in md and "| 1 | capped leechers download slower | Section 1 | slower | capped |" in md
     assert "| completion_median_s | capped |" in md
     assert "| broken | 1 | refused | " in md and "topology.switch: ovs" in md
     # every usable run of both arms is in the numbers, none of the refused arm
     metrics = json.loads((out / "metrics.json").read_text())
     assert {arm: len(a["runs"]) for arm, a in metrics["arms"].items()} == {"baseline": 2, "capped": 2, "broken": 0}
     assert all(m["metrics"]["bytes_up[leecher]"] > 0 for m in metrics["arms"]["capped"]["runs"].values())
+    # the claim is judged on the paired differences of the two arms' runs, both repetitions
+    (claim,) = metrics["reproduction"]["claims"]
+    runs = metrics["arms"]
+    assert sorted(claim["values"]) == sorted(
+        runs["capped"]["runs"][r]["metrics"]["completion_median_s"] - runs["baseline"]["runs"][r]["metrics"]
+        ["completion_median_s"] for r in runs["capped"]["runs"])
+    assert claim["measured"]["n"] == 2 and claim["verdict"] in ("reproduced", "partly", "not reproduced")
     page = check_page(out / "report.html", tmp_path / "report.png")
     assert page["console_errors"] == [] and page["blocked_requests"] == []
     assert page["images"] >= 4 and page["images_loaded"] == page["images"], page["broken_images"]
