@@ -71,16 +71,19 @@ def capped_runs(docker_client, tmp_path_factory):
         return dict(zip(DRIVERS, pool.map(lambda c: _capped_seeder(c, out), DRIVERS)))
 
 
-RTORRENT_OVERSHOOT = pytest.mark.xfail(strict=False, reason=(
-    "rtorrent 0.9.8 overshoots its own cap in some runs: with throttle.global_up.max_rate 122 KiB/s "
-    "(999 kbit/s) it once reported 1067 kbit/s of payload and 1125 kbit/s crossed its interface; "
-    "in other runs it stays within 10 % (both seen on this project's CI)"))
+# How far above its cap each client's wire rate may go. rtorrent 0.9.8 overshoots its own
+# cap in some runs: with throttle.global_up.max_rate 122 KiB/s (999 kbit/s) it once reported
+# 1067 kbit/s of payload and 1125 kbit/s crossed its interface (12.6 % over); in other runs it
+# stays within 10 %. Its bound is 20 %: a test that can still fail (an rtorrent that ignored
+# its cap would send at the line's 20 Mbit/s), where an xfail that passes either way could not.
+OVERSHOOT = {"rtorrent": 0.2}
 
 
-@pytest.mark.parametrize("client", [pytest.param(c, marks=RTORRENT_OVERSHOOT) if c == "rtorrent" else c
-                                    for c in DRIVERS])
+@pytest.mark.parametrize("client", DRIVERS)
 def test_upload_cap_is_obeyed(capped_runs, docker_client, client):
     run_dir = capped_runs[client]
     rate = wire_rate(run_dir, "seeder")
-    assert 0.9 * CAP <= rate <= 1.1 * CAP, f"{client}: {rate / 1e3:.0f} kbit/s on the wire for a {CAP / 1e3:.0f}kbit cap"
+    over = OVERSHOOT.get(client, 0.1)
+    assert 0.9 * CAP <= rate <= (1 + over) * CAP, \
+        f"{client}: {rate / 1e3:.0f} kbit/s on the wire for a {CAP / 1e3:.0f}kbit cap"
     assert nothing_left(docker_client, json.loads((run_dir / "summary.json").read_text())["run_id"])
