@@ -38,7 +38,8 @@ def cmd_report(args) -> int:
         raise InputError(f"{path}: no such run or study directory")
     out = Path(args.out) if args.out else path
     if is_study_dir(path):
-        data = pages.study_report(path, out, _current_claims(path))
+        current = _current_claims(path)
+        data = pages.study_report(path, out, current, "the study file as it is now" if current else "")
         if args.json:
             sys.stdout.write(pages.dumps(data) + "\n")
         else:

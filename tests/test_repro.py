@@ -52,6 +52,18 @@ def test_every_run_rule_counts_runs():
     assert repro.judge([1.1, 1.2], t)[0] == repro.NOT
 
 
+def test_runs_without_a_value_count_against_the_claim():
+    # four usable runs, one gave no value (its group never completed): the mean of the other
+    # three cannot make the claim reproduced, and an every-run test counts it as failed
+    assert repro.judge([5, 6, 5.5], {"op": ">", "value": 0})[0] == repro.REPRODUCED
+    v, _, why = repro.judge([5, 6, 5.5], {"op": ">", "value": 0}, runs=4)
+    assert v == repro.PARTLY and "3 of 4 runs" in why
+    assert repro.judge([0.5, 0.6], {"op": "<=", "value": 1, "every_run": True}, runs=3)[:1] == (repro.PARTLY,)
+    assert repro.judge([], {"op": ">", "value": 0}, runs=3)[0] == repro.NO_DATA
+    # one run inside the band is not an interval inside it
+    assert repro.judge([100], {"op": "~", "value": 100})[0] == repro.PARTLY
+
+
 def test_values_minus_over_and_paired_versus():
     sides = {"base": side("base", {1: {"a": 10.0, "b": 4.0}, 2: {"a": 12.0, "b": 3.0}}),
              "v": side("v", {1: {"a": 15.0, "b": 5.0}, 2: {"a": 13.0}, 3: {"a": 99.0, "b": 1.0}})}
@@ -100,6 +112,15 @@ def test_claims_are_checked_when_the_study_loads(tmp_path):
         load_study(_study(tmp_path, {"paper": "P", "claims": [claim(relative=True)]}))
     with pytest.raises(InputError, match="op"):
         load_study(_study(tmp_path, {"paper": "P", "claims": [claim(test={"op": "=", "value": 1})]}))
+    # a group metric names a group every arm it reads has; plain metrics take no group
+    with pytest.raises(InputError, match="arm 'baseline' has no peer group 'q'"):
+        load_study(_study(tmp_path, {"paper": "P", "claims": [claim(metric="completion_mean_s[q]")]}))
+    with pytest.raises(InputError, match="no per-group form"):
+        load_study(_study(tmp_path, {"paper": "P", "claims": [claim(metric="leechers_online_end[p]")]}))
+    with pytest.raises(InputError, match="compared with itself"):
+        load_study(_study(tmp_path, {"paper": "P", "claims": [claim(versus="v", arms=["v"])]}))
+    with pytest.raises(InputError, match="cannot be 0"):
+        load_study(_study(tmp_path, {"paper": "P", "claims": [claim(test={"op": "~", "value": 0})]}))
     # the claims judge runs and do not make them: they stay out of the study's digest
     other = {"paper": "Q", "claims": [claim(published="y")]}
     assert load_study(_study(tmp_path, other)).digest == loaded.digest

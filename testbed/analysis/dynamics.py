@@ -32,18 +32,33 @@ def exchange(summary: dict) -> dict:
     for p in peers:
         if p["role"] != "leecher":
             continue
-        with_leechers = [(f["remote"], f["bytes_out"] + f["bytes_in"]) for f in p.get("flows") or ()
-                         if f["remote"] in group]
+        # what it sent: a leecher that picked its partners at random would send each class its
+        # share of the other leechers (12/39 of a 13-peer class among 40), whatever their rates
+        with_leechers = [(f["remote"], f["bytes_out"]) for f in p.get("flows") or () if f["remote"] in group]
         total = sum(b for _, b in with_leechers)
         if total:
             share[p["group"]].append(sum(b for r, b in with_leechers if group[r] == p["group"]) / total)
-        rate = min(x for x in (p.get("up_bps"), p.get("upload_limit_bps")) if x) if p.get("up_bps") else None
-        if p.get("completed") and p.get("completion_s") and rate and p.get("bytes_up") is not None:
-            while_leeching = p["bytes_up"] - (p.get("bytes_up_after_completion") or 0)
-            util[p["group"]].append(max(0.0, while_leeching) * 8 / (rate * p["completion_s"]))
+        u = _utilisation(p)
+        if u is not None:
+            util[p["group"]].append(u)
     out = {f"in_class_share[{g}]": float(np.mean(v)) for g, v in share.items()}
     out.update({f"upload_utilisation[{g}]": float(np.mean(v)) for g, v in util.items()})
     return out
+
+
+def _utilisation(p: dict) -> float | None:
+    """Upload while downloading against what could have gone: the line's rate against the
+    bytes that crossed it (the shaper counts whole frames), or the client's own cap, when it
+    is the lower, against its payload count. None for a peer behind a home (its line is the
+    home's, shared) or one that did not complete."""
+    line, cap = p.get("up_bps"), p.get("upload_limit_bps")
+    if p.get("home") or not line or not p.get("completed") or not p.get("completion_s"):
+        return None
+    if cap and cap < line:
+        sent, rate = (p.get("bytes_up") or 0) - (p.get("bytes_up_after_completion") or 0), cap
+    else:
+        sent, rate = (p.get("if_bytes_up") or 0) - (p.get("if_bytes_up_after_completion") or 0), line
+    return max(0.0, sent) * 8 / (rate * p["completion_s"])
 
 
 def progress(run_dir: Path, summary: dict, content_bytes: int | None, piece_bytes: int | None) -> dict:

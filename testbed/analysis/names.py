@@ -24,10 +24,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "segment_utilisation_up": ("ratio", "an ISP segment's aggregation link, upstream bytes / capacity x time"),
     "segment_p2p_share_up": ("ratio", "share of a segment's upstream IP bytes that were P2P"),
     "rtt_p95_ms": ("ms", "95th percentile of a home router's pings to the internet server (RTT under load)"),
-    "upload_utilisation": ("ratio", "mean over a group's leechers of payload uploaded while downloading / (upload "
-                                    "rate x download time); the rate is the line's, or the client's cap if lower"),
-    "in_class_share": ("ratio", "mean over a group's leechers of the IP bytes exchanged (both ways) with leechers "
-                                "of the same group / with all leechers (per-remote conntrack counts)"),
+    "upload_utilisation": ("ratio", "mean over a group's leechers (own lines) of what they uploaded while downloading "
+                                    "/ (upload rate x download time): bytes on the wire against the line's rate, or "
+                                    "payload against the client's cap where that is lower"),
+    "in_class_share": ("ratio", "mean over a group's leechers of the IP bytes sent to leechers of the same group / "
+                                "to all leechers (per-remote conntrack counts)"),
     "first_piece_median_s": ("s", "median over leechers of the time from arrival to the first sample holding data"),
     "last_5pct_median_s": ("s", "median over leechers that completed of the time from 95 % to 100 % (end game)"),
     "leechers_online_end": ("count", "leechers online (not yet complete) at the last sample"),
@@ -40,6 +41,15 @@ METRICS: dict[str, tuple[str, str]] = {
 # full table).
 HEADLINE = ["completion_median_s", "completion_p95_s", "completed_fraction", "origin_offload",
             "full_copy_lost", "kumar_ross_efficiency"]
+
+
+# metrics that take a peer group, `name[group]` (and those that have no group form: a
+# `[...]` on them is refused); the rest name a home or segment in brackets, or nothing
+GROUP_METRICS = {"completion_median_s", "completion_mean_s", "completed_fraction", "bytes_up", "bytes_down",
+                 "share_ratio", "in_class_share", "upload_utilisation"}
+PLAIN_METRICS = {"completion_p95_s", "swarm_completion_s", "full_copy_lost", "last_full_copy_lost_s",
+                 "origin_offload", "kumar_ross_efficiency", "first_piece_median_s", "last_5pct_median_s",
+                 "leechers_online_end", "leecher_growth_per_min", "one_piece_short_share", "testbed_cpu_share"}
 
 
 def stem(name: str) -> str:

@@ -46,13 +46,15 @@ def _md_to_rows(md: str) -> tuple[list[str], list[list[str]]]:
 
 # ---------------------------------------------------------------- studies
 
-def study_report(study_dir: Path, out: Path, reproduces: dict | None = None) -> dict:
-    """`reproduces`: the claims to judge (default: those the study was run with, in study.yaml)."""
+def study_report(study_dir: Path, out: Path, reproduces: dict | None = None, claims_from: str = "") -> dict:
+    """`reproduces`: the claims to judge (default: those the study was run with, in study.yaml);
+    `claims_from`: where they were read, said under the verdict."""
     index, sides = compare.study_sides(study_dir)
-    reproduces = reproduces or _claims(study_dir)
+    if not reproduces:
+        reproduces, claims_from = _claims(study_dir), "the claims the study was run with (study.yaml)"
     claims = repro.rows(reproduces, sides) if reproduces else []
     wall = sum(r.get("wall_s") or 0 for r in index["runs"]) or None
-    published = repro.markdown(reproduces, claims, wall) if reproduces else []
+    published = repro.markdown(reproduces, claims, wall, claims_from) if reproduces else []
     arms = list(sides.values())
     base, variants = arms[0], arms[1:]
     first = ["| metric | variant | baseline | variant value | difference | 95 % CI of the difference |",

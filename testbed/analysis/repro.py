@@ -7,9 +7,13 @@ repetition (paired). The verdict, in words:
 - `op` > >= < <= on the mean: *reproduced* when the whole 95 % interval of the mean is on
   the published side of `value`; *partly* when the mean is but the interval reaches across
   (or there is one run only); *not reproduced* when the mean is on the other side.
-- `op` ~ (within `tolerance` x |value|): *reproduced* when the mean is within the band;
-  *partly* when only its interval reaches the band; *not reproduced* otherwise.
+- `op` ~ (within `tolerance` x |value|): *reproduced* when the mean is within the band (a
+  weaker rule than the one-sided ones: the interval may be wider than the band); *partly*
+  when only its interval reaches the band, or one run is in it; *not reproduced* otherwise.
 - `every_run`: *reproduced* when every run passes, *partly* when some do, *not* when none.
+
+- An arm's runs that gave no value (a group that never completed) fail an every-run test,
+  and keep any other verdict at *partly*: the mean then speaks for the runs that got through.
 
 The study's verdict: reproduced when every row is, not reproduced when no row is reproduced
 or partly, partly otherwise. Rows without a measurement are listed and count as not.
@@ -60,31 +64,44 @@ def values(claim: dict, sides: dict[str, Side], arm: str) -> dict[int, float]:
     return out
 
 
-def judge(xs: list[float], test: dict) -> tuple[str, stats.Interval, str]:
-    """(verdict, interval of the mean, a few words on why)."""
+def judge(xs: list[float], test: dict, runs: int | None = None) -> tuple[str, stats.Interval, str]:
+    """(verdict, interval of the mean, a few words on why). `runs`: the arm's usable runs,
+    when some of them gave no value (a group that never completed): those count against an
+    every-run test, and keep any other verdict at partly, since the mean speaks for the
+    runs that got through only."""
     ci = stats.mean_ci(xs)
+    runs = max(runs or 0, len(xs))
     if ci.n == 0:
-        return NO_DATA, ci, "no run measured it"
+        return NO_DATA, ci, f"none of {runs} runs measured it" if runs else "no run measured it"
     value, op = test["value"], test["op"]
     if test.get("every_run"):
         ok = sum(1 for x in xs if _passes(x, op, value, test))
-        verdict = REPRODUCED if ok == len(xs) else PARTLY if ok else NOT
-        return verdict, ci, f"{ok} of {len(xs)} runs pass"
+        verdict = REPRODUCED if ok == runs else PARTLY if ok else NOT
+        return verdict, ci, f"{ok} of {runs} runs pass"
+    verdict, why = _mean_rule(ci, op, value, test)
+    if verdict == REPRODUCED and len(xs) < runs:
+        return PARTLY, ci, f"{why}, but only {len(xs)} of {runs} runs measured it"
+    return verdict, ci, why
+
+
+def _mean_rule(ci: stats.Interval, op: str, value: float, test: dict) -> tuple[str, str]:
     if op == "~":
-        band = (value - test.get("tolerance", 0.25) * abs(value), value + test.get("tolerance", 0.25) * abs(value))
+        tol = test.get("tolerance", 0.25) * abs(value)
+        band = (value - tol, value + tol)
         if band[0] <= ci.estimate <= band[1]:
-            return REPRODUCED, ci, "mean within the band"
+            return (PARTLY, "mean within the band; one run: no interval") if ci.low is None else \
+                (REPRODUCED, "mean within the band")
         if ci.low is not None and ci.low <= band[1] and ci.high >= band[0]:
-            return PARTLY, ci, "only the interval reaches the band"
-        return NOT, ci, "mean and interval outside the band"
+            return PARTLY, "only the interval reaches the band"
+        return NOT, "mean and interval outside the band"
     f = _OPS[op]
     if not f(ci.estimate, value):
-        return NOT, ci, "mean on the other side"
+        return NOT, "mean on the other side"
     if ci.low is None:
-        return PARTLY, ci, "one run: no interval"
+        return PARTLY, "one run: no interval"
     if f(ci.low, value) and f(ci.high, value):
-        return REPRODUCED, ci, "whole interval on the published side"
-    return PARTLY, ci, "mean on the published side, the interval reaches across"
+        return REPRODUCED, "whole interval on the published side"
+    return PARTLY, "mean on the published side, the interval reaches across"
 
 
 def _passes(x: float, op: str, value: float, test: dict) -> bool:
@@ -102,11 +119,13 @@ def rows(reproduces: dict, sides: dict[str, Side]) -> list[dict]:
             if arm not in sides:
                 continue
             xs = list(values(claim, sides, arm).values())
-            verdict, ci, why = judge(xs, claim["test"])
+            runs = len(set(sides[arm].runs) & set(sides[claim["versus"]].runs)) if claim.get("versus") \
+                else len(sides[arm].runs)
+            verdict, ci, why = judge(xs, claim["test"], runs)
             out.append({"claim": i, "text": claim["claim"], "source": claim["source"],
                         "published": claim["published"], "arm": arm, "quantity": quantity(claim),
                         "unit": "ratio" if claim.get("over") or claim.get("relative") else unit(claim["metric"]),
-                        "measured": ci.as_dict(), "values": xs, "verdict": verdict, "why": why,
+                        "measured": ci.as_dict(), "runs": runs, "values": xs, "verdict": verdict, "why": why,
                         "test": claim["test"]})
     return out
 
@@ -136,7 +155,8 @@ def measured_cell(r: dict) -> str:
     if i["estimate"] is None:
         return "-"
     ci = f" [{fmt(i['low'], u)}, {fmt(i['high'], u)}]" if i["low"] is not None else ""
-    return f"{fmt(i['estimate'], u)}{ci} (n={i['n']})"
+    n = f"n={i['n']}" if i["n"] == r.get("runs", i["n"]) else f"n={i['n']} of {r['runs']} runs"
+    return f"{fmt(i['estimate'], u)}{ci} ({n})"
 
 
 def test_text(t: dict) -> str:
@@ -144,7 +164,7 @@ def test_text(t: dict) -> str:
     return s + (" in every run" if t.get("every_run") else "")
 
 
-def markdown(reproduces: dict, table: list[dict], wall_s: float | None) -> list[str]:
+def markdown(reproduces: dict, table: list[dict], wall_s: float | None, claims_from: str = "") -> list[str]:
     """The report's section: the paper, the scaling, the table and the verdict."""
     md = ["## Published vs measured", "", f"Reproduces: {reproduces['paper']}", ""]
     if reproduces.get("scaled"):
@@ -156,5 +176,6 @@ def markdown(reproduces: dict, table: list[dict], wall_s: float | None) -> list[
                   f"{measured_cell(r)} | {r['quantity']} {test_text(r['test'])} | {r['verdict']} ({r['why']}) |")
     took = f" The study's runs took {wall_s / 60:.0f} min on this machine." if wall_s else ""
     md += ["", f"**Verdict: {overall(table)}.** Means over repetitions with Student-t 95 % intervals; "
-               f"differences between arms are paired by repetition.{took}", ""]
+               f"differences between arms are paired by repetition.{took}"
+               + (f" Claims as in {claims_from}." if claims_from else ""), ""]
     return md

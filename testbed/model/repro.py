@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from testbed.analysis.names import METRICS, stem
+from testbed.analysis.names import GROUP_METRICS, METRICS, PLAIN_METRICS, stem
 from testbed.errors import InputError
 from testbed.model.fields import Strict
 
@@ -48,7 +48,7 @@ class Claim(Strict):
     over: str | None = None
     versus: str | None = None            # another arm: a paired per-repetition difference (or ratio)
     relative: bool = False               # with versus: the ratio arm / versus instead of the difference
-    arms: list[str] | None = None        # where the claim is judged; default every arm (but `versus`)
+    arms: list[str] | None = Field(None, min_length=1)   # where the claim is judged; default every arm (but `versus`)
     test: Test
 
     @model_validator(mode="after")
@@ -57,6 +57,10 @@ class Claim(Strict):
             raise ValueError("give either 'minus' or 'over', not both")
         if self.relative and not self.versus:
             raise ValueError("'relative' needs 'versus' (the arm the ratio is taken against)")
+        if self.versus and self.arms and self.versus in self.arms:
+            raise ValueError(f"'versus: {self.versus}' is also in 'arms': an arm compared with itself")
+        if self.test.op == "~" and self.test.value == 0:
+            raise ValueError("test: '~' is relative to the value, so the value cannot be 0 (use < or >)")
         return self
 
 
@@ -66,15 +70,33 @@ class Reproduces(Strict):
     claims: list[Claim] = Field(min_length=1)
 
 
-def check(rep: Reproduces, arms: list[str], where: str) -> None:
-    """Every claim names arms the study has and metrics the report computes."""
+def check(rep: Reproduces, groups: dict[str, set[str]], where: str) -> None:
+    """Every claim names arms the study has, and metrics the report computes for them: a
+    group metric's group exists in every arm the claim reads (`groups`: arm -> peer groups)."""
+    arms = list(groups)
     for i, c in enumerate(rep.claims):
         at = f"{where}.claims[{i}]"
-        for key in ("metric", "minus", "over"):
-            name = getattr(c, key)
-            if name is not None and stem(name) not in METRICS:
-                raise InputError(f"{at}.{key}: '{name[:60]}' is not a metric of the report "
-                                 f"(known: {', '.join(METRICS)})")
         for a in [*(c.arms or []), *([c.versus] if c.versus else [])]:
             if a not in arms:
                 raise InputError(f"{at}: the study has no arm '{a[:40]}' (arms: {', '.join(arms)})")
+        read = [*(c.arms or [a for a in arms if a != c.versus]), *([c.versus] if c.versus else [])]
+        for key in ("metric", "minus", "over"):
+            name = getattr(c, key)
+            if name is not None:
+                _check_metric(name, read, groups, f"{at}.{key}")
+
+
+def _check_metric(name: str, arms: list[str], groups: dict[str, set[str]], at: str) -> None:
+    s, _, rest = name.partition("[")
+    if s not in METRICS:
+        raise InputError(f"{at}: '{name[:60]}' is not a metric of the report (known: {', '.join(METRICS)})")
+    group = rest[:-1] if rest.endswith("]") else None
+    if rest and group is None:
+        raise InputError(f"{at}: '{name[:60]}': a group is written name[group]")
+    if group is not None and s in PLAIN_METRICS:
+        raise InputError(f"{at}: '{s}' has no per-group form; write it without [{group[:20]}]")
+    if group is not None and s in GROUP_METRICS:
+        missing = [a for a in arms if group not in groups[a]]
+        if missing:
+            raise InputError(f"{at}: '{name[:60]}': arm '{missing[0]}' has no peer group '{group[:20]}' "
+                             f"(its groups: {', '.join(sorted(groups[missing[0]]))})")

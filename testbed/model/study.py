@@ -156,7 +156,8 @@ def parse_study(data: Any, source: str, base_dir: Path) -> LoadedStudy:
         data_ = {**data_, "seed": study.seed, "repetitions": study.repetitions}
         arms.append((name, desc, data_, parse_experiment(data_, where, exp_dir)))
     if study.reproduces:
-        check_claims(study.reproduces, names, f"{source}: reproduces")
+        check_claims(study.reproduces, {a[0]: {g.name for _, g in a[3].groups()} for a in arms},
+                     f"{source}: reproduces")
     # of the resolved experiments: a changed trace path, topology file or build's sha256 counts;
     # not of the claims, which judge the runs and do not make them
     resolved = [study.model_dump(mode="json", exclude={"reproduces"}), [a[3].model_dump(mode="json") for a in arms]]
