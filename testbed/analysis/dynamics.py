@@ -83,11 +83,11 @@ def progress(run_dir: Path, summary: dict, content_bytes: int | None, piece_byte
     out: dict = {}
     starts = [first[n] - arrived[n] for n in first if arrived[n] is not None]
     if starts:
-        out["first_piece_median_s"] = quantile(sorted(starts), 0.5)
+        out["first_piece_median_s"] = quantile(starts, 0.5)
     ends = [done[n] - p95[n] for n in done if n in p95]
     if ends:
-        out["last_5pct_median_s"] = quantile(sorted(ends), 0.5)
-    online = _online_leechers(run_dir, summary)
+        out["last_5pct_median_s"] = quantile(ends, 0.5)
+    online = _online_leechers(summary)
     if online is not None and content_bytes and piece_bytes:
         one_piece = piece_bytes / content_bytes
         short = [n for n in online if n in last and 1 - last[n] <= one_piece + 1e-9]
@@ -96,7 +96,7 @@ def progress(run_dir: Path, summary: dict, content_bytes: int | None, piece_byte
     return out
 
 
-def _online_leechers(run_dir: Path, summary: dict) -> list[str] | None:
+def _online_leechers(summary: dict) -> list[str] | None:
     """Leechers that arrived, have not completed and had not left when the run ended."""
     if not summary.get("peers"):
         return None

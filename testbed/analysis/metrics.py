@@ -49,7 +49,7 @@ def run_metrics(run_dir: Path) -> dict:
         done = [p["completion_s"] for p in members if p["role"] == "leecher" and p.get("completed")
                 and p.get("completion_s") is not None]
         if done:
-            m[f"completion_median_s[{g}]"] = quantile(sorted(done), 0.5)
+            m[f"completion_median_s[{g}]"] = quantile(done, 0.5)
             m[f"completion_mean_s[{g}]"] = sum(done) / len(done)
         came = [p for p in members if p["role"] == "leecher" and p.get("arrived_s") is not None]
         if came:
