@@ -464,20 +464,37 @@ def test_upload_slots_are_obeyed(runs):
 
 # ------------------------------------------------------------------ download limit
 
-# What a client may let its line carry beyond the cap, in the steady part of its download.
-# aria2 holds its own count at the cap (0.85-0.91 of it), but its line carried 0.92-1.49 x the
-# cap there in 13 runs (1.60 once, with a transmission origin): it lets its sockets' receive
-# buffers fill in bursts (1.1 MB in 3 s once, then seconds of nothing on the line while it read
-# them), and takes blocks it then throws away: its line carried 1.13-1.70 x the content in all
-# (the other capped clients: 1.15-1.29)
+# What a client may let its line carry beyond the cap. aria2 holds its own count at the cap
+# (0.85-0.91 of it), but lets its sockets' receive buffers fill in bursts (1.1 MB in 3 s once,
+# then seconds of nothing on the line while it read them), and takes blocks it then throws away:
+# its line carried 1.13-1.70 x the content in all runs (the other capped clients: 1.15-1.29).
+# A burst at either end of the steady window moves the line's rate there by up to half the cap
+# (0.60-1.49 x the cap in 16 runs: CI failed once at 0.60 while its own count was 0.88), so
+# aria2's line is judged over its whole download, which holds every burst: 0.99-1.21 x the
+# cap with headers in 7 runs, including that one (bounds 0.75 and 2.0).
 DOWN_EXCESS = {"aria2": 2.0}
+WHOLE_DOWNLOAD = {"aria2"}
+
+
+def line_window(r: Run, name: str, client: str) -> tuple[dict, dict]:
+    """The two samples between which a capped leecher's line is judged: the steady part of its
+    download (25 % to 85 % verified), or for a client in WHOLE_DOWNLOAD from its last sample
+    before its line carried 4 blocks (handshakes and bitfields are a few KB; its first sample,
+    1 s in, may already be past that) to the sample that saw it complete."""
+    if client in WHOLE_DOWNLOAD:
+        rows = r.rows[name]
+        before = [row for row in rows if row["if_bytes_down"] < 4 * BLOCK] or rows[:1]
+        return before[-1], rows[r.index_at(name, r.peers[name]["completed_at_s"])]
+    steady = [row for row in r.rows[name] if 0.25 <= row["progress"] <= 0.85]
+    return steady[0], steady[-1]
 
 
 @pytest.mark.parametrize("client", per_client())
 def test_download_limit_holds_on_the_wire(runs, client):
     """A leecher capped at 1mbit on a 20mbit line: over the steady part of its download (from
     25 % to 85 % verified, 19-23 s) its line's download rate is the cap, payload plus TCP/IP
-    headers, within +-25 % (aria2: see DOWN_EXCESS), and its own count of payload within
+    headers, within +-25 % (aria2: over its whole download, up to 2 x: see DOWN_EXCESS), and
+    its own count of payload within
     +-25 % of the cap; its uncapped twin in the same swarm downloads at least 2.5 x as fast.
     Expected false failures: below 0.5 % a run. Over 13 runs x 5 clients the line's rate was
     0.87-1.15 of the cap with headers (mean 0.98, sd 0.06: the bounds are 4.0 and 4.8 sd
@@ -487,12 +504,13 @@ def test_download_limit_holds_on_the_wire(runs, client):
     assert r.summary["status"] == "complete", r.summary["error"]
     name, control = "lim" + SHORT[client], "free" + SHORT[client]
     assert r.peers[name]["sha256_ok"], name
-    steady = [row for row in r.rows[name] if 0.25 <= row["progress"] <= 0.85]
-    a, b = steady[0], steady[-1]
-    assert t_if(b) - t_if(a) >= 10, (name, a["t"], b["t"])
     cap = DOWN_CAP_BPS / 8
+    a, b = line_window(r, name, client)
+    assert t_if(b) - t_if(a) >= 10, (name, a["t"], b["t"])
     rate = (b["if_bytes_down"] - a["if_bytes_down"]) / (t_if(b) - t_if(a))
     assert 0.75 * cap * WIRE_OVERHEAD <= rate <= DOWN_EXCESS.get(client, 1.25) * cap * WIRE_OVERHEAD, (name, rate, cap)
+    steady = [row for row in r.rows[name] if 0.25 <= row["progress"] <= 0.85]
+    a, b = steady[0], steady[-1]
     payload = (b["client_bytes_down"] - a["client_bytes_down"]) / (b["t"] - a["t"])
     assert 0.75 * cap <= payload <= 1.25 * cap, (name, payload, cap)
     rows = r.rows[control]
