@@ -65,10 +65,15 @@ def _validate_experiment(f: str, args) -> dict | None:
     text = (f"{f}: valid ({n} peers, topology {exp.topology.name}, {exp.repetitions} repetition(s); "
             f"{arrive} of {len(leechers)} leechers arrive within {p.horizon_s:g}s, {len(p.timeline)} planned events; "
             f"{bound})")
+    warnings = []
+    if p.t_min_s is not None and exp.timeout < p.t_min_s:
+        warnings.append(f"the timeout ({exp.timeout:g}s) is below the Kumar-Ross minimum ({p.t_min_s:.1f}s): "
+                        "no leecher can complete before it")
+    text += "".join(f"\n[yellow]warning:[/] {w}" for w in warnings)
     return {"file": f, "kind": "experiment", "valid": True, "name": exp.name, "peers": n,
             "topology": exp.topology.name, "repetitions": exp.repetitions, "leechers": len(leechers),
             "leechers_arriving": arrive, "horizon_s": p.horizon_s, "planned_events": len(p.timeline),
-            "t_min_s": p.t_min_s, "text": text}
+            "t_min_s": p.t_min_s, "warnings": warnings, "text": text}
 
 
 def _validate_study(f: str) -> dict:
@@ -369,12 +374,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(message: str, limit: int = 400) -> str:
+    """The sentence as one line of at most `limit` characters: a key or value quoted in it
+    may hold a line break, or be long."""
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
+    return message if len(message) <= limit else message[:limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
     except TestbedError as exc:
-        err.print(f"testbed: {exc}", markup=False, highlight=False)
+        err.print(f"testbed: {_one_line(str(exc))}", markup=False, highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("testbed: interrupted")
@@ -382,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log = Path(tempfile.gettempdir()) / f"testbed-crash-{int(time.time())}.log"
         log.write_text(traceback.format_exc())
-        err.print(f"testbed: unexpected error ({sys.exc_info()[1]!r}); traceback in {log}", markup=False)
+        exc = sys.exc_info()[1]
+        err.print(f"testbed: unexpected error ({type(exc).__name__}: {_one_line(str(exc), 200)}); traceback in {log}",
+                  markup=False, highlight=False)
         return 1
 
 

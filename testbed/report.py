@@ -230,7 +230,7 @@ def plot_usage(run_dir: Path, out_dir: Path | None = None) -> Path | None:
         ax_use.plot(xs, [u / 1e6 for u in used], color=color, lw=1.2, label=p["name"])
         if plan.get("cap"):
             # what was left of the allowance when the run started
-            left = parse_size(plan["cap"]) - parse_size(plan.get("used", 0))
+            left = parse_size(plan["cap"]) - parse_size(plan.get("used") or "0B")
             ax_use.axhline(left / 1e6, color=color, ls="--", lw=0.8)
         ux, uy = _throughput(meter, p["name"], "ip_bytes_up")
         ax_up.plot(ux, [y / 1e6 for y in uy], color=color, lw=1, label=p["name"])

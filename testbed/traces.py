@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from testbed import units
+from testbed import textfile, units
+from testbed.textfile import excerpt
 
 MAHIMAHI_PACKET_BYTES = 1500
 MIN_RATE_BPS = 8000.0          # HTB cannot be set to 0: an outage is 8 kbit/s
+MAX_LENGTH_S = 30 * 86400.0    # a trace longer than a month is a mistake (and would not fit in memory as steps)
 TRACE_DIR = Path(__file__).resolve().parent.parent / "topologies" / "traces"
 
 
@@ -93,14 +96,18 @@ def read_mahimahi(text: str, source: str, step: float = 1.0) -> Trace:
         try:
             stamps.append(int(line))
         except ValueError:
-            raise TraceError(f"{source}: line {n}: {line!r} is not a millisecond timestamp (Mahimahi format)") from None
+            raise TraceError(f"{source}: line {n}: {excerpt(line)} is not a millisecond timestamp (Mahimahi format)") from None
     if not stamps:
         raise TraceError(f"{source}: empty trace")
     if any(b < a for a, b in zip(stamps, stamps[1:])):
         raise TraceError(f"{source}: timestamps must not decrease (Mahimahi format)")
     period = stamps[-1] / 1000.0
+    if stamps[0] < 0:
+        raise TraceError(f"{source}: timestamps must not be negative")
     if period <= 0:
         raise TraceError(f"{source}: the trace must last more than 0 ms")
+    if period > MAX_LENGTH_S:
+        raise TraceError(f"{source}: the trace lasts {period:.0f} s, longer than the {MAX_LENGTH_S:.0f} s a trace may")
     bins = max(1, round(period / step))
     counts = [0] * bins
     for ms in stamps:
@@ -139,6 +146,11 @@ def _number(text: str) -> bool:
 def from_steps(steps: list[tuple[float, float]], source: str) -> Trace:
     if not steps:
         raise TraceError(f"{source}: no steps")
+    if not all(math.isfinite(t) and math.isfinite(r) for t, r in steps):
+        raise TraceError(f"{source}: times and rates must be finite numbers")
+    if steps[-1][0] > MAX_LENGTH_S:
+        raise TraceError(f"{source}: the last step is at {steps[-1][0]:.0f} s, later than the {MAX_LENGTH_S:.0f} s "
+                         "a trace may last")
     if any(b[0] <= a[0] for a, b in zip(steps, steps[1:])):
         raise TraceError(f"{source}: times must increase")
     if steps[0][0] < 0 or any(r < 0 for _, r in steps):
@@ -153,6 +165,8 @@ def resolve(ref: str, base_dir: Path | None) -> Path:
     for candidate in ((base_dir or Path.cwd()) / ref, TRACE_DIR / ref):
         if candidate.is_file():
             return candidate.resolve()
+        if candidate.exists():
+            raise TraceError(f"{candidate}: not a regular file")
     raise TraceError(f"no such trace file '{ref}' (looked next to the experiment and in {TRACE_DIR})")
 
 
@@ -160,7 +174,7 @@ def resolve(ref: str, base_dir: Path | None) -> Path:
 def load(path: str, step: float = 1.0) -> Trace:
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read trace ({exc.strerror})") from None
+        text = textfile.read_text(p)
+    except textfile.FileProblem as exc:
+        raise TraceError(f"{path}: {exc}") from None
     return read_csv(text, path) if p.suffix.lower() == ".csv" else read_mahimahi(text, path, step)

@@ -3,24 +3,28 @@
 Rates are bits per second (decimal SI prefixes, as tc and ISPs use them: 1mbit = 1e6 bit/s).
 Sizes are bytes (binary prefixes KiB/MiB/GiB = 1024^n, decimal kB/MB/GB = 1000^n).
 Durations are seconds (float). Ratios are fractions in [0, 1].
+
+Only units that cannot be misread are accepted: 'mbps' is refused (tc reads it as megabytes
+a second, most people as megabits), a size must end in a capital B ('5mb': bits or bytes?),
+and a size or rate must have a unit (a bare 16 would be 16 bytes). Every number is finite.
 """
 from __future__ import annotations
 
+import math
 import re
+
+from testbed.textfile import excerpt
 
 # A sign is accepted here so that layer 2 can say "must be positive" about the key.
 _NUM = r"(?P<num>-?[0-9]+(?:\.[0-9]+)?)\s*"
 
-_RATE_UNITS = {
-    "bit": 1, "bps": 1,
-    "kbit": 1e3, "kbps": 1e3,
-    "mbit": 1e6, "mbps": 1e6,
-    "gbit": 1e9, "gbps": 1e9,
-}
+_RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+_AMBIGUOUS_RATES = {"bps": "bit", "kbps": "kbit", "mbps": "mbit", "gbps": "gbit"}
+# Matched without regard to case, but the text must end in a capital B (checked in _split).
 _SIZE_UNITS = {
-    "b": 1, "": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+    "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -31,16 +35,24 @@ class UnitError(ValueError):
 
 def _split(text: str, units: dict[str, float], kind: str, example: str) -> float:
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise UnitError(f"expected a {kind} such as {example!r}, got {text!r}")
+        raise UnitError(f"expected a {kind} such as {example!r}, got {excerpt(text)}")
     if isinstance(text, (int, float)):
-        if kind == "size":
-            return float(text)
-        raise UnitError(f"a {kind} needs a unit, such as {example!r}; got the bare number {text!r}")
-    m = re.fullmatch(_NUM + r"(?P<unit>[a-zA-Z]*)", text.strip())
-    if not m or m.group("unit").lower() not in units:
+        raise UnitError(f"a {kind} needs a unit, such as {example!r}; got the bare number {excerpt(text)}")
+    m = re.fullmatch(_NUM + r"(?P<unit>[a-zA-Z]*)(?P<per>/s)?", text.strip())
+    unit = m.group("unit").lower() if m else ""
+    if m and kind == "rate" and unit in _AMBIGUOUS_RATES:
+        raise UnitError(f"{excerpt(text)} is ambiguous (tc reads '{unit}' as bytes a second, most people as bits): "
+                        f"write '{m.group('num')}{_AMBIGUOUS_RATES[unit]}' for bits a second")
+    if m and kind == "size" and unit in units and not m.group("unit").endswith("B"):
+        raise UnitError(f"{excerpt(text)} is ambiguous (bits or bytes?): a size ends in a capital B, such as "
+                        f"'{m.group('num')}{m.group('unit')[:-1].upper().replace('I', 'i')}B'")
+    if not m or unit not in units or (m.group("per") and kind != "rate"):
         accepted = ", ".join(sorted(u for u in units if u))
-        raise UnitError(f"{text!r} is not a {kind} (e.g. {example!r}; units: {accepted})")
-    return float(m.group("num")) * units[m.group("unit").lower()]
+        raise UnitError(f"{excerpt(text)} is not a {kind} (e.g. {example!r}; units: {accepted})")
+    value = float(m.group("num")) * units[unit]
+    if not math.isfinite(value):
+        raise UnitError(f"{excerpt(text)} is too large a {kind}")
+    return value
 
 
 def parse_rate(text: str) -> float:
@@ -49,7 +61,7 @@ def parse_rate(text: str) -> float:
 
 
 def parse_size(text: str | int) -> int:
-    """'20MiB' -> 20971520 bytes; a bare integer is bytes."""
+    """'20MiB' -> 20971520 bytes."""
     return int(_split(text, _SIZE_UNITS, "size", "20MiB"))
 
 
@@ -64,14 +76,16 @@ _PER_UNITS = {"s": 1.0, "sec": 1.0, "min": 1 / 60.0, "m": 1 / 60.0, "h": 1 / 360
 def parse_frequency(text: str) -> float:
     """How often something happens: '2/min' -> 0.0333 per second ('0.5/s', '30/h', '4/d')."""
     if not isinstance(text, str) or "/" not in text:
-        raise UnitError(f"expected a rate of events such as '2/min' (per s, min, h or d), got {text!r}")
+        raise UnitError(f"expected a rate of events such as '2/min' (per s, min, h or d), got {excerpt(text)}")
     num, _, per = text.strip().partition("/")
     try:
         value = float(num)
     except ValueError:
-        raise UnitError(f"{text!r} is not a rate of events (e.g. '2/min')") from None
+        raise UnitError(f"{excerpt(text)} is not a rate of events (e.g. '2/min')") from None
+    if not math.isfinite(value):
+        raise UnitError(f"{excerpt(text)} is not a finite rate of events")
     if per.strip().lower() not in _PER_UNITS:
-        raise UnitError(f"{text!r}: per what? use /s, /min, /h or /d (e.g. '2/min')")
+        raise UnitError(f"{excerpt(text)}: per what? use /s, /min, /h or /d (e.g. '2/min')")
     return value * _PER_UNITS[per.strip().lower()]
 
 
@@ -91,9 +105,11 @@ def parse_percent(text: str | float) -> float:
         try:
             value = float(text.strip()[:-1])
         except ValueError:
-            raise UnitError(f"{text!r} is not a percentage (e.g. '1%')") from None
+            raise UnitError(f"{excerpt(text)} is not a percentage (e.g. '1%')") from None
+        if not math.isfinite(value):
+            raise UnitError(f"{excerpt(text)} is not a finite percentage")
         return value / 100.0
-    raise UnitError(f"{text!r} is not a percentage (e.g. '1%')")
+    raise UnitError(f"{excerpt(text)} is not a percentage (e.g. '1%')")
 
 
 def fmt_percent(fraction: float) -> str:

@@ -9,8 +9,8 @@ def test_rates_are_decimal_bits_per_second(text, bps):
     assert units.parse_rate(text) == bps
 
 
-@pytest.mark.parametrize("text,n", [("20MiB", 20 * 2**20), ("1KiB", 1024), ("1MB", 10**6), ("4096", 4096),
-                                    (4096, 4096)])
+@pytest.mark.parametrize("text,n", [("20MiB", 20 * 2**20), ("1KiB", 1024), ("1MB", 10**6), ("4096B", 4096),
+                                    ("2 GiB", 2 * 2**30), ("1kB", 1000)])
 def test_sizes_are_bytes_with_binary_and_decimal_prefixes(text, n):
     assert units.parse_size(text) == n
 
@@ -20,10 +20,37 @@ def test_durations_are_seconds(text, s):
     assert units.parse_duration(text) == pytest.approx(s)
 
 
-@pytest.mark.parametrize("bad", ["8mbits", "fast", "", "8", 8, True, None])
+@pytest.mark.parametrize("bad", ["8mbits", "fast", "", "8", 8, True, None, 8.0, float("inf")])
 def test_rates_need_a_known_unit(bad):
     with pytest.raises(units.UnitError):
         units.parse_rate(bad)
+
+
+@pytest.mark.parametrize("bad", ["16", 16, "5mb", "5Mb", "5mib", "1kb", "16b", float("nan"), "1s"])
+def test_sizes_need_an_unambiguous_unit(bad):
+    """A bare number would be bytes, and a lowercase b could be bits: both refused."""
+    with pytest.raises(units.UnitError):
+        units.parse_size(bad)
+
+
+def test_mbps_is_refused_as_ambiguous_and_the_message_says_what_to_write():
+    with pytest.raises(units.UnitError, match="write '20mbit'"):
+        units.parse_rate("20mbps")
+    assert units.parse_rate("20mbit/s") == 20e6
+
+
+@pytest.mark.parametrize("parse,text", [(units.parse_rate, "9" * 400 + "mbit"), (units.parse_size, "9" * 400 + "MB"),
+                                        (units.parse_duration, "9" * 400 + "s"), (units.parse_percent, "1e999%"),
+                                        (units.parse_frequency, "inf/min")])
+def test_numbers_must_be_finite(parse, text):
+    with pytest.raises(units.UnitError):
+        parse(text)
+
+
+def test_messages_quote_only_an_excerpt_of_a_value():
+    with pytest.raises(units.UnitError) as e:
+        units.parse_size("x" * 10_000)
+    assert len(str(e.value)) < 200
 
 
 def test_percent():

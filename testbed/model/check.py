@@ -1,4 +1,10 @@
-"""Layer 2 of validation: cross-references and values that the schema alone cannot judge."""
+"""Layer 2 of validation: cross-references and values that the schema alone cannot judge.
+
+The ranges are what the machinery below can carry out, so that nothing that validates fails
+after containers start: HTB cannot shape below 8 kbit/s, the userspace delay element holds
+packets for at most 10 s, clients take pieces of at most 16 MiB (libtorrent's and torf's
+limit), and a run's control block is a /22.
+"""
 from __future__ import annotations
 
 from testbed import catalog, units
@@ -6,6 +12,20 @@ from testbed.errors import InputError
 from testbed.model.churn import Decaying, EndAfter, Exponential, FlashCrowd, Lognormal, Poisson, ProfileUse, Weibull
 from testbed.model.homes import LAN_PREFIX, MAX_HOMES
 from testbed.model.schema import AccessLink, Experiment, PeerGroup, Throttle, Topology
+
+
+MIN_RATE, MAX_RATE = 8000.0, 10e9          # bit/s a link may be shaped to
+MAX_DELAY = 10.0                           # seconds, one way (and jitter)
+MAX_QUEUE = 100_000                        # packets
+MAX_PIECE = 16 * 1024 * 1024
+MAX_HOSTS = 2 ** (32 - 22) - 3             # a /22 control block, less its gateway and broadcast
+MAX_CONNECTIONS = 65535
+
+
+def check_rate(value: float | None, key: str, fail, what: str = "rate") -> None:
+    if value is not None and not MIN_RATE <= value <= MAX_RATE:
+        fail(key, f"must be a {what} from 8kbit to 10gbit (HTB shapes no slower than 8kbit), not "
+             f"{units.fmt_rate(value)}")
 
 
 def check_meaning(exp: Experiment, source: str) -> None:
@@ -25,12 +45,12 @@ def check_meaning(exp: Experiment, source: str) -> None:
         if link.ends[0] == link.ends[1]:
             fail(f"topology.core[{i}].ends", "a core link must join two different sites")
         for key in ("rate", "reverse_rate"):
-            value = getattr(link, key)
-            if value is not None and value <= 0:
-                fail(f"topology.core[{i}].{key}", "must be a positive rate")
+            check_rate(getattr(link, key), f"topology.core[{i}].{key}", fail)
         for key in ("delay", "jitter"):
-            if getattr(link, key) < 0:
-                fail(f"topology.core[{i}].{key}", "must not be negative")
+            if not 0 <= getattr(link, key) <= MAX_DELAY:
+                fail(f"topology.core[{i}].{key}", "must be from 0s to 10s")
+        if not 1 <= link.queue <= MAX_QUEUE:
+            fail(f"topology.core[{i}].queue", f"must be from 1 to {MAX_QUEUE} packets")
         if not 0 <= link.loss < 1:
             fail(f"topology.core[{i}].loss", "must be at least 0% and below 100%")
     for i, seg in enumerate(topo.segments):
@@ -38,12 +58,14 @@ def check_meaning(exp: Experiment, source: str) -> None:
             fail(f"topology.segments[{i}]", f"no core link joins segment '{seg.site}' to '{seg.core}'")
     if exp.tracker.site is not None and exp.tracker.site not in sites:
         fail("tracker.site", f"unknown site '{exp.tracker.site}' (sites: {', '.join(topo.sites)})")
+    if not 1 <= exp.tracker.port <= 65535:
+        fail("tracker.port", "must be a port from 1 to 65535")
     if exp.content.size <= 0:
         fail("content.size", "must be a positive size")
     if exp.content.piece_size is not None:
         ps = exp.content.piece_size
-        if ps < 16 * 1024 or ps & (ps - 1):
-            fail("content.piece_size", "must be a power of two of at least 16KiB")
+        if ps < 16 * 1024 or ps > MAX_PIECE or ps & (ps - 1):
+            fail("content.piece_size", "must be a power of two from 16KiB to 16MiB")
     if exp.timeout <= 0:
         fail("timeout", "must be a positive duration")
     if exp.repetitions < 1:
@@ -55,19 +77,19 @@ def check_meaning(exp: Experiment, source: str) -> None:
             if g.name in names or g.name == "tracker":
                 fail(f"{where}.name", f"group name '{g.name}' is used twice (or is reserved)")
             names.add(g.name)
-            if g.count < 1:
-                fail(f"{where}.count", "must be at least 1")
+            if not 1 <= g.count <= MAX_HOSTS:
+                fail(f"{where}.count", f"must be from 1 to {MAX_HOSTS} (the hosts a run's address plan holds)")
             if g.client not in catalog.CLIENTS:
                 fail(f"{where}.client", f"unknown client '{g.client}' (known: {', '.join(sorted(catalog.CLIENTS))})")
             for knob in ("upload_limit", "download_limit"):
                 value = getattr(g.behaviour, knob)
-                if value is not None and value < 8 * 1024:
-                    fail(f"{where}.behaviour.{knob}", "must be at least 8kbit (clients cap in whole KiB/s)")
+                if value is not None and not 8 * 1024 <= value <= MAX_RATE:
+                    fail(f"{where}.behaviour.{knob}", "must be from 8kbit to 10gbit (clients cap in whole KiB/s)")
             b = g.behaviour
             for knob in ("max_connections", "upload_slots"):
                 value = getattr(b, knob)
-                if value is not None and value < 1:
-                    fail(f"{where}.behaviour.{knob}", "must be at least 1")
+                if value is not None and not 1 <= value <= MAX_CONNECTIONS:
+                    fail(f"{where}.behaviour.{knob}", f"must be from 1 to {MAX_CONNECTIONS}")
             policy, amount = b.seeding_policy()
             if policy == "duration" and amount <= 0:
                 fail(f"{where}.behaviour.seeding.duration", "must be a positive duration")
@@ -98,6 +120,10 @@ def check_meaning(exp: Experiment, source: str) -> None:
             for j, use in enumerate(g.participation or ()):
                 check_participation(use, g, f"{where}.participation[{j}]", fail)
             check_shares(g.participation or [], f"{where}.participation", fail)
+    hosts = 1 + sum(g.count for _, g in exp.groups()) + sum(h.count for h in exp.households) + bool(exp.households)
+    if hosts > MAX_HOSTS:
+        fail("peers", f"the run would have {hosts} hosts (tracker, peers, homes), more than the {MAX_HOSTS} "
+             "its address plan holds")
     check_faults(exp, fail)
     check_homes(exp, sites, fail)
     if isinstance(exp.end, EndAfter):
@@ -112,13 +138,14 @@ def check_access(a: AccessLink, where: str, fail) -> None:
         rate = getattr(a, d)
         if rate is None and getattr(a, f"{d}_trace") is None:
             fail(f"{where}.{d}", "missing: give a rate, a profile, or a trace")
-        if rate is not None and rate <= 0:
-            fail(f"{where}.{d}", "must be a positive rate")
-    if a.queue < 1:
-        fail(f"{where}.queue", "must be at least 1 packet")
+        check_rate(rate, f"{where}.{d}", fail)
+    if not 1 <= a.queue <= MAX_QUEUE:
+        fail(f"{where}.queue", f"must be from 1 to {MAX_QUEUE} packets")
     for key in ("delay", "jitter"):
-        if min(getattr(a, key)) < 0:
-            fail(f"{where}.{key}", "must not be negative")
+        if not 0 <= min(getattr(a, key)) <= max(getattr(a, key)) <= MAX_DELAY:
+            fail(f"{where}.{key}", "must be from 0s to 10s")
+    if not isinstance(a.trace_offset, str) and a.trace_offset < 0:
+        fail(f"{where}.trace_offset", "must not be negative")
     if not all(0 <= x < 1 for x in a.loss):
         fail(f"{where}.loss", "must be at least 0% and below 100%")
     p = a.plan

@@ -63,5 +63,7 @@ NO_IMPAIRMENT = Directions(0.0, 0.0)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: YAML reads .inf and .nan as numbers, and a fee, ratio or weight of NaN would
+    # pass every range check (NaN compares false)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from testbed import units
+from testbed import textfile, units
+from testbed.textfile import excerpt
 from testbed.errors import InputError
+from testbed.model.fields import Strict
 
 # ---------------------------------------------------------------- error messages
 
@@ -21,6 +24,29 @@ def _loc(loc: tuple) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+# How pydantic names the branch of a union or the step of a validator chain in an error's
+# location ('list[PeerGroup]', 'function-after[...]', 'str'): not keys the user wrote.
+_INTERNAL = re.compile(r"(str|int|float|bool|none|[a-z-]+\[.*\])")
+
+
+def _model_names() -> set[str]:
+    names, todo = set(), [Strict]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _user_loc(loc: tuple, keep_last: bool) -> tuple:
+    """The key path as the user wrote it: pydantic's union tags (model names, type names)
+    dropped. An unknown key is the last part and is the user's, whatever it looks like."""
+    models = _model_names()
+    last = len(loc) - 1 if keep_last else len(loc)
+    return tuple(p for i, p in enumerate(loc)
+                 if i >= last or not (isinstance(p, str) and (p in models or _INTERNAL.fullmatch(p))))
 
 
 def _field_names(model: type[BaseModel] | None) -> set[str]:
@@ -48,8 +74,7 @@ def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None =
     # unknown one, which is what the user typed.
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
-    # pydantic tags union branches in the location (e.g. 'Topology', 'str'): drop them.
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p[:1].isupper() or p == "str"))
+    loc = _user_loc(first["loc"], keep_last=first["type"] == "extra_forbidden")
     where = _loc(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
@@ -79,19 +104,95 @@ def validated(model: type[BaseModel], data: Any, source: str, what: str):
 TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "topologies"
 
 
+MAX_DEPTH = 64               # nesting levels: an experiment uses about 6
+MAX_VALUES = 100_000         # values once aliases are expanded: a 150-peer experiment has ~2000
+
+
+class _Refused(yaml.YAMLError):
+    """YAML the testbed does not read: the message and where."""
+
+    def __init__(self, message: str, mark) -> None:
+        super().__init__(message)
+        self.problem, self.problem_mark = message, mark
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what it would accept silently or choke on: a key written
+    twice (the last would win), nesting deeper than MAX_DEPTH (the composer recurses), and
+    aliases that expand to more than MAX_VALUES values (a 'billion laughs' costs nothing to
+    load, but everything that walks the result would expand it). PyYAML offers no option for
+    any of these, hence a subclass."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return self.construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, Any] = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        raise _Refused(f"key '{excerpt(key.value)[1:-1]}' is written twice (first at line "
+                                       f"{seen[key.value].line + 1}); the second would silently win", key.start_mark)
+                    seen[key.value] = key.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, memo: dict[int, int], open_: set[int]) -> int:
+    """How many values `node` stands for once every alias is expanded (raises past MAX_VALUES
+    or on an alias to an enclosing node)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if id(node) in open_:
+        raise _Refused("an alias refers to a value that contains it", node.start_mark)
+    open_.add(id(node))
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(child, memo, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, memo, open_) + _expanded_size(v, memo, open_) for k, v in node.value)
+    open_.discard(id(node))
+    if n > MAX_VALUES:
+        raise _Refused(f"aliases expand this to more than {MAX_VALUES} values", node.start_mark)
+    memo[id(node)] = n
+    return n
+
+
+def read_input(path: Path, what: str) -> str:
+    """The text of a file a user named, or one sentence saying why it cannot be read."""
+    try:
+        return textfile.read_text(path)
+    except textfile.FileProblem as exc:
+        if str(exc) == textfile.MISSING:
+            raise InputError(f"{path}: no such {what} file") from None
+        raise InputError(f"{path}: {what} file: {exc}") from None
+
+
 def _read_yaml(path: Path, what: str) -> Any:
+    text = read_input(path, what)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such {what} file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what} file ({exc.strerror})") from None
-    try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise InputError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def read_durations(ref: str, where: str, source: str, base_dir: Path | None) -> tuple[str, tuple[float, ...]]:
@@ -99,9 +200,9 @@ def read_durations(ref: str, where: str, source: str, base_dir: Path | None) -> 
     path and its values in seconds."""
     path = (base_dir or Path.cwd()) / ref
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"{source}: {where}: cannot read {path} ({exc.strerror})") from None
+        text = textfile.read_text(path)
+    except textfile.FileProblem as exc:
+        raise InputError(f"{source}: {where}: {path}: {exc}") from None
     values = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()

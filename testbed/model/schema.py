@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, PrivateAttr, Tag
 
+from testbed.textfile import excerpt
 from testbed.model.churn import Arrivals, End, Fault, FlashCrowd, ParticipationMix
 from testbed.model.homes import Background, IspTopology, Policy, Segment
 from testbed.model.fields import (
@@ -170,7 +171,7 @@ def _seeding_form(value: Any) -> str:
 # {duration: 10m}: seed that long, then stop; {ratio: 1.0}: seed until that share ratio
 def _seeding_word(value: Any) -> str:
     if value not in ("forever", "stop"):
-        raise ValueError(f"{value!r} is not a seeding policy: use forever, stop, {{duration: 10m}} or {{ratio: 1.0}}")
+        raise ValueError(f"{excerpt(value)} is not a seeding policy: use forever, stop, {{duration: 10m}} or {{ratio: 1.0}}")
     return value
 
 
