@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# swarm testbed set-up, for a fresh Debian 12 / Ubuntu 22.04+ machine. Idempotent.
+# swarm testbed set-up, for a fresh Debian 12+ / Ubuntu 24.04+ machine (Python 3.11+). Idempotent.
 #
 #   sudo ./setup.sh        install what is missing, build the images, run
 #                          experiments/quickstart.yaml and print its report
@@ -64,6 +64,9 @@ done
 [ -e /proc/sys/net/ipv4/tcp_child_ehash_entries ] && sysctl -qw net.ipv4.tcp_child_ehash_entries=1024
 
 # 4. The Python environment: Debian's python3 with its site-packages, where Mininet lives.
+/usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "setup.sh: the testbed needs Python 3.11 or later; this system's python3 is" \
+       "$(/usr/bin/python3 -V 2>&1 | cut -d' ' -f2) (Debian 12+ and Ubuntu 24.04+ have one)" >&2; exit 2; }
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-12)
 if [ ! -e "$stamp" ]; then
   say "creating the virtual environment in .venv"

@@ -8,7 +8,8 @@ sees every host's queue. The run installs, in each host's namespace,
 
 so every packet arriving on the data interface is handed here before the host's stack
 sees it (on the RECEIVING side: holding packets at the sender would count them against its
-sockets and collapse TCP, as measured in PLATFORM.md). Each packet is dropped with the
+sockets and collapse TCP: with 50 ms, about 1 Mbit/s of TCP against 1.45 Gbit/s at the
+receiver, measured on the development machine). Each packet is dropped with the
 path's loss probability, or held for the path's delay (the sender's upload delay plus this
 host's download delay, each +/- its jitter, uniformly, as netem does) and then accepted.
 Unless `reorder` is set, a packet is never released before the previous one from the same

@@ -15,7 +15,9 @@ userspace  for kernels without sch_netem: a pfifo beneath HTB, and a userspace e
            for the path's delay, drops it with the path's loss probability and releases it
            in order. A receiver applies the sender's upload delay and loss as well as its
            own download ones, so a path's impairments are applied once, at its end (the
-           approach Kollaps takes, measured for this machine kind in PLATFORM.md).
+           approach of Kollaps, Gouveia et al., EuroSys 2020). Measured on the development
+           machine with 50 ms: held at the sender, TCP fell to about 1 Mbit/s (held packets
+           count against the sender's socket); at the receiver, iperf3 ran at 1.45 Gbit/s.
 
 Commands are generated purely here and run by the network layer inside the namespace.
 """

@@ -18,8 +18,9 @@ the machine with `nsenter --net`, because the client images carry no iptables):
   peers it downloads from), and the bytes waiting in their send queues. uTP connections
   are UDP and not in it.
 
-iptables-legacy, not nft: this is what the platform has measured to work inside a
-namespace (PLATFORM.md), and iptables is the interface every distribution ships.
+iptables-legacy, not nft: on kernels built without nft's queue statement (the development
+machine's) `iptables-legacy ... -j NFQUEUE` still works inside a namespace, and iptables is
+the interface every distribution ships.
 """
 from __future__ import annotations
 
