@@ -68,3 +68,13 @@ def test_analysis_reads_only_results():
 def test_modules_stay_a_few_hundred_lines():
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long
+
+
+def test_the_project_stands_alone():
+    """No tracked file points outside the repository to notes it does not ship."""
+    root = PACKAGE.parent
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    outside = ("../shared", "PLATFORM.md", "REFERENCE.md", "STYLE.md")
+    found = [f for f in files if (root / f).is_file() and f != "tests/test_structure.py"
+             and any(o in (root / f).read_text(errors="replace") for o in outside)]
+    assert not found, found
