@@ -274,7 +274,7 @@ def render(run_dir: Path, console: Console) -> dict:
     if homes is not None:
         console.print(homes)
     console.print(headline(summary))
-    note = element_note(summary)
-    if note:
-        console.print(f"[yellow]{note}")
+    for note in (element_note(summary), (summary.get("host") or {}).get("warning")):
+        if note:
+            console.print(f"[yellow]warning: {note}", markup=True, highlight=False)
     return summary

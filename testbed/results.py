@@ -23,6 +23,8 @@ results/<run_id>/
                     before anything starts
   swarm.csv         per second: peers online, seeds and leechers online, paused, offline,
                     crashed, gone, and the distributed copies among the peers online
+  host.csv          per second: the machine's CPUs busy (share of all cores), iowait, the
+                    testbed process's own CPU (one core = 1), memory available
   links.csv         each rate an access link was set to while the run went on (a trace's
                     steps, a carrier's throttle or cut), with its cause
   delayer-stats.json  the userspace delay element's counters per receiving host (if used)
@@ -52,6 +54,7 @@ METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_u
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
 POLICY_FIELDS = ["t", "segment", "host", "direction", "action", "user_share", "port_util"]
 PROBE_FIELDS = ["t", "home", "seq", "rtt_ms"]
+HOST_FIELDS = ["t", "cpu_busy", "cpu_iowait", "testbed_cpu", "mem_available_bytes"]
 SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone", "copies"]
 
 
@@ -76,7 +79,7 @@ class RunDir:
         self._samples.writeheader()
         self._tables = {name: self._table(name, fields) for name, fields in
                         (("meter", METER_FIELDS), ("links", LINK_FIELDS), ("swarm", SWARM_FIELDS),
-                         ("policy", POLICY_FIELDS), ("probes", PROBE_FIELDS))}
+                         ("policy", POLICY_FIELDS), ("probes", PROBE_FIELDS), ("host", HOST_FIELDS))}
         self.t0 = time.time()
 
     def _table(self, name: str, fields: list[str]) -> tuple:

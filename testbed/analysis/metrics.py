@@ -71,6 +71,10 @@ def run_metrics(run_dir: Path) -> dict:
     cpu = summary.get("testbed_cpu") or {}
     if cpu.get("share_of_core") is not None:
         m["testbed_cpu_share"] = cpu["share_of_core"]
+    host = summary.get("host") or {}
+    for key in ("cpu_busy_mean", "saturated_share"):
+        if host.get(key) is not None:
+            m[f"host_{key}"] = host[key]
     return {"run_id": summary.get("run_id", run_dir.name), "experiment": summary.get("experiment"),
             "repetition": summary.get("repetition"), "status": summary.get("status"),
             "partial": summary.get("partial", True), "resolution_s": RESOLUTION_S,

@@ -36,6 +36,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "one_piece_short_share": ("ratio", "of the leechers online at the last sample, the share missing one piece "
                                        "or less (the missing-piece syndrome's 'one club')"),
     "testbed_cpu_share": ("ratio", "the testbed process's own CPU time / wall time (one core = 1)"),
+    "host_cpu_busy_mean": ("ratio", "the machine's CPUs busy over the swarm, share of all cores (host.csv)"),
+    "host_saturated_share": ("ratio", "share of the swarm's time with the machine's CPUs at least 90 % busy"),
 }
 # The metrics a study's first table shows, in this order (others go to metrics.json and the
 # full table).
@@ -49,7 +51,8 @@ GROUP_METRICS = {"completion_median_s", "completion_mean_s", "completed_fraction
                  "share_ratio", "in_class_share", "upload_utilisation"}
 PLAIN_METRICS = {"completion_p95_s", "swarm_completion_s", "full_copy_lost", "last_full_copy_lost_s",
                  "origin_offload", "kumar_ross_efficiency", "first_piece_median_s", "last_5pct_median_s",
-                 "leechers_online_end", "leecher_growth_per_min", "one_piece_short_share", "testbed_cpu_share"}
+                 "leechers_online_end", "leecher_growth_per_min", "one_piece_short_share", "testbed_cpu_share",
+                 "host_cpu_busy_mean", "host_saturated_share"}
 
 
 def stem(name: str) -> str:

@@ -13,6 +13,7 @@ import yaml
 from testbed.analysis import compare, plots, repro
 from testbed.analysis.metrics import HEADLINE, METRICS, run_metrics
 from testbed.analysis.partial import summary_of
+from testbed.errors import InputError
 from testbed.results import write_atomic, write_json
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -46,6 +47,23 @@ def _md_to_rows(md: str) -> tuple[list[str], list[list[str]]]:
 
 # ---------------------------------------------------------------- studies
 
+def _saturated_runs(study_dir: Path, runs: list[dict]) -> str | None:
+    """A warning naming the runs during which the machine's CPUs were saturated long enough
+    to distort their times (summary.json's host block), or None."""
+    hit = []
+    for r in runs:
+        try:
+            host = summary_of(study_dir / r["run_dir"]).get("host") or {} if r.get("run_dir") else {}
+        except InputError:
+            continue
+        if host.get("warning"):
+            hit.append(f"{r['arm']} #{r['repetition']} ({host['saturated_s']:.0f} s)")
+    if not hit:
+        return None
+    return (f"**Warning:** the machine's CPUs were at least 90 % busy for long stretches in {len(hit)} of "
+            f"{len(runs)} runs ({', '.join(hit)}): their times may measure the machine rather than the network.")
+
+
 def study_report(study_dir: Path, out: Path, reproduces: dict | None = None, claims_from: str = "") -> dict:
     """`reproduces`: the claims to judge (default: those the study was run with, in study.yaml);
     `claims_from`: where they were read, said under the verdict."""
@@ -73,9 +91,10 @@ def study_report(study_dir: Path, out: Path, reproduces: dict | None = None, cla
                              f"{compare.cell(r['variant'], r['unit'])} | {d} | {ci} |")
     failed = [r for r in index["runs"] if r["status"] not in compare.USABLE]
     note = compare.method_note(base, *variants) if variants else ""
+    busy = _saturated_runs(study_dir, index["runs"])
     md = [f"# {index['study']}: controlled vs real-world", "",
           f"Study directory `{study_dir.name}`; seed {index['seed']}; {index['repetitions']} repetition(s) per arm; "
-          f"status: {index['status']}.", "", *published, "## Controlled vs real-world", "", *first, "", note, ""]
+          f"status: {index['status']}.", "", *([busy, ""] if busy else []), *published, "## Controlled vs real-world", "", *first, "", note, ""]
     if failed:
         md += ["## Runs not in the figures", "", "| arm | repetition | status | why |", "|---|---:|---|---|",
                *[f"| {r['arm']} | {r['repetition']} | {r['status']} | {(r.get('error') or '-')[:200]} |"
@@ -91,7 +110,9 @@ def study_report(study_dir: Path, out: Path, reproduces: dict | None = None, cla
     run_dirs = {s.label: [study_dir / r["run_dir"] for r in index["runs"]
                           if r["arm"] == s.label and r["status"] in compare.USABLE and r.get("run_dir")] for s in arms}
     parts = [f"<h1>{html.escape(index['study'])}: controlled vs real-world</h1>",
-             f"<p>{html.escape(md[2])}</p>", *_published_html(published),
+             f"<p>{html.escape(md[2])}</p>",
+             *([f"<p class=\"warn\">{html.escape(busy.replace('**', ''))}</p>"] if busy else []),
+             *_published_html(published),
              "<h2>Controlled vs real-world</h2>",
              _html_table(*_md_to_rows("\n".join(first))), f"<p class=\"note\">{html.escape(note)}</p>",
              _img(plots.differences(base, variants) if variants else None, "differences from the baseline"),
@@ -150,6 +171,8 @@ def run_report(run_dir: Path, out: Path, pngs: list[Path]) -> dict:
     rows = [[k, compare.fmt(m["metrics"][k], compare.unit(k))] for k in names]
     md = [f"# {summary['run_id']}", "", f"Experiment {summary.get('experiment')}, status **{summary['status']}**"
           + (" (partial: " + str(summary.get("error")) + ")" if summary.get("partial") else "") + ".", "",
+          *([f"**Warning:** {(summary.get('host') or {}).get('warning')}.", ""]
+            if (summary.get("host") or {}).get("warning") else []),
           "| metric | value |", "|---|---:|", *[f"| {a} | {b} |" for a, b in rows], "",
           "Completion times are from each peer's arrival, at 1 s sampling resolution.", ""]
     peer_rows = [[p["name"], p["group"], p["client"], "yes" if p["completed"] else "no",

@@ -16,6 +16,7 @@ from testbed import flows, metering, wire
 from testbed.clients import PeerStats
 from testbed.plan import Plan
 from testbed.results import RunDir
+from testbed.run.hostload import HostLoad
 
 Counters = tuple[int, int, int, int]     # rx_bytes, tx_bytes, rx_packets, tx_packets
 
@@ -108,6 +109,7 @@ class Sampler:
                              if dev in devs}
         self.home_baseline = {r: devs.get(self.access_dev[r], (0, 0, 0, 0)) for r in self.routers}
         self.home_usage: dict[str, tuple[int, int]] = {}
+        self.load = HostLoad()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -184,6 +186,7 @@ class Sampler:
         each, IP bytes since the swarm started. Bytes the switch received from a host are its
         upload."""
         devs = all_dev_stats()
+        self.rd.row("host", self.load.sample(t))
         for name in self.drivers:
             c = devs.get(self.access_dev[name]) or self.seen.counters[name]
             self.seen.counters[name] = c

@@ -9,6 +9,7 @@ from pathlib import Path
 from testbed import facts, images, metering, shaping
 from testbed.plan import Plan
 from testbed.results import FORMAT_VERSION
+from testbed.run.hostload import summarize as host_summary
 from testbed.run.executor import Executor
 from testbed.run.swarm import Swarm
 from testbed.shaping import LinkShaper
@@ -95,6 +96,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "content_bytes": p.content_bytes, "content_sha256": sw.content_sha,
         "shaper": sw.shaper.name, "delay_element": sw.element_stats or None,
         "testbed_cpu": cpu,
+        "host": host_summary(ex.sampler.load.rows) if ex else None,
         "availability": ex.availability() if ex else None,
         "peers": peers,
     }
