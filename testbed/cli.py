@@ -374,7 +374,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(message: str, limit: int = 400) -> str:
+def _one_line(message: str, limit: int = 300) -> str:
     """The sentence as one line of at most `limit` characters: a key or value quoted in it
     may hold a line break, or be long."""
     message = message.replace("\r", "\\r").replace("\n", "\\n")

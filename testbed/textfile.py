@@ -20,9 +20,17 @@ class FileProblem(ValueError):
     """A file that cannot be read as input text: the message is one clause, without the path."""
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file, False also for a name the system refuses (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
     try:
-        if not path.exists():
+        if "\0" in str(path) or not path.exists():
             raise FileProblem(MISSING)
         if not path.is_file():
             raise FileProblem("not a regular file")
@@ -37,6 +45,11 @@ def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise FileProblem(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {column})") from None
+
+
+def cut(text: str, limit: int = 40) -> str:
+    """`text` itself, cut to `limit` characters (for a key or name quoted in an error)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def excerpt(value: object, limit: int = 40) -> str:

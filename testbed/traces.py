@@ -87,6 +87,12 @@ class Trace:
             offset += self.period
 
 
+def quoted(line: str) -> str:
+    """A bad line as an error may quote it: only a short one. The testbed runs as root, and a
+    file named as a trace by mistake (or on purpose: /etc/shadow) is not echoed."""
+    return f"{line!r} " if len(line) <= 24 else "the line "
+
+
 def read_mahimahi(text: str, source: str, step: float = 1.0) -> Trace:
     stamps = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -96,7 +102,7 @@ def read_mahimahi(text: str, source: str, step: float = 1.0) -> Trace:
         try:
             stamps.append(int(line))
         except ValueError:
-            raise TraceError(f"{source}: line {n}: {excerpt(line)} is not a millisecond timestamp (Mahimahi format)") from None
+            raise TraceError(f"{source}: line {n}: {quoted(line)}is not a millisecond timestamp (Mahimahi format)") from None
     if not stamps:
         raise TraceError(f"{source}: empty trace")
     if any(b < a for a, b in zip(stamps, stamps[1:])):
@@ -130,7 +136,7 @@ def read_csv(text: str, source: str) -> Trace:
         except units.UnitError as exc:
             if n == 1 and not steps:      # a header line
                 continue
-            raise TraceError(f"{source}: line {n}: {exc}") from None
+            raise TraceError(f"{source}: line {n}: {exc if len(t_text) + len(r_text) <= 24 else 'expected a time and a rate'}") from None
         steps.append((t, rate))
     return from_steps(steps, source)
 
@@ -163,11 +169,15 @@ def from_steps(steps: list[tuple[float, float]], source: str) -> Trace:
 def resolve(ref: str, base_dir: Path | None) -> Path:
     """A trace file: relative to the experiment's directory, else in topologies/traces/."""
     for candidate in ((base_dir or Path.cwd()) / ref, TRACE_DIR / ref):
-        if candidate.is_file():
+        if textfile.is_file(candidate):
             return candidate.resolve()
-        if candidate.exists():
-            raise TraceError(f"{candidate}: not a regular file")
-    raise TraceError(f"no such trace file '{ref}' (looked next to the experiment and in {TRACE_DIR})")
+        try:
+            special = candidate.exists()
+        except (OSError, ValueError):       # a name the system refuses: too long, a NUL byte
+            special = False
+        if special:
+            raise TraceError(f"{excerpt(str(candidate), 120)}: not a regular file")
+    raise TraceError(f"no such trace file {excerpt(ref)} (looked next to the experiment and in {TRACE_DIR})")
 
 
 @lru_cache(maxsize=64)

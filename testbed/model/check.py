@@ -122,7 +122,9 @@ def check_meaning(exp: Experiment, source: str) -> None:
             check_shares(g.participation or [], f"{where}.participation", fail)
     hosts = 1 + sum(g.count for _, g in exp.groups()) + sum(h.count for h in exp.households) + bool(exp.households)
     if hosts > MAX_HOSTS:
-        fail("peers", f"the run would have {hosts} hosts (tracker, peers, homes), more than the {MAX_HOSTS} "
+        counts = [(g.count, f"{key}[{i}].count") for key in ("seeders", "peers") for i, g in enumerate(getattr(exp, key))]
+        counts += [(h.count, f"households[{i}].count") for i, h in enumerate(exp.households)]
+        fail(max(counts)[1], f"the run would have {hosts} hosts (tracker, peers, homes), more than the {MAX_HOSTS} "
              "its address plan holds")
     check_faults(exp, fail)
     check_homes(exp, sites, fail)

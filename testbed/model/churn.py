@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from testbed import units
-from testbed.model.fields import Duration, Percent, Rate, Strict
+from testbed.model.fields import Duration, Percent, Rate, Ref, Strict
 
 
 def _frequency(value: Any) -> float:
@@ -175,7 +175,7 @@ class Participation(Strict):
 class ProfileUse(Participation):
     """A profile by name, with any field overridden, and its share of the group in a mix."""
 
-    profile: str = "full"
+    profile: Ref = "full"
     share: Percent | None = None
 
 
@@ -199,7 +199,7 @@ class Fault(Strict):
 
     at: Duration
     kind: Literal["crash", "stop", "pause", "rejoin", "tracker_down"]
-    host: str | None = None
+    host: Ref | None = None
     for_: Duration | None = Field(None, alias="for")
 
     model_config = Strict.model_config | {"populate_by_name": True}

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints
 
 from testbed import units
+from testbed.textfile import excerpt
 
 
 def _unit(parser, formatter):
@@ -20,6 +21,10 @@ def _unit(parser, formatter):
             raise ValueError(str(exc)) from None
     return [BeforeValidator(parse), PlainSerializer(formatter, return_type=str)]
 
+
+# A reference to something named elsewhere (a site, client, household, profile, host): long
+# enough for any real name, short enough that an error quoting it stays one readable line.
+Ref = Annotated[str, StringConstraints(max_length=64)]
 
 Rate = Annotated[float, *_unit(units.parse_rate, units.fmt_rate)]
 Size = Annotated[int, *_unit(units.parse_size, units.exact_size)]
@@ -36,19 +41,20 @@ class Directions(NamedTuple):
 
 def _directional(parser, formatter):
     """One value for both directions ('30ms') or one each ({up: 30ms, down: 10ms})."""
-    def one(value: Any) -> float:
+    def one(value: Any, side: str = "") -> float:
         try:
             return parser(value)
         except units.UnitError as exc:
-            raise ValueError(str(exc)) from None
+            # '[up] ': the message's key path gains the direction (files._sentence)
+            raise ValueError(f"[{side}] {exc}" if side else str(exc)) from None
 
     def parse(value: Any) -> Directions:
         if isinstance(value, Directions):
             return value
         if isinstance(value, dict):
             if set(value) != {"up", "down"}:
-                raise ValueError(f"give one value, or both 'up' and 'down' (got {', '.join(map(str, value))})")
-            return Directions(one(value["up"]), one(value["down"]))
+                raise ValueError(f"give one value, or both 'up' and 'down' (got {excerpt(', '.join(map(str, value)))})")
+            return Directions(one(value["up"], "up"), one(value["down"], "down"))
         v = one(value)
         return Directions(v, v)
 

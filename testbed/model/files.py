@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from testbed import textfile, units
-from testbed.textfile import excerpt
+from testbed.textfile import cut, excerpt
 from testbed.errors import InputError
 from testbed.model.fields import Strict
 
@@ -29,6 +29,7 @@ def _loc(loc: tuple) -> str:
 # How pydantic names the branch of a union or the step of a validator chain in an error's
 # location ('list[PeerGroup]', 'function-after[...]', 'str'): not keys the user wrote.
 _INTERNAL = re.compile(r"(str|int|float|bool|none|[a-z-]+\[.*\])")
+_MISSING = object()
 
 
 def _model_names() -> set[str]:
@@ -40,13 +41,27 @@ def _model_names() -> set[str]:
     return names
 
 
-def _user_loc(loc: tuple, keep_last: bool) -> tuple:
-    """The key path as the user wrote it: pydantic's union tags (model names, type names)
-    dropped. An unknown key is the last part and is the user's, whatever it looks like."""
-    models = _model_names()
-    last = len(loc) - 1 if keep_last else len(loc)
-    return tuple(p for i, p in enumerate(loc)
-                 if i >= last or not (isinstance(p, str) and (p in models or _INTERNAL.fullmatch(p))))
+def _user_loc(loc: tuple, data: Any = _MISSING, keep_last: bool = False) -> tuple:
+    """The key path as the user wrote it. pydantic puts in the names of union branches
+    ('plain', 'poisson', 'Topology', 'function-after[...]'): with the user's data at hand, a part
+    that is not a key or index of it is one of those; without, they are recognised by name.
+    The last part of an unknown or missing key is the user's, whatever it looks like."""
+    if data is _MISSING:
+        models = _model_names()
+        last = len(loc) - 1 if keep_last else len(loc)
+        return tuple(p for i, p in enumerate(loc)
+                     if i >= last or not (isinstance(p, str) and (p in models or _INTERNAL.fullmatch(p))))
+    out, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif keep_last and i == len(loc) - 1:
+            out.append(part)
+    return tuple(out)
 
 
 def _field_names(model: type[BaseModel] | None) -> set[str]:
@@ -69,13 +84,17 @@ def _field_names(model: type[BaseModel] | None) -> set[str]:
     return names
 
 
-def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None = None) -> str:
+def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None = None, data: Any = _MISSING) -> str:
     # A misspelt key shows up twice: as unknown, and as the real key missing. Name the
     # unknown one, which is what the user typed.
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
-    loc = _user_loc(first["loc"], keep_last=first["type"] == "extra_forbidden")
-    where = _loc(loc) or "(top level)"
+    loc = _user_loc(first["loc"], data, keep_last=first["type"] in ("extra_forbidden", "missing"))
+    msg = first["msg"].removeprefix("Value error, ")
+    side = re.match(r"\[(up|down)\] ", msg)          # a per-direction value names its direction
+    if side:
+        loc, msg = (*loc, side.group(1)), msg[side.end():]
+    where = _loc(tuple(cut(p) if isinstance(p, str) else p for p in loc)) or "(top level)"
     if first["type"] == "extra_forbidden":
         missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and e["loc"][:-1] == first["loc"][:-1]]
         close = difflib.get_close_matches(str(first["loc"][-1]), [str(m) for m in missing], n=1) or \
@@ -84,7 +103,6 @@ def _sentence(source: str, err: ValidationError, model: type[BaseModel] | None =
         return f"{source}: unknown key '{where}'{hint}"
     if first["type"] == "missing":
         return f"{source}: missing required key '{where}'"
-    msg = first["msg"].removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{source}: {where}: {msg}{more}"
 
@@ -96,7 +114,7 @@ def validated(model: type[BaseModel], data: Any, source: str, what: str):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_sentence(source, exc, model)) from None
+        raise InputError(_sentence(source, exc, model, data)) from None
 
 
 # ---------------------------------------------------------------- loading
@@ -149,7 +167,7 @@ class _Loader(yaml.SafeLoader):
             for key, _ in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                     if key.value in seen:
-                        raise _Refused(f"key '{excerpt(key.value)[1:-1]}' is written twice (first at line "
+                        raise _Refused(f"key '{cut(key.value)}' is written twice (first at line "
                                        f"{seen[key.value].line + 1}); the second would silently win", key.start_mark)
                     seen[key.value] = key.start_mark
         return super().construct_mapping(node, deep)
@@ -211,7 +229,11 @@ def read_durations(ref: str, where: str, source: str, base_dir: Path | None) -> 
         try:
             values.append(units.parse_duration(line))
         except units.UnitError as exc:
-            raise InputError(f"{source}: {where}: {path} line {n}: {exc}") from None
+            # a long line is not quoted: the file may not be one of durations at all (/etc/shadow)
+            why = exc if len(line) <= 24 else "not a duration (e.g. '40ms')"
+            raise InputError(f"{source}: {where}: {path} line {n}: {why}") from None
+        if values[-1] < 0:
+            raise InputError(f"{source}: {where}: {path} line {n}: must not be negative")
     if not values:
         raise InputError(f"{source}: {where}: {path} holds no duration")
     return str(path.resolve()), tuple(values)

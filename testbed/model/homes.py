@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from testbed.model.fields import Duration, Percent, Rate, Strict
+from testbed.model.fields import Duration, Percent, Rate, Ref, Strict
 
 # The address plan's limits, which validation checks: each home's LAN is a /26 of
 # 198.18.128.0/17 (the plan's), so 512 homes of at most 61 clients each.
@@ -70,8 +70,8 @@ class Policy(Strict):
     """Where a carrier's policy applies: a segment (an ISP segment's site) or every home of a
     household group."""
 
-    segment: str | None = None
-    household: str | None = None
+    segment: Ref | None = None
+    household: Ref | None = None
     congestion: Rfc6057 | None = None     # on a segment only
     protocol: ProtocolPolicy | None = None
 

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from testbed import traces
+from testbed import textfile, traces
+from testbed.textfile import excerpt
 from testbed.errors import InputError
 from testbed.model.check import check_meaning
 from testbed.model.files import TOPOLOGY_DIR, _read_yaml, _sentence, read_library, validated
@@ -25,20 +26,21 @@ def load_topology(name: str, source: str, base_dir: Path | None) -> Topology:
     experiment file)."""
     if name.endswith((".yaml", ".yml")):
         path = (base_dir or Path.cwd()) / name
-        if not path.is_file():
-            raise InputError(f"{source}: topology: no such topology file {path}")
+        if not textfile.is_file(path):
+            raise InputError(f"{source}: topology: no such topology file {excerpt(str(path), 120)}")
     else:
         path = TOPOLOGY_DIR / f"{name}.yaml"
-        if not path.is_file():
+        if "/" in name or not textfile.is_file(path):
             known = ", ".join(sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml")))
-            raise InputError(f"{source}: topology: unknown topology '{name}' (known: {known})")
+            raise InputError(f"{source}: topology: unknown topology {excerpt(name)} (known: {known}; or a path "
+                             "ending in .yaml)")
     data = _read_yaml(path, "topology")
     try:
         if isinstance(data, dict) and "generator" in data:
             return expand_topology(IspTopology.model_validate(data), str(path))
         return Topology.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_sentence(str(path), exc)) from None
+        raise InputError(_sentence(str(path), exc, data=data)) from None
 
 
 def expand_topology(gen: IspTopology, source: str) -> Topology:
@@ -81,7 +83,7 @@ def resolve_access(access: AccessLink, where: str, source: str, base_dir: Path |
         if prof is None:
             close = difflib.get_close_matches(access.profile, list(profiles), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(profiles)})"
-            raise InputError(f"{source}: {where}.profile: unknown link profile '{access.profile}'{hint}")
+            raise InputError(f"{source}: {where}.profile: unknown link profile {excerpt(access.profile)}{hint}")
         for key in ("up", "down", "delay", "jitter", "loss", "queue"):
             if key not in access.model_fields_set:
                 update[key] = getattr(prof, key)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 from testbed.errors import InputError
+from testbed.textfile import excerpt
 from testbed.model.churn import ArrivalFile, FromFile, Participation, ProfileUse
 from testbed.model.files import TOPOLOGY_DIR, read_durations, read_library
 from testbed.model.schema import Experiment, PeerGroup
@@ -30,7 +31,7 @@ def _use(use: ProfileUse, library: dict[str, Participation], where: str, source:
     if base is None:
         close = difflib.get_close_matches(use.profile, list(library), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(library)})"
-        raise InputError(f"{source}: {where}.profile: unknown participation profile '{use.profile}'{hint}")
+        raise InputError(f"{source}: {where}.profile: unknown participation profile {excerpt(use.profile)}{hint}")
     written = {k: getattr(use, k) for k in use.model_fields_set if k not in ("profile", "share")}
     if written.keys() & SEEDING_ENDS:      # seeding ends one way: what the group wrote replaces the profile's
         written = {k: None for k in SEEDING_ENDS} | written

@@ -21,6 +21,7 @@ from testbed.model.fields import (
     Duration,
     Percent,
     Rate,
+    Ref,
     Size,
     Strict,
 )
@@ -67,7 +68,7 @@ class AccessLink(Strict):
     """A host's access link. `profile` takes every field from topologies/profiles.yaml; a field
     written here overrides the profile's value."""
 
-    profile: str | None = None
+    profile: Ref | None = None
     up: Rate | None = None              # host -> network
     down: Rate | None = None            # network -> host
     # each one value for both directions, or {up: ..., down: ...}
@@ -103,7 +104,7 @@ class LinkProfile(Strict):
 class CoreLink(Strict):
     """A link between two sites (switches); rate applies to each direction unless reverse_rate."""
 
-    ends: tuple[str, str]
+    ends: tuple[Ref, Ref]
     rate: Rate
     reverse_rate: Rate | None = None
     queue: int = 1000
@@ -118,7 +119,7 @@ class Topology(Strict):
     name: str = "inline"
     description: str = ""
     switch: Literal["linuxbridge", "ovs"] = "linuxbridge"   # ovs: Open vSwitch in standalone mode
-    sites: list[str] = Field(min_length=1)
+    sites: list[Ref] = Field(min_length=1)
     core: list[CoreLink] = []
     segments: list[Segment] = []    # ISP segments, as the generator (generator: isp) made them
 
@@ -144,7 +145,7 @@ class Content(Strict):
 
 
 class Tracker(Strict):
-    site: str | None = None
+    site: Ref | None = None
     port: int = 6969
 
 
@@ -219,15 +220,15 @@ class ClientBuild(Strict):
 class PeerGroup(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,11}$")
     count: int = 1
-    client: str = "transmission"
+    client: Ref = "transmission"
     access: AccessLink | None = None     # required, except behind a household (its link is the home's)
-    site: str | None = None
+    site: Ref | None = None
     behaviour: Behaviour = Behaviour()
     arrivals: Arrivals = FlashCrowd()
     # a participation profile, a profile with fields overridden, or a mix by share; None:
     # every member participates fully, with the group's behaviour
     participation: ParticipationMix | None = None
-    household: str | None = None        # the members live in this household group's homes
+    household: Ref | None = None        # the members live in this household group's homes
     forward: bool = False                # behind a household: the router forwards the client's port
     build: ClientBuild | None = None     # a client build to test instead of the image's release
 
@@ -240,7 +241,7 @@ class Household(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,9}$")
     count: int = 1
     access: AccessLink                    # the home's one link: any profile, trace or data plan
-    site: str | None = None               # the site (or ISP segment) the home's link ends on
+    site: Ref | None = None               # the site (or ISP segment) the home's link ends on
     one_pc: bool = False                  # the clients share one network namespace (one computer)
     background: Background | None = None  # the home's other traffic, to and from the internet server
     probe: Duration | None = 0.2          # the router pings the internet server this often; null: never

@@ -33,11 +33,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
+from testbed import textfile
 from testbed.errors import InputError
+from testbed.textfile import excerpt
 from testbed.model.fields import Strict
 from testbed.model.files import _read_yaml, validated
 from testbed.model.load import parse_experiment
@@ -56,7 +58,7 @@ class Variant(Strict):
 
 
 class Study(Strict):
-    version: int = 1
+    version: Literal[1] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
     description: str = ""
     seed: int = 1
@@ -140,11 +142,11 @@ def parse_study(data: Any, source: str, base_dir: Path) -> LoadedStudy:
                          f"'{study.baseline_name}')")
     if isinstance(study.baseline, str):
         path = base_dir / study.baseline
-        if not path.is_file():
-            raise InputError(f"{source}: baseline: no such experiment file {path}")
+        if not textfile.is_file(path):
+            raise InputError(f"{source}: baseline: no such experiment file {excerpt(str(path))}")
         base, exp_dir = _read_yaml(path, "experiment"), path.parent
         if not isinstance(base, dict):
-            raise InputError(f"{path}: the experiment must be a mapping of keys")
+            raise InputError(f"{source}: baseline: {excerpt(study.baseline)} is not an experiment (a mapping of keys)")
     else:
         base, exp_dir = study.baseline, base_dir
     arms = []
@@ -181,9 +183,10 @@ def load_study(path: str | Path) -> LoadedStudy:
 
 
 def is_study(path: str | Path) -> bool:
-    """A YAML file with `baseline:` and `variants:` is a study; anything else an experiment."""
+    """A YAML file with `baseline:` or `variants:` is a study (one without the other is a study
+    missing a key); anything else an experiment."""
     try:
         data = _read_yaml(Path(path), "experiment")
     except InputError:
         return False
-    return isinstance(data, dict) and "baseline" in data and "variants" in data
+    return isinstance(data, dict) and ("baseline" in data or "variants" in data)

@@ -124,6 +124,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     finally:
         if sw.hosts:
             wire = sw.read_wire()
+            sw.read_resources()
             try:
                 carriers = sw.stop_carriers()
             except Exception as exc:   # measured what could be; the run's status says the rest

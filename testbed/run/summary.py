@@ -74,6 +74,7 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
             "wire": wire.get(h.name),
             "flows": peer_flows(p, seen.flow_totals(h.name)) if seen else [],
             "error": seen.errors.get(h.name) if seen else None,
+            "resources": sw.resources.get(h.name),
         })
     leechers = [x for x in peers if x["role"] == "leecher"]
     arrived = [x for x in leechers if x["arrived_s"] is not None]
@@ -97,9 +98,21 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "shaper": sw.shaper.name, "delay_element": sw.element_stats or None,
         "testbed_cpu": cpu,
         "host": host_summary(ex.sampler.load.rows) if ex else None,
+        "containers": container_totals(sw.resources),
         "availability": ex.availability() if ex else None,
         "peers": peers,
     }
+
+
+def container_totals(resources: dict[str, dict | None]) -> dict | None:
+    """What all the run's containers used (tracker and routers too), from their cgroups."""
+    known = [r for r in resources.values() if r]
+    if not known:
+        return None
+    return {"containers": len(resources), "read": len(known), "cpu_s": round(sum(r["cpu_ns"] for r in known) / 1e9, 3),
+            "rss_bytes": sum(r["rss_bytes"] for r in known),
+            "rss_max_bytes": max(r["rss_bytes"] for r in known),
+            "mem_peak_bytes": sum(r["mem_peak_bytes"] for r in known)}
 
 
 def peer_flows(p: Plan, flows: dict) -> list[dict]:

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from testbed import cleanup, content, households, images, runtime, shaping, wire
+from testbed import cgroups, cleanup, content, households, images, runtime, shaping, wire
 from testbed.clients import DRIVERS, ClientDriver
 from testbed.errors import RunError
 from testbed.plan import Plan
@@ -40,6 +40,7 @@ class Swarm:
         self.element = None                       # the userspace delay element, if used
         self.element_stats: dict = {}
         self.versions: dict[str, str] = {}
+        self.resources: dict[str, dict | None] = {}
         self.written: dict[str, dict] = {}
         self.content_file = rd.path / "content" / f"{plan_.name}.bin"
         self.torrent = rd.path / f"{plan_.name}.torrent"
@@ -257,6 +258,11 @@ class Swarm:
     def read_wire(self) -> dict[str, dict | None]:
         """The wire counters of every peer, read before its namespace goes away."""
         return {name: wire.read(self.hosts[name].pid) for name in self.drivers}
+
+    def read_resources(self) -> dict[str, dict | None]:
+        """CPU and memory each host's container used (its cgroups), read before it goes."""
+        self.resources = {name: cgroups.usage(h.pid) for name, h in self.hosts.items() if h.pid}
+        return self.resources
 
     def stop_clients(self) -> None:
         for name, d in self.drivers.items():
