@@ -18,6 +18,10 @@ class ClientFacts:
     unsupported: dict[str, str] = field(default_factory=dict)
     utp: bool = True                             # whether the client speaks uTP at all
     binary: str | None = None                    # the executable a client build replaces (build.binary)
+    # measured on the CI machine (see resources in summary.json, benchmarks/clients.py): resident
+    # anonymous memory of a busy client (mapped payload excluded), and its CPU per MiB downloaded
+    rss_mib: float = 100.0
+    cpu_ms_per_mib: float = 30.0
 
 
 PEER_PORT = 51413      # every client listens for peers here (the tracker hands out one port)

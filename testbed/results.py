@@ -74,6 +74,7 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=False)
         (path / "hosts").mkdir()
         self._events = (path / "events.jsonl").open("a", buffering=1)
+        self._event_lock = threading.Lock()
         self._samples_file = (path / "samples.csv").open("a", newline="", buffering=1)
         self._samples = csv.DictWriter(self._samples_file, fieldnames=SAMPLE_FIELDS)
         self._samples.writeheader()
@@ -101,7 +102,8 @@ class RunDir:
     def event(self, kind: str, **fields) -> dict:
         now = time.time()
         rec = {"time": round(now, 3), "t": round(now - self.t0, 3), "kind": kind, **fields}
-        self._events.write(json.dumps(rec) + "\n")
+        with self._event_lock:          # the loop, the slow pool and the death watch all write
+            self._events.write(json.dumps(rec) + "\n")
         return rec
 
     def sample(self, row: dict) -> None:

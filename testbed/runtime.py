@@ -65,6 +65,16 @@ class ContainerHost:
         return (res.exit_code or 0), out
 
 
+def limits(host: HostPlan) -> dict:
+    """The container's memory (no swap beyond it) and CPU limits, when the experiment sets them."""
+    out = {}
+    if host.memory_limit is not None:
+        out.update(mem_limit=host.memory_limit, memswap_limit=host.memory_limit)
+    if host.cpus is not None:
+        out["nano_cpus"] = int(host.cpus * 1e9)
+    return out
+
+
 def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> dict:
     """Keyword arguments for docker's containers.run (pure; asserted by tests)."""
     if host.shares_netns is not None:
@@ -75,7 +85,7 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
             network_mode=f"container:{plan.host(host.shares_netns).container}", cap_drop=["ALL"],
             cap_add=list(image.spec.capabilities), security_opt=["no-new-privileges"],
             labels={LABEL_RUN: plan.run_id, LABEL_HOST: host.name, "testbed.role": host.role},
-            volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}}, environment={"HOME": MOUNT})
+            volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}}, environment={"HOME": MOUNT}, **limits(host))
     sysctls = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
     if host.role in ("router", "server"):
         sysctls["net.ipv4.ping_group_range"] = "0 2147483647"   # ping without a capability (ICMP sockets)
@@ -88,6 +98,7 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
         # IPv4 only: otherwise every host sends IPv6 router solicitations and MLD reports
         # onto the emulated network, and clients try IPv6 peers that cannot exist.
         sysctls=sysctls,
+        **limits(host),
     )
 
 
@@ -129,3 +140,52 @@ def remove_run_containers(client, run_id: str | None = None) -> int:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+class DeathWatch:
+    """Docker's own events for one run's containers: each 'die' (with its exit code) and each
+    'oom'. A container killed from outside the run (by a user, by its memory limit, by a
+    daemon going down) is then an event with a reason, not a silent stall. Closed before the
+    teardown, whose removals are deaths of their own."""
+
+    def __init__(self, client, run_id: str, hosts: dict[str, str]):
+        import threading
+        self.hosts = hosts                       # container id -> host name
+        self.deaths: list[dict] = []             # {host, exit_code, oom}, in order
+        self.ooms: list[dict] = []               # {host, time}: a process killed for the memory limit
+        self.lock = threading.Lock()
+        self._oom: set[str] = set()
+        self._stream = client.events(filters={"label": f"{LABEL_RUN}={run_id}", "type": "container"}, decode=True)
+        self._thread = threading.Thread(target=self._follow, name=f"deaths-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        try:
+            for ev in self._stream:
+                action, cid = ev.get("Action") or ev.get("status"), ev.get("id") or ev.get("Actor", {}).get("ID")
+                host = self.hosts.get(cid)
+                if host is None:
+                    continue
+                if action == "oom":
+                    # the kernel killed a process of the container for its memory limit (the
+                    # container itself may live on, its client gone or thrashing)
+                    with self.lock:
+                        self._oom.add(host)
+                        self.ooms.append({"host": host, "time": ev.get("time")})
+                elif action == "die":
+                    code = (ev.get("Actor", {}).get("Attributes") or {}).get("exitCode")
+                    with self.lock:
+                        self.deaths.append({"host": host, "exit_code": int(code) if code is not None else None,
+                                            "oom": host in self._oom, "time": ev.get("time")})
+        except Exception:       # the stream closed (teardown) or the daemon went away
+            pass
+
+    def since(self, n: int) -> list[dict]:
+        with self.lock:
+            return list(self.deaths[n:])
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:
+            pass

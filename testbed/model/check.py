@@ -116,6 +116,10 @@ def check_meaning(exp: Experiment, source: str) -> None:
                 fail(f"{where}.behaviour.listen_port", "must be a port from 1024 to 65535, or default")
             if g.site is not None and g.site not in sites:
                 fail(f"{where}.site", f"unknown site '{g.site}' (sites: {', '.join(topo.sites)})")
+            if g.limits.memory is not None and not 32 * 1024 * 1024 <= g.limits.memory <= 2 ** 40:
+                fail(f"{where}.limits.memory", "must be from 32MiB (a client's smallest working set) to 1TiB")
+            if g.limits.cpus is not None and not 0.01 <= g.limits.cpus <= 1024:
+                fail(f"{where}.limits.cpus", "must be from 0.01 to 1024 cores")
             check_arrivals(g, key, where, fail)
             for j, use in enumerate(g.participation or ()):
                 check_participation(use, g, f"{where}.participation[{j}]", fail)

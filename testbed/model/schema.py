@@ -217,6 +217,14 @@ class ClientBuild(Strict):
     sha256: str | None = None
 
 
+class Limits(Strict):
+    """What each member's container may use: its memory (a client beyond it is killed by the
+    kernel, and the run records it) and its share of CPU cores."""
+
+    memory: Size | None = None
+    cpus: float | None = None
+
+
 class PeerGroup(Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9]{0,11}$")
     count: int = 1
@@ -231,6 +239,7 @@ class PeerGroup(Strict):
     household: Ref | None = None        # the members live in this household group's homes
     forward: bool = False                # behind a household: the router forwards the client's port
     build: ClientBuild | None = None     # a client build to test instead of the image's release
+    limits: Limits = Limits()            # each member's container: memory and CPU
 
 
 class Household(Strict):

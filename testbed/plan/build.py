@@ -80,6 +80,8 @@ class HostPlan:
     gateway: str | None = None    # household members: the router's LAN address
     shares_netns: str | None = None   # one-PC members after the first: whose namespace they live in
     rpc_port: int | None = None   # the client's control port, when its default could clash (one PC)
+    memory_limit: int | None = None   # bytes its container may use
+    cpus: float | None = None         # CPU cores its container may use
 
     @property
     def behind_nat(self) -> bool:
@@ -257,7 +259,7 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
                 name=name, role=role, group=g.name, client=g.client, image=client_image(g),
                 container=f"tb-{run_id}-{name}",
                 behaviour=behaviour_of(g, use, line.trace.mean_rate() if line.trace else line.rate_bps),
-                participant=who, **place))
+                participant=who, memory_limit=g.limits.memory, cpus=g.limits.cpus, **place))
             for direction, sh in (("up", place["up"]), ("down", place["down"])):
                 if sh is not None and sh.trace:
                     events += rate_events(name, direction, sh.trace, horizon)

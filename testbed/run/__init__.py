@@ -24,7 +24,8 @@ from testbed.model import Experiment
 from testbed.plan import plan, run_tag
 from testbed.results import RunDir, write_json, write_plan
 from testbed.run.executor import Executor
-from testbed.run.preflight import BringupLock, free_control_block, preflight
+from testbed.run.interrupts import signals_deferred
+from testbed.run.preflight import BringupLock, free_control_block, machine_fits, preflight
 from testbed.run.sampler import Sampler
 from testbed.run.homes import home_summary
 from testbed.run.summary import cpu_seconds, image_packages, manifest, summarize, written_experiment
@@ -68,6 +69,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
          repetition: int, keep_data: bool, sample_interval: float) -> RunResult:
     p = plan(exp, run_id, block=free_control_block(run_tag(run_id)), repetition=repetition)
     imgs = preflight(p, docker_client)
+    cpu_warning = machine_fits(p, results_root)
 
     rd = RunDir(results_root.resolve() / run_id)   # absolute: it is bind-mounted
     shaper = shaping.choose(p.shaper, facts.traffic_control()["netem"])()
@@ -79,6 +81,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     write_json(rd.path / "manifest.json", man)
     emit(rd.event("run_start", run_id=run_id, run_dir=str(rd.path), hosts=len(p.hosts), t_min_s=p.t_min_s,
                   events=len(p.timeline)))
+    if cpu_warning:
+        emit(rd.event("warning", message=cpu_warning))
     sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, shaper)
     ex: Executor | None = None
     status, error, sha_ok, wire, t_end, cpu, carriers = "failed", None, {}, {}, None, None, {}
@@ -122,31 +126,46 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         error = f"{exc.__class__.__name__}: {exc}"
         rd.event("traceback", text=traceback.format_exc())
     finally:
-        if sw.hosts:
-            wire = sw.read_wire()
-            sw.read_resources()
-            try:
-                carriers = sw.stop_carriers()
-            except Exception as exc:   # measured what could be; the run's status says the rest
-                rd.event("teardown_error", step="households", error=str(exc))
-        sw.stop_clients()
-        sw.stop_element()
-        sha_ok = sw.verify() if sw.hosts else {}
-        if status == "complete" and not all(sha_ok.get(n) for n, st in (ex.peers.items() if ex else ())
-                                            if st.completed_s is not None and st.left_reason != "cut"):
-            status, error = "failed", "a peer's file differs from the origin's (sha256)"
-        summary = summarize(sw, ex, status if error is None else "failed", error, sha_ok, wire, t_end, cpu)
-        if p.homes:
-            try:
-                write_json(rd.path / "households.json", home_summary(sw, ex, carriers, t_end))
-            except Exception as exc:   # the rest of the results and the teardown go on
-                rd.event("teardown_error", step="households.json", error=f"{exc.__class__.__name__}: {exc}")
-        write_json(rd.path / "summary.json", summary)
-        emit(rd.event("teardown"))
-        teardown = sw.close()
-        man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        man["teardown"] = teardown
-        write_json(rd.path / "manifest.json", man)
-        emit(rd.event("run_end", status=summary["status"], error=error))
-        rd.close()
+        # a second Ctrl-C (or a SIGTERM) must not cut the teardown short: it would leave
+        # containers, veths and bridges behind
+        with signals_deferred() as deferred:
+            deaths, ooms = sw.stop_watching()
+            if deaths and error is None and status != "complete":
+                error = "containers died during the run: " + ", ".join(
+                    f"{d['host']} ({'out of memory' if d['oom'] else 'exit ' + str(d['exit_code'])})" for d in deaths)
+            for host in ooms:
+                rd.event("out_of_memory", host=host)
+            if ooms and error is not None and "out of memory" not in error:
+                error += f" ({', '.join(ooms)}: a process was killed by the container's memory limit, limits.memory)"
+            if sw.hosts:
+                wire = sw.read_wire()
+                sw.read_resources()
+                try:
+                    carriers = sw.stop_carriers()
+                except Exception as exc:   # measured what could be; the run's status says the rest
+                    rd.event("teardown_error", step="households", error=str(exc))
+            sw.stop_clients()
+            sw.stop_element()
+            sha_ok = sw.verify() if sw.hosts else {}
+            if status == "complete" and not all(sha_ok.get(n) for n, st in (ex.peers.items() if ex else ())
+                                                if st.completed_s is not None and st.left_reason != "cut"):
+                status, error = "failed", "a peer's file differs from the origin's (sha256)"
+            summary = summarize(sw, ex, status if error is None else "failed", error, sha_ok, wire, t_end, cpu)
+            if p.homes:
+                try:
+                    write_json(rd.path / "households.json", home_summary(sw, ex, carriers, t_end))
+                except Exception as exc:   # the rest of the results and the teardown go on
+                    rd.event("teardown_error", step="households.json", error=f"{exc.__class__.__name__}: {exc}")
+            write_json(rd.path / "summary.json", summary)
+            emit(rd.event("teardown"))
+            teardown = sw.close()
+            man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            man["teardown"] = teardown
+            write_json(rd.path / "manifest.json", man)
+            emit(rd.event("run_end", status=summary["status"], error=error))
+            if deferred:
+                rd.event("interrupts_deferred", signals=deferred)
+            rd.close()
+    if deferred:
+        raise KeyboardInterrupt
     return RunResult(rd.path, summary["status"], summary)

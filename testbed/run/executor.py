@@ -44,6 +44,8 @@ class Executor:
         self.seq = itertools.count()
         self.lock = threading.Lock()
         self.policies = Policies(plan_, self.push, emit, rd)
+        self.deaths_seen = 0
+        self.died: dict[str, str] = {}     # host -> why its container died during the run
         self.rate_now: dict[tuple[str, str], float] = {}
         self.throttle: dict[str, float] = {}
         self.cut_lines: set[str] = set()          # hosts (peers or home routers) whose line was cut
@@ -227,7 +229,22 @@ class Executor:
             return not self.pending(name, ("arrive",))
         return p.state == "gone" or (p.state in ("offline", "crashed") and not self.pending(name, ("rejoin",)))
 
+    def notice_deaths(self) -> None:
+        """Containers that died without the run killing them: their peers crashed, and why."""
+        if self.swarm.watch is None:
+            return
+        for d in self.swarm.watch.since(self.deaths_seen):
+            self.deaths_seen += 1
+            why = "killed by its memory limit" if d["oom"] else f"exit {d['exit_code']}"
+            self.emit(self.rd.event("container_died", host=d["host"], exit_code=d["exit_code"], oom=d["oom"],
+                                    t_swarm=round(self.now(), 3), reason=why))
+            p = self.peers.get(d["host"])
+            if p is not None and p.state in ("online", "starting", "paused", "pending"):
+                p.state, p.left_s, p.left_reason = "crashed", self.now(), "container_died"
+            self.died[d["host"]] = why
+
     def sample(self) -> None:
+        self.notice_deaths()
         t = self.now()
         stats = self.sampler.tick(self.active())
         for name, (s, t_read) in stats.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from testbed import facts, images, runtime, shaping, wire
 from testbed.errors import PreflightError, RunError
-from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, Plan, control_block
+from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, Plan, control_block, resources
 
 BRINGUP_LOCK = "/run/lock/testbed-bringup.lock" if os.path.isdir("/run/lock") else "/tmp/testbed-bringup.lock"
 
@@ -40,6 +40,49 @@ class BringupLock:
 
     def release(self) -> None:
         self._file.close()      # closing drops the flock; closing again is a no-op
+
+
+def machine_fits(plan_: Plan, results_root: Path) -> str | None:
+    """Refuses a run whose memory or disk the machine does not have, with the numbers; returns
+    a warning when the swarm would need more CPU than the machine has to go as fast as its
+    links allow (it still runs, slower; host.csv and the summary say how busy the machine was)."""
+    need = resources.needs(plan_)
+    mib = resources.MIB
+    available = _mem_available()
+    if available is not None and need.memory_bytes > 0.9 * available:
+        raise PreflightError(f"the run needs about {need.memory_bytes / mib:.0f} MiB of memory "
+                             f"({need.describe()}), and this machine has {available / mib:.0f} MiB available "
+                             "(90 % of it may be used): run fewer peers or free memory")
+    root = results_root if results_root.exists() else results_root.parent
+    while not root.exists() and root != root.parent:
+        root = root.parent
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    if need.disk_bytes > 0.95 * free:
+        raise PreflightError(f"the run needs about {need.disk_bytes / mib:.0f} MiB of disk under {root} (a copy "
+                             f"of the {plan_.content_bytes / mib:.1f} MiB content for each of "
+                             f"{sum(need.clients.values())} clients and the origin's), and {free / mib:.0f} MiB "
+                             "is free: make the content smaller or free disk")
+    cores = os.cpu_count() or 1
+    for h in plan_.hosts:
+        if h.cpus is not None and h.cpus > cores:
+            raise PreflightError(f"group '{h.group}': limits.cpus is {h.cpus:g}, and this machine has {cores} "
+                                 "cores (Docker refuses more)")
+    if need.cores_at_bound is not None and need.cores_at_bound > cores:
+        return (f"at the Kumar-Ross pace the clients would need about {need.cores_at_bound:.1f} cores "
+                f"({need.cpu_s:.0f} CPU-seconds over {plan_.t_min_s:.0f} s) and this machine has {cores}: "
+                "expect the machine, not the links, to set the pace")
+    return None
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def preflight(plan_: Plan, client) -> dict[str, images.Image]:

@@ -99,6 +99,9 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "testbed_cpu": cpu,
         "host": host_summary(ex.sampler.load.rows) if ex else None,
         "containers": container_totals(sw.resources),
+        # containers that died without the run killing them: {host, exit_code, oom, time}
+        "container_deaths": sw.watch.since(0) if sw.watch else [],
+        "out_of_memory": sorted({o["host"] for o in sw.watch.ooms}) if sw.watch else [],
         "availability": ex.availability() if ex else None,
         "peers": peers,
     }

@@ -41,6 +41,7 @@ class Swarm:
         self.element_stats: dict = {}
         self.versions: dict[str, str] = {}
         self.resources: dict[str, dict | None] = {}
+        self.watch = None                         # runtime.DeathWatch, once the containers exist
         self.written: dict[str, dict] = {}
         self.content_file = rd.path / "content" / f"{plan_.name}.bin"
         self.torrent = rd.path / f"{plan_.name}.torrent"
@@ -62,6 +63,7 @@ class Swarm:
         from testbed import network
         t = time.monotonic()
         self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts)
+        self.watch = runtime.DeathWatch(self.docker, self.plan.run_id, {h.container.id: n for n, h in self.hosts.items()})
         self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
         t = time.monotonic()
         pids = {n: h.pid for n, h in self.hosts.items()}
@@ -258,6 +260,16 @@ class Swarm:
     def read_wire(self) -> dict[str, dict | None]:
         """The wire counters of every peer, read before its namespace goes away."""
         return {name: wire.read(self.hosts[name].pid) for name in self.drivers}
+
+    def stop_watching(self) -> tuple[list[dict], list[str]]:
+        """The containers that died during the run (none of them by the teardown), and the hosts
+        whose memory limit killed a process."""
+        if self.watch is None:
+            return [], []
+        self.watch.close()
+        with self.watch.lock:
+            ooms = sorted({o["host"] for o in self.watch.ooms})
+        return self.watch.since(0), ooms
 
     def read_resources(self) -> dict[str, dict | None]:
         """CPU and memory each host's container used (its cgroups), read before it goes."""
