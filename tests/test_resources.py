@@ -24,7 +24,7 @@ def test_needs_grow_with_peers_and_content_from_the_catalog_figures():
     per_peer = (big.memory_bytes - small.memory_bytes) / 90 / resources.MIB
     assert per_peer == pytest.approx(CLIENTS["libtorrent"].rss_mib + resources.SHIM_MIB)
     assert big.disk_bytes == (100 + 1 + 1) * 64 * resources.MIB      # leechers, origin, the origin's source
-    assert big.cpu_s == pytest.approx(100 * 2 * 64 * CLIENTS["libtorrent"].cpu_ms_per_mib / 1000)
+    assert big.cpu_s == pytest.approx(100 * 64 * CLIENTS["libtorrent"].cpu_ms_per_mib / 1000)
     assert big.clients == {"libtorrent": 100, "transmission": 1}
 
 

@@ -6,9 +6,9 @@ Memory: each client's resident anonymous memory while busy, plus each container'
 containerd-shim (13.4 MiB, measured as the mean of 42 shims), plus the testbed process and
 the delay element. The payload that libtorrent-based clients and rtorrent map is page cache,
 not counted: the kernel can drop it. Disk: every client holds a copy of the content, and
-the origin's copy is made once more. CPU: each downloaded MiB costs its downloader about
-`cpu_ms_per_mib`, and its uploader about as much; spread over the Kumar-Ross minimum, that
-is the CPU the swarm would need to go as fast as its links allow.
+the origin's copy is made once more. CPU: each downloaded MiB costs its downloader
+`cpu_ms_per_mib` (measured in a swarm, so its share of uploading is in it); spread over the
+Kumar-Ross minimum, that is the CPU the swarm would need to go as fast as its links allow.
 """
 from __future__ import annotations
 
@@ -51,7 +51,6 @@ def needs(p: Plan) -> Needs:
     content_mib = p.content_bytes / MIB
     cpu_s = 0.0
     for h in p.by_role("leecher"):
-        # the downloader's cost and about as much again at its uploaders
-        cpu_s += 2 * content_mib * CLIENTS[h.client].cpu_ms_per_mib / 1000
+        cpu_s += content_mib * CLIENTS[h.client].cpu_ms_per_mib / 1000
     return Needs(memory_bytes=int(memory * MIB), disk_bytes=int(copies * p.content_bytes), cpu_s=cpu_s,
                  cores_at_bound=cpu_s / p.t_min_s if p.t_min_s else None, clients=clients)

@@ -143,3 +143,19 @@ def test_limits_reach_the_container(docker_client, tmp_path):
     assert docker_client.containers.get(f"tb-{run_id}-origin").attrs["HostConfig"]["Memory"] == 0
     assert proc.wait(timeout=180) == 0
     assert nothing_left(docker_client, run_id)
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_before_anything_starts(docker_client, tmp_path):
+    """Every client holds a copy of the content: 900 GiB for 3 clients is more than any disk
+    here. Refused with the numbers, exit 2, no run directory, no container."""
+    import shutil
+    size = "900GiB"
+    assert 4 * 900 * 2**30 > shutil.disk_usage(tmp_path).free
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(experiment_dict(content={"size": size})))
+    before = docker_client.containers.list(all=True, filters={"label": "testbed.run"})
+    r = subprocess.run([str(EXE), "run", str(path), "--results", str(tmp_path / "r")], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "MiB of disk" in r.stderr and "is free" in r.stderr
+    assert not (tmp_path / "r").exists()
+    assert docker_client.containers.list(all=True, filters={"label": "testbed.run"}) == before
