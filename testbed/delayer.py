@@ -76,6 +76,13 @@ class HostQueue:
     max_held: int = 0
     holding: int = 0
     overflow: int = 0      # dropped by the kernel: the queue was full or its socket overran
+    # how late held packets were released against their due time (measured, not scheduled):
+    # the element's own lag when select() wakes late or a burst of verdicts queues up
+    released: int = 0
+    late_sum: float = 0.0
+    late_max: float = 0.0
+    late_over_1ms: int = 0
+    late_over_10ms: int = 0
 
 
 def queue_overflow(pid: int, queue_num: int = QUEUE_NUM) -> int | None:
@@ -174,9 +181,15 @@ class Delayer:
         now = time.monotonic()
         heap = self.heap
         while heap and heap[0][0] <= now:
-            _, _, pkt, h = heapq.heappop(heap)
+            due, _, pkt, h = heapq.heappop(heap)
             h.holding -= 1
             pkt.accept()
+            late = time.monotonic() - due
+            h.released += 1
+            h.late_sum += late
+            h.late_max = max(h.late_max, late)
+            h.late_over_1ms += late > 1e-3
+            h.late_over_10ms += late > 1e-2
 
     def alive(self) -> bool:
         return any(os.path.exists(f"/proc/{h.pid}") for h in self.hosts)
@@ -211,7 +224,10 @@ class Delayer:
             h.overflow = queue_overflow(h.pid) or h.overflow       # kept once the host is gone
         data = {h.name: {"packets": h.packets, "dropped": h.dropped, "held": h.held,
                          "mean_added_delay_ms": round(1000 * h.delay_sum / h.held, 3) if h.held else 0.0,
-                         "max_held": h.max_held, "overflow": h.overflow} for h in self.hosts}
+                         "max_held": h.max_held, "overflow": h.overflow, "released": h.released,
+                         "late_mean_ms": round(1000 * h.late_sum / h.released, 3) if h.released else 0.0,
+                         "late_max_ms": round(1000 * h.late_max, 3), "late_over_1ms": h.late_over_1ms,
+                         "late_over_10ms": h.late_over_10ms} for h in self.hosts}
         tmp = f"{self.stats_path}.tmp"
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2)

@@ -72,3 +72,22 @@ def test_the_report_names_hosts_whose_element_queue_overflowed():
     assert element_note({"delay_element": {"a": {"overflow": 0}, "b": {"packets": 3}}}) is None
     note = element_note({"delay_element": {"b": {"overflow": 5}, "a": {"overflow": 2}, "c": {"overflow": 0}}})
     assert note.startswith("delay element: the kernel dropped 7 packets for a full queue (a 2, b 5)")
+
+
+def test_lateness_is_measured_against_each_packet_s_due_time(tmp_path):
+    """Released after its due time, a packet's lateness is what the element measured at its
+    verdict: here the loop is 30 ms late for one of two packets."""
+    import json
+    import time
+    d = element()
+    d.stats_path = str(tmp_path / "stats.json")
+    h = d.hosts[0]
+    now = time.monotonic()
+    on_time, late = FakePacket("198.18.0.2"), FakePacket("198.18.0.2")
+    d.heap[:] = [(now, 1, on_time, h), (now - 0.03, 0, late, h)]
+    h.holding = 2
+    d.release_due()
+    assert on_time.verdict == late.verdict == "accept"
+    d.write_stats()
+    s = json.loads((tmp_path / "stats.json").read_text())["b"]
+    assert s["released"] == 2 and s["late_over_10ms"] == 1 and 30 <= s["late_max_ms"] < 40
