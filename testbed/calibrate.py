@@ -5,14 +5,19 @@ profile (and per rate of the sweep) with that access link, built exactly as a ru
 (containers, Mininet, the run's shaper, the userspace delay element where it is used).
 One host at a time, it measures:
 
-- rate, each direction: iperf3 sends UDP at 1.25 x the configured rate for `seconds`, and the
-  rate the link let through is read from the interface counters at the shaped egress (over
-  all but the first second). UDP, because a TCP measurement on a lossy, long-delay link
-  measures TCP (Mathis) and not the link; iperf3's own receiver figure is recorded too.
-- RTT and loss: `ping -U` to the reference host, paced to stay under a tenth of the link
-  rate. The expected RTT is the sum of both directions' one-way delays. The expected loss is
-  the round trip's,
-  1 - (1 - up loss)(1 - down loss), judged by its two-sided 95 % binomial interval.
+- rate, each direction: iperf3 sends UDP at 1.25 x the configured rate, and the rate the link
+  let through is read from the RECEIVER's interface counters, inside its namespace (the far
+  end), over the time traffic flowed. The window is at least `seconds` and long enough for
+  40 full frames (15 s on a 30 kbit/s dial-up line), sampled at least every 4 frames' time:
+  a slow link is measured, not declared out of range. UDP, because a TCP measurement on a
+  lossy, long-delay link measures TCP (Mathis) and not the link; iperf3's own receiver
+  figure is recorded too.
+- loss, each direction: UDP paced at half the rate (no queue builds) in 200-byte datagrams;
+  iperf3's receiver counts the datagrams lost, judged by the two-sided 95 % binomial interval
+  of the direction's configured loss.
+- RTT: `ping -U` to the reference host, paced to stay under a tenth of the link rate. The
+  expected RTT is the sum of both directions' one-way delays; the round trip's loss is kept
+  as a second figure.
 - with --trace: a host whose download follows the trace gets UDP at 1.25 x the trace's peak,
   and the throughput measured each second is plotted against the trace (trace.png).
 
@@ -47,6 +52,11 @@ PING_FRAME = 98          # bytes on the wire: 56 data + 8 ICMP + 20 IP + 14 Ethe
 IPERF_PORT = 5201
 OVERLOAD = 1.25
 RATE_TOLERANCE = 0.05
+FRAME = 1442            # a 1400-byte UDP datagram on the wire: + 8 UDP + 20 IP + 14 Ethernet
+MIN_FRAMES = 40         # the rate window holds at least this many frames
+LOSS_DATAGRAM = 200     # bytes of payload in the loss test (242 on the wire)
+LOSS_SAMPLES = 1000     # datagrams the loss test aims at (fewer on a slow link: at most LOSS_SECONDS)
+LOSS_SECONDS = 15.0
 RTT_TOLERANCE = (0.002, 0.05)    # 2 ms + 5 %
 
 
@@ -128,9 +138,16 @@ def judge(row: dict) -> dict:
     ok_rate = all(abs(row[f"{d}_measured_bps"] / row[f"{d}_bps"] - 1) <= RATE_TOLERANCE for d in ("up", "down"))
     tol = RTT_TOLERANCE[0] + RTT_TOLERANCE[1] * row["rtt_expected_ms"] / 1000
     ok_rtt = abs(row["rtt_ms"] - row["rtt_expected_ms"]) / 1000 <= tol
-    lo, hi = row["loss_interval"]
-    ok_loss = lo <= row["lost"] <= hi
+    ok_loss = all(row[f"{d}_loss_interval"][0] <= row[f"{d}_lost"] <= row[f"{d}_loss_interval"][1]
+                  for d in ("up", "down"))
     return {"rate_ok": ok_rate, "rtt_ok": ok_rtt, "loss_ok": ok_loss}
+
+
+def rate_window(rate_bps: float, seconds: float) -> tuple[float, float]:
+    """(how long to send, how often to sample the counters) for a link of `rate_bps`: long
+    enough for MIN_FRAMES frames, and samples far enough apart to hold a few each."""
+    frame_s = FRAME * 8 / rate_bps
+    return max(seconds, MIN_FRAMES * frame_s), max(0.25, 4 * frame_s)
 
 
 # ------------------------------------------------------------------ measuring
@@ -140,47 +157,77 @@ def _ns(pid: int, argv: list[str], timeout: float) -> subprocess.CompletedProces
                           timeout=timeout)
 
 
-def _counter(dev: str, key: str) -> int:
-    return int((Path("/sys/class/net") / dev / "statistics" / key).read_text())
+def rx_bytes(pid: int, dev: str = "eth0") -> int:
+    """Bytes received on `dev` inside process `pid`'s network namespace (its /proc/net/dev)."""
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() == dev:
+            return int(rest.split()[0])
+    raise RunError(f"no interface {dev} in the namespace of process {pid}")
 
 
-def udp_rate(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float, seconds: float, dev: str,
-             key: str) -> tuple[float, float | None]:
-    """(rate through the shaped egress `dev` in bit/s, iperf3's receiver goodput or None)."""
+def _iperf3(src_pid: int, dst_pid: int, dst_ip: str, args: list[str], timeout: float,
+            during: Callable[[], None] | None = None) -> dict:
+    """One iperf3 UDP test from `src` to a one-off server at `dst`; its JSON."""
     server = subprocess.Popen(["nsenter", f"--net=/proc/{dst_pid}/ns/net", "iperf3", "-s", "-1", "-p",
                                str(IPERF_PORT), "-B", dst_ip, "-J"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)
     try:
         time.sleep(0.3)
-        samples: list[tuple[float, int]] = [(time.monotonic(), _counter(dev, key))]
-        stop = threading.Event()
-
-        def watch() -> None:
-            while not stop.wait(0.25):
-                samples.append((time.monotonic(), _counter(dev, key)))
-        w = threading.Thread(target=watch, daemon=True)
         client = subprocess.Popen(["nsenter", f"--net=/proc/{src_pid}/ns/net", "iperf3", "-c", dst_ip, "-p",
-                                   str(IPERF_PORT), "-u", "-b", str(int(rate_bps * OVERLOAD)), "-l", "1400",
-                                   "-t", str(seconds), "-J"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)
-        w.start()
-        out, err = client.communicate(timeout=seconds + 30)
-        stop.set()
-        w.join()
+                                   str(IPERF_PORT), "-u", *args, "-J"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        if during:
+            during()
+        out, err = client.communicate(timeout=timeout)
         if client.returncode != 0:
             raise RunError(f"iperf3 failed: {(err or out).strip()[:200]}")
-        measured = active_rate(samples, rate_bps)
         try:
-            goodput = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-        except (ValueError, KeyError):
-            goodput = None
-        return measured, goodput
+            return json.loads(out)
+        except ValueError:
+            raise RunError("iperf3 printed no result") from None
     finally:
         try:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def udp_rate(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float, seconds: float) -> tuple[float, float | None]:
+    """(the rate the receiver's interface got, in bit/s of frames; iperf3's receiver goodput or None)."""
+    duration, every = rate_window(rate_bps, seconds)
+    samples: list[tuple[float, int]] = [(time.monotonic(), rx_bytes(dst_pid))]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every):
+            samples.append((time.monotonic(), rx_bytes(dst_pid)))
+    w = threading.Thread(target=watch, daemon=True)
+    try:
+        out = _iperf3(src_pid, dst_pid, dst_ip, ["-b", str(int(rate_bps * OVERLOAD)), "-l", "1400",
+                                                 "-t", f"{duration:.0f}"], timeout=duration + 60, during=w.start)
+    finally:
+        stop.set()
+        if w.is_alive():
+            w.join()
+    measured = active_rate(samples, rate_bps)
+    goodput = out.get("end", {}).get("sum_received", {}).get("bits_per_second")
+    return measured, goodput
+
+
+def udp_loss(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float) -> tuple[int, int]:
+    """(datagrams sent, datagrams lost) at half the rate: what the direction's emulated loss
+    takes, with no queue to overflow."""
+    pace = rate_bps / 2
+    per_s = pace / ((LOSS_DATAGRAM + 42) * 8)
+    duration = max(2.0, min(LOSS_SECONDS, LOSS_SAMPLES / per_s))
+    out = _iperf3(src_pid, dst_pid, dst_ip, ["-b", str(int(pace)), "-l", str(LOSS_DATAGRAM), "-t", f"{duration:.0f}"],
+                  timeout=duration + 60)
+    end = out.get("end", {}).get("sum", {}) or out.get("end", {}).get("sum_received", {})
+    if not end.get("packets"):
+        raise RunError("the loss test carried no datagram")
+    return int(end["packets"]), int(end.get("lost_packets", 0))
 
 
 def active_rate(samples: list[tuple[float, int]], rate_bps: float) -> float:
@@ -227,15 +274,13 @@ def retried(measure: Callable[[], tuple], attempts: int = 3) -> tuple:
     raise AssertionError("unreachable")
 
 
-def measure_target(p: Plan, t: Target, pids: dict[str, int], switch_end: dict[str, str], seconds: float,
-                   pings: int) -> dict:
+def measure_target(p: Plan, t: Target, pids: dict[str, int], seconds: float, pings: int) -> dict:
     h = p.host(t.group)
     ref = p.host("ref")
-    dev = switch_end[h.name]
-    up_bps, up_good = retried(lambda: udp_rate(pids[h.name], pids["ref"], ref.data_ip, h.up.rate_bps, seconds, dev,
-                                               "rx_bytes"))
-    down_bps, down_good = retried(lambda: udp_rate(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps, seconds,
-                                                   dev, "tx_bytes"))
+    up_bps, up_good = retried(lambda: udp_rate(pids[h.name], pids["ref"], ref.data_ip, h.up.rate_bps, seconds))
+    down_bps, down_good = retried(lambda: udp_rate(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps, seconds))
+    up_sent, up_lost = retried(lambda: udp_loss(pids[h.name], pids["ref"], ref.data_ip, h.up.rate_bps))
+    down_sent, down_lost = retried(lambda: udp_loss(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps))
     interval = ping_interval(h.up, h.down)
     n = pings if h.up.rate_bps >= 200e3 else max(50, pings // 5)
     sent, recv, rtt = ping(pids[h.name], ref.data_ip, n, interval, deadline=n * interval + 60)
@@ -247,20 +292,22 @@ def measure_target(p: Plan, t: Target, pids: dict[str, int], switch_end: dict[st
         "down_iperf3_goodput_bps": round(down_good) if down_good else None,
         "delay_ms": h.up.delay_s * 1000, "jitter_ms": h.up.jitter_s * 1000,
         "rtt_expected_ms": round(1000 * expected_rtt(h.up, h.down, ref.up, ref.down), 3), "rtt_ms": rtt,
-        "loss_configured": h.up.loss, "loss_expected_rt": p_loss, "pings": sent, "lost": sent - recv,
-        "loss_measured_rt": (sent - recv) / sent, "loss_interval": list(binomial_interval(sent, p_loss)),
+        "up_loss_configured": h.up.loss, "up_datagrams": up_sent, "up_lost": up_lost,
+        "up_loss_interval": list(binomial_interval(up_sent, h.up.loss)),
+        "down_loss_configured": h.down.loss, "down_datagrams": down_sent, "down_lost": down_lost,
+        "down_loss_interval": list(binomial_interval(down_sent, h.down.loss)),
+        "loss_expected_rt": p_loss, "pings": sent, "lost": sent - recv, "loss_measured_rt": (sent - recv) / sent,
     }
     row.update(judge(row))
     return row
 
 
-def trace_check(p: Plan, pids: dict[str, int], switch_end: dict[str, str], control, out_dir: Path,
-                seconds: float) -> dict:
-    """Drive the traced host's download with UDP above its peak; per-second throughput vs trace."""
+def trace_check(p: Plan, pids: dict[str, int], control, out_dir: Path, seconds: float) -> dict:
+    """Drive the traced host's download with UDP above its peak; per-second throughput, as the
+    traced host's own interface received it, against the trace."""
     from testbed import network
     h = p.host("trace")
     trace = h.down.trace
-    dev = switch_end[h.name]
     seconds = min(seconds, trace.period or seconds)
     stop = threading.Event()
     changes = [(t, h.name, "down", r) for t, r in trace.changes(seconds) if t > 0]
@@ -275,11 +322,11 @@ def trace_check(p: Plan, pids: dict[str, int], switch_end: dict[str, str], contr
     t0 = time.monotonic()
     follower = network.follow_rates(changes, lambda host, d, r, _t: control.set_rate(host, d, r), t0, stop)
     points = []
-    last = (t0, _counter(dev, "tx_bytes"))
+    last = (t0, rx_bytes(pids[h.name]))
     try:
         for k in range(1, int(seconds) + 1):
             time.sleep(max(0.0, t0 + k - time.monotonic()))
-            now = (time.monotonic(), _counter(dev, "tx_bytes"))
+            now = (time.monotonic(), rx_bytes(pids[h.name]))
             points.append({"t": round(now[0] - t0, 3), "set_bps": trace.rate_at(k - 0.5),
                            "measured_bps": round((now[1] - last[1]) * 8 / (now[0] - last[0]))})
             last = now
@@ -324,11 +371,11 @@ def plot_trace(result: dict, out: Path) -> None:
 # ------------------------------------------------------------------ the command
 
 def markdown(rows: list[dict], shaper: str) -> str:
-    lines = [f"Shaper: {shaper}. Rates: UDP at 1.25x, counted at the shaped egress (L2 bytes). "
-             "RTT: mean of `ping -U`; expected = the one-way delays of both directions. "
-             "Loss: round trip, with the 95 % binomial interval of the expected count.", "",
-             "| link | up set | up measured | down set | down measured | RTT set | RTT measured | loss set (rt) "
-             "| lost / pings (95 % interval) | ok |",
+    lines = [f"Shaper: {shaper}. Rates: UDP at 1.25x, counted at the receiver's interface (L2 bytes), over "
+             "at least 40 frames. RTT: mean of `ping -U`; expected = the one-way delays of both directions. "
+             "Loss: each direction, UDP at half the rate, with the 95 % binomial interval of the expected count.", "",
+             "| link | up set | up measured | down set | down measured | RTT set | RTT measured | loss set up/down "
+             "| lost up, down (95 % intervals) | ok |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ok = "yes" if r["rate_ok"] and r["rtt_ok"] and r["loss_ok"] else \
@@ -337,8 +384,10 @@ def markdown(rows: list[dict], shaper: str) -> str:
             f"| {r['link']} | {fmt_rate(r['up_bps'])} | {fmt_rate(r['up_measured_bps'])} "
             f"({100 * (r['up_measured_bps'] / r['up_bps'] - 1):+.1f} %) | {fmt_rate(r['down_bps'])} | "
             f"{fmt_rate(r['down_measured_bps'])} ({100 * (r['down_measured_bps'] / r['down_bps'] - 1):+.1f} %) | "
-            f"{r['rtt_expected_ms']:.1f} ms | {r['rtt_ms']:.1f} ms | {100 * r['loss_expected_rt']:.2f} % | "
-            f"{r['lost']} / {r['pings']} ({r['loss_interval'][0]}-{r['loss_interval'][1]}) | {ok} |")
+            f"{r['rtt_expected_ms']:.1f} ms | {r['rtt_ms']:.1f} ms | {100 * r['up_loss_configured']:.2f} % / "
+            f"{100 * r['down_loss_configured']:.2f} % | {r['up_lost']}/{r['up_datagrams']} "
+            f"({r['up_loss_interval'][0]}-{r['up_loss_interval'][1]}), {r['down_lost']}/{r['down_datagrams']} "
+            f"({r['down_loss_interval'][0]}-{r['down_loss_interval'][1]}) | {ok} |")
     return "\n".join(lines) + "\n"
 
 
@@ -376,16 +425,15 @@ def run(profiles: list[str] | None, sweep: list[str], trace: str | None, results
             if shaper_obj.userspace_element:
                 element = network.DelayElement(p, pids, out, seed=1)
                 element.start()
-            switch_end = {lk.node1: lk.intf2 for lk in p.links if lk.kind == "access"}
             for t in ts:
-                row = measure_target(p, t, pids, switch_end, seconds, pings)
+                row = measure_target(p, t, pids, seconds, pings)
                 summary["rows"].append(row)
                 write_json(out / "calibration.json", summary)
                 if on_row:
                     on_row(row)
             if trace:
                 control = network.LinkControl(p, pids, shaper_obj)
-                summary["trace"] = trace_check(p, pids, switch_end, control, out, trace_seconds)
+                summary["trace"] = trace_check(p, pids, control, out, trace_seconds)
             summary["status"] = "complete"
         finally:
             if element is not None:
@@ -396,7 +444,7 @@ def run(profiles: list[str] | None, sweep: list[str], trace: str | None, results
             summary["left_behind"] = cleanup.find(client, run_id)
             write_json(out / "calibration.json", summary)
             with (out / "calibration.csv").open("w", newline="") as f:
-                fields = [k for k in (summary["rows"][0] if summary["rows"] else {}) if k != "loss_interval"]
+                fields = [k for k in (summary["rows"][0] if summary["rows"] else {}) if not k.endswith("_interval")]
                 w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(summary["rows"])

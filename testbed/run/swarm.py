@@ -301,8 +301,9 @@ class Swarm:
         """Remove everything of this run; returns what was removed and what is left (nothing)."""
         self.stop_element()
         if self.net is not None:
+            from testbed import network
             try:
-                self.net.stop()
+                network.release(self.net)
             except Exception as exc:
                 self.rd.event("teardown_error", step="mininet", error=str(exc))
         removed = cleanup.clean(self.docker, self.plan.run_id)
