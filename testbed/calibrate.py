@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import secrets
 import shutil
 import subprocess
@@ -42,22 +41,18 @@ from typing import Callable
 from testbed import cleanup, facts, runtime, shaping
 from testbed.errors import InputError, PreflightError, RunError
 from testbed.model import link_profiles, parse_experiment
-from testbed.plan import Plan, Shaping, plan
+from testbed.plan import Plan, plan
 from testbed.results import write_json
-from testbed.units import fmt_rate, parse_rate
+from testbed.units import parse_rate
+from testbed.calibrate_judge import (OVERLOAD, active_rate, binomial_interval, expected_loss,  # noqa: F401
+                                     expected_rtt, judge, markdown, ping_interval, rate_window)
 
 DEFAULT_SWEEP = ("256kbit", "1mbit", "10mbit", "100mbit")
 REFERENCE_RATE = "1gbit"
-PING_FRAME = 98          # bytes on the wire: 56 data + 8 ICMP + 20 IP + 14 Ethernet
 IPERF_PORT = 5201
-OVERLOAD = 1.25
-RATE_TOLERANCE = 0.05
-FRAME = 1442            # a 1400-byte UDP datagram on the wire: + 8 UDP + 20 IP + 14 Ethernet
-MIN_FRAMES = 40         # the rate window holds at least this many frames
 LOSS_DATAGRAM = 200     # bytes of payload in the loss test (242 on the wire)
 LOSS_SAMPLES = 1000     # datagrams the loss test aims at (fewer on a slow link: at most LOSS_SECONDS)
 LOSS_SECONDS = 15.0
-RTT_TOLERANCE = (0.002, 0.05)    # 2 ms + 5 %
 
 
 @dataclass(frozen=True)
@@ -91,63 +86,6 @@ def experiment(ts: list[Target], trace: str | None, shaper: str):
         "name": "calibrate", "content": {"size": "1MiB"}, "shaper": shaper, "timeout": "30d",
         "seeders": [{"name": "ref", "access": {"up": REFERENCE_RATE, "down": REFERENCE_RATE, "queue": 1000}}],
         "peers": peers}, "calibrate", Path.cwd())
-
-
-# ------------------------------------------------------------------ pure judgement
-
-def binomial_interval(n: int, p: float, level: float = 0.95) -> tuple[int, int]:
-    """The central `level` interval of Binomial(n, p), in counts."""
-    if p <= 0:
-        return 0, 0
-    tail = (1 - level) / 2
-    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
-    lo = hi = 0
-    acc = 0.0
-    for k, x in enumerate(pmf):
-        acc += x
-        if acc > tail:
-            lo = k
-            break
-    acc = 0.0
-    for k in range(n, -1, -1):
-        acc += pmf[k]
-        if acc > tail:
-            hi = k
-            break
-    return lo, hi
-
-
-def expected_rtt(up: Shaping, down: Shaping, ref_up: Shaping, ref_down: Shaping) -> float:
-    """The echo crosses host up and reference down; the reply reference up and host down.
-
-    No serialisation time: an HTB bucket holds two full frames, so a lone echo passes a link
-    at once, as it does with Mininet's TCLink; only a queue behind it would delay it."""
-    return sum(s.delay_s for s in (up, ref_down, ref_up, down))
-
-
-def expected_loss(up: Shaping, down: Shaping) -> float:
-    return 1 - (1 - up.loss) * (1 - down.loss)
-
-
-def ping_interval(up: Shaping, down: Shaping) -> float:
-    """Echoes at no more than a tenth of the slower direction's rate (ping's floor: 2 ms)."""
-    return max(0.002, 10 * PING_FRAME * 8 / min(up.rate_bps, down.rate_bps))
-
-
-def judge(row: dict) -> dict:
-    ok_rate = all(abs(row[f"{d}_measured_bps"] / row[f"{d}_bps"] - 1) <= RATE_TOLERANCE for d in ("up", "down"))
-    tol = RTT_TOLERANCE[0] + RTT_TOLERANCE[1] * row["rtt_expected_ms"] / 1000
-    ok_rtt = abs(row["rtt_ms"] - row["rtt_expected_ms"]) / 1000 <= tol
-    ok_loss = all(row[f"{d}_loss_interval"][0] <= row[f"{d}_lost"] <= row[f"{d}_loss_interval"][1]
-                  for d in ("up", "down"))
-    return {"rate_ok": ok_rate, "rtt_ok": ok_rtt, "loss_ok": ok_loss}
-
-
-def rate_window(rate_bps: float, seconds: float) -> tuple[float, float]:
-    """(how long to send, how often to sample the counters) for a link of `rate_bps`: long
-    enough for MIN_FRAMES frames, and samples far enough apart to hold a few each."""
-    frame_s = FRAME * 8 / rate_bps
-    return max(seconds, MIN_FRAMES * frame_s), max(0.25, 4 * frame_s)
 
 
 # ------------------------------------------------------------------ measuring
@@ -228,20 +166,6 @@ def udp_loss(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float) -> tuple[
     if not end.get("packets"):
         raise RunError("the loss test carried no datagram")
     return int(end["packets"]), int(end.get("lost_packets", 0))
-
-
-def active_rate(samples: list[tuple[float, int]], rate_bps: float) -> float:
-    """The rate over the time traffic flowed, from (time, byte counter) samples.
-
-    iperf3's set-up takes a few round trips (seconds on a satellite path) before data flows,
-    so the window is found in the counters: the intervals carrying more than a fifth of the
-    configured rate, less the first and last of them (partly idle)."""
-    steps = [(t1 - t0, b1 - b0) for (t0, b0), (t1, b1) in zip(samples, samples[1:]) if t1 > t0]
-    active = [i for i, (dt, db) in enumerate(steps) if db * 8 / dt > 0.2 * rate_bps]
-    if len(active) < 3:
-        raise RunError("the link carried too little to measure its rate")
-    body = [steps[i] for i in range(active[0] + 1, active[-1])]
-    return sum(db for _, db in body) * 8 / sum(dt for dt, _ in body)
 
 
 def ping(pid: int, dst_ip: str, count: int, interval: float, deadline: float) -> tuple[int, int, float]:
@@ -369,27 +293,6 @@ def plot_trace(result: dict, out: Path) -> None:
 
 
 # ------------------------------------------------------------------ the command
-
-def markdown(rows: list[dict], shaper: str) -> str:
-    lines = [f"Shaper: {shaper}. Rates: UDP at 1.25x, counted at the receiver's interface (L2 bytes), over "
-             "at least 40 frames. RTT: mean of `ping -U`; expected = the one-way delays of both directions. "
-             "Loss: each direction, UDP at half the rate, with the 95 % binomial interval of the expected count.", "",
-             "| link | up set | up measured | down set | down measured | RTT set | RTT measured | loss set up/down "
-             "| lost up, down (95 % intervals) | ok |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ok = "yes" if r["rate_ok"] and r["rtt_ok"] and r["loss_ok"] else \
-            "NO: " + ", ".join(k[:-3] for k in ("rate_ok", "rtt_ok", "loss_ok") if not r[k])
-        lines.append(
-            f"| {r['link']} | {fmt_rate(r['up_bps'])} | {fmt_rate(r['up_measured_bps'])} "
-            f"({100 * (r['up_measured_bps'] / r['up_bps'] - 1):+.1f} %) | {fmt_rate(r['down_bps'])} | "
-            f"{fmt_rate(r['down_measured_bps'])} ({100 * (r['down_measured_bps'] / r['down_bps'] - 1):+.1f} %) | "
-            f"{r['rtt_expected_ms']:.1f} ms | {r['rtt_ms']:.1f} ms | {100 * r['up_loss_configured']:.2f} % / "
-            f"{100 * r['down_loss_configured']:.2f} % | {r['up_lost']}/{r['up_datagrams']} "
-            f"({r['up_loss_interval'][0]}-{r['up_loss_interval'][1]}), {r['down_lost']}/{r['down_datagrams']} "
-            f"({r['down_loss_interval'][0]}-{r['down_loss_interval'][1]}) | {ok} |")
-    return "\n".join(lines) + "\n"
-
 
 def run(profiles: list[str] | None, sweep: list[str], trace: str | None, results_root: Path, shaper: str = "auto",
         seconds: float = 5.0, pings: int = 500, trace_seconds: float = 40.0,

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from testbed import textfile, units
-from testbed.textfile import cut, excerpt
+from testbed.textfile import cut
 from testbed.errors import InputError
 from testbed.model.fields import Strict
 
