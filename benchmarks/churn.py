@@ -33,11 +33,15 @@ def mem_used() -> int:
     return kib("MemTotal") - kib("MemAvailable")
 
 
-def flash(n: int):
+def flash(n: int, clients: list[str]):
+    """A flash crowd of n leechers, spread evenly over `clients` (the first ones take the rest)."""
+    counts = [n // len(clients) + (i < n % len(clients)) for i in range(len(clients))]
     return parse_experiment({
-        "name": f"flash-{n}", "seed": n, "content": {"size": "16MiB"}, "timeout": "10m",
+        "name": f"flash-{n}" + ("" if clients == ["libtorrent"] else "-mix"), "seed": n, "content": {"size": "16MiB"},
+        "timeout": "10m",
         "seeders": [{"name": "origin", "client": "transmission", "access": {"up": "20mbit", "down": "20mbit"}}],
-        "peers": [{"name": "peer", "count": n, "client": "libtorrent", "access": {"up": "1mbit", "down": "8mbit"}}]})
+        "peers": [{"name": c[:4] + "p", "count": k, "client": c, "access": {"up": "1mbit", "down": "8mbit"}}
+                  for c, k in zip(clients, counts) if k]})
 
 
 def measure(exp) -> dict:
@@ -59,16 +63,19 @@ def measure(exp) -> dict:
             "peers": len(peers), "arrived": s["leechers_arrived"], "completed": s["leechers_completed"],
             "left": sum(1 for p in peers if p["left_reason"]), "wall_s": time.monotonic() - t0,
             "peak_mem": peak[0], "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "cpu": s["testbed_cpu"]}
+            "cpu": s["testbed_cpu"], "host": s.get("host") or {}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("experiments", nargs="*", default=[str(ROOT / "experiments" / "poisson-weibull-60.yaml")])
     ap.add_argument("--flash", type=int, action="append", default=[], help="a flash crowd of N leechers")
+    ap.add_argument("--clients", default="libtorrent",
+                    help="the flash crowd's clients, comma-separated, evenly mixed (e.g. transmission,aria2,rtorrent)")
     args = ap.parse_args()
     setLogLevel("warning")
-    exps = [flash(n) for n in args.flash] if args.flash else [load_experiment(f) for f in args.experiments]
+    clients = args.clients.split(",")
+    exps = [flash(n, clients) for n in args.flash] if args.flash else [load_experiment(f) for f in args.experiments]
     print(f"{'experiment':22} {'status':9} {'ended':9} {'peers':>5} {'arrived':>7} {'done':>5} {'left':>5} "
           f"{'wall':>7} {'peak mem':>9} {'own RSS':>8} {'testbed CPU':>12} {'of a core':>9}")
     for exp in exps:
@@ -76,6 +83,9 @@ def main() -> None:
         print(f"{r['name']:22} {r['status']:9} {str(r['ended_by']):9} {r['peers']:5} {r['arrived']:7} "
               f"{r['completed']:5} {r['left']:5} {r['wall_s']:6.0f}s {r['peak_mem'] / 2**30:7.2f}GiB "
               f"{r['rss'] / 2**20:6.0f}MiB {r['cpu']['cpu_s']:10.1f}s {r['cpu']['share_of_core']:9.1%}")
+        if r["host"]:
+            print(f"  machine: CPUs {r['host']['cpu_busy_mean']:.0%} busy on average, at least 90 % busy for "
+                  f"{r['host']['saturated_s']:.0f} s ({r['host']['saturated_share']:.0%} of the swarm)")
         if r["error"]:
             print(f"  error: {r['error']}")
 

@@ -60,12 +60,13 @@ def main(rates_mbit: list[float]) -> None:
         element.start()
         ns = lambda h: ["nsenter", f"--net=/proc/{pids[h]}/ns/net"]   # noqa: E731
         print(f"{'offered':>10} {'received':>10} {'ratio':>6} {'lost':>7} {'cpu/packet':>11} {'added delay':>12} "
-              f"{'overflow':>9} {'rcvbuf':>7}")
+              f"{'late mean':>10} {'>1ms':>6} {'overflow':>9} {'rcvbuf':>7}")
         for mbit in rates_mbit:
             server = subprocess.Popen([*ns("dst"), "iperf3", "-s", "-1", "-J"], stdout=subprocess.PIPE, text=True)
             time.sleep(0.3)
             before = json.loads((work / "delayer-stats.json").read_text())["dst"] \
-                if (work / "delayer-stats.json").exists() else {"packets": 0, "held": 0, "overflow": 0}
+                if (work / "delayer-stats.json").exists() else {"packets": 0, "held": 0, "overflow": 0,
+                                                                "released": 0, "late_mean_ms": 0.0, "late_over_1ms": 0}
             cpu0, rcvbuf0 = cpu_seconds(element.proc.pid), udp_rcvbuf_errors(pids["dst"])
             subprocess.run([*ns("src"), "iperf3", "-c", p.host("dst").data_ip, "-u", "-b", f"{mbit}M", "-l", "1400",
                             "-t", "4"], capture_output=True, timeout=60)
@@ -75,9 +76,15 @@ def main(rates_mbit: list[float]) -> None:
             after = json.loads((work / "delayer-stats.json").read_text())["dst"]
             udp = json.loads(out)["end"]["sum_received"]
             packets = after["packets"] - before["packets"]
+            # lateness over this rate's packets only: from the running sums before and after
+            released = after["released"] - before["released"]
+            late = (after["late_mean_ms"] * after["released"] - before["late_mean_ms"] * before["released"]) \
+                / max(1, released)
+            over = (after["late_over_1ms"] - before["late_over_1ms"]) / max(1, released)
             print(f"{mbit:>8g}M {udp['bits_per_second'] / 1e6:>9.1f}M {udp['bits_per_second'] / 1e6 / mbit:>6.2f} "
                   f"{udp['lost_percent']:>6.2f}% {1e6 * cpu / max(1, packets):>8.1f} us "
-                  f"{after['mean_added_delay_ms']:>9.2f} ms {after['overflow'] - before['overflow']:>9} {rcvbuf:>7}")
+                  f"{after['mean_added_delay_ms']:>9.2f} ms {late:>7.3f} ms {over:>6.1%} "
+                  f"{after['overflow'] - before['overflow']:>9} {rcvbuf:>7}")
     finally:
         if element is not None:
             element.stop()

@@ -47,14 +47,19 @@ def metered(docker_client, tmp_path_factory):
     return r, run, summary
 
 
-def per_interval_upload(run: Path) -> dict[str, list[tuple[float, float, int]]]:
-    """IP bytes uploaded in each sampling interval (start, end, bytes), per peer, from meter.csv."""
+def per_interval(run: Path, key: str = "ip_bytes_up") -> dict[str, list[tuple[float, float, int]]]:
+    """IP bytes in each sampling interval (start, end, bytes), per peer, from meter.csv: the
+    interface counters at the switch end of each peer's line."""
     rows = defaultdict(list)
     with (run / "meter.csv").open() as f:
         for row in csv.DictReader(f):
             if row["scope"] == "peer":
-                rows[row["name"]].append((float(row["t"]), int(row["ip_bytes_up"])))
+                rows[row["name"]].append((float(row["t"]), int(row[key])))
     return {name: [(t0, t1, b1 - b0) for (t0, b0), (t1, b1) in zip(pts, pts[1:])] for name, pts in rows.items()}
+
+
+def per_interval_upload(run: Path) -> dict[str, list[tuple[float, float, int]]]:
+    return per_interval(run, "ip_bytes_up")
 
 
 def test_metered_peers_get_a_bill_with_the_part_uploading_caused(metered):
@@ -94,14 +99,23 @@ def test_a_cap_with_stop_seeding_stops_the_upload_there(metered):
 
 
 def test_a_throttled_line_follows_the_carrier(metered):
+    """Judged from the line's interface counters, not from what the testbed set: from the
+    sample after the cap, no interval carries more than 512 kbit/s (+10 % and a frame of HTB
+    burst) either way, where before it the line carried more than twice that."""
     _, run, summary = metered
     p = next(p for p in summary["peers"] if p["name"] == "throttled")
-    with (run / "links.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r["host"] == "throttled"]
     if p["cap_reached_s"] is None:
         pytest.fail("the throttled peer did not reach its cap: the experiment's allowance needs adjusting")
-    assert {(r["direction"], r["rate_bps"]) for r in rows if r["cause"] == "throttle"} == {("up", "512000"),
-                                                                                          ("down", "512000")}
+    cap = p["cap_reached_s"]
+    fastest_before = 0.0
+    for key in ("ip_bytes_up", "ip_bytes_down"):
+        intervals = per_interval(run, key)["throttled"]
+        after = [(t0, t1, b) for t0, t1, b in intervals if t0 >= cap + 1]
+        assert len(after) >= 5, (key, "too little of the run after the cap to judge")
+        for t0, t1, b in after:
+            assert b * 8 <= 1.1 * 512e3 * (t1 - t0) + 1514 * 8, (key, t0, b * 8 / (t1 - t0))
+        fastest_before = max([fastest_before] + [b * 8 / (t1 - t0) for t0, t1, b in intervals if t1 <= cap])
+    assert fastest_before > 2 * 512e3, fastest_before
     assert (run / "links.png").stat().st_size > 10_000
 
 
@@ -124,13 +138,22 @@ def test_traced_links_follow_their_trace_in_a_swarm_and_a_cut_line_departs(docke
     assert r.returncode == 0 and summary["status"] == "complete", (summary.get("error"), r.stderr[-2000:])
     from testbed import traces
     trace = traces.load(str(ROOT / "topologies" / "traces" / "lte-drive.down"))
-    with (run / "links.csv").open() as f:
-        rows = [row for row in csv.DictReader(f) if row["host"] == "car1" and row["direction"] == "down"]
-    assert len(rows) >= 10
-    for row in rows:       # each step was applied when the trace says, at the trace's rate
-        t = float(row["t"])
-        assert abs(float(row["rate_bps"]) - trace.rate_at(round(t))) < 1, row
-        assert abs(t - round(t)) < 0.3, row
+    # judged from car1's line, not from links.csv: no interval carries more down than the
+    # trace allowed at any moment of it (+10 % and a frame of HTB burst)
+    intervals = per_interval(run, "ip_bytes_down")["car1"]
+    done = next(p for p in summary["peers"] if p["name"] == "car1")["completed_at_s"]
+    judged = [(t0, t1, b) for t0, t1, b in intervals if t1 <= done and t1 - t0 > 0.5]
+    assert len(judged) >= 10
+    for t0, t1, b in judged:
+        allowed = max(trace.rate_at(t0 + k * (t1 - t0) / 8) for k in range(9))
+        assert b * 8 <= 1.1 * allowed * (t1 - t0) + 1514 * 8, (t0, b * 8 / (t1 - t0), allowed)
+    # and it went where the trace went: seconds at the trace's rate (within 15 %) whose rates
+    # differ by a factor of 1.5 or more. In the run this was written against, car1 downloaded
+    # from 11 s to 23 s and carried 0.95-1.00 of the trace in 6 seconds spanning 12.1 to
+    # 2.4 Mbit/s (a factor of 5).
+    at_trace = [trace.rate_at((t0 + t1) / 2) for t0, t1, b in judged
+                if b * 8 / (t1 - t0) >= 0.85 * trace.rate_at((t0 + t1) / 2)]
+    assert len(at_trace) >= 3 and max(at_trace) >= 1.5 * min(at_trace), at_trace
     assert (run / "links.png").stat().st_size > 10_000
     cut = next(p for p in summary["peers"] if p["name"] == "cut")
     assert cut["line_cut_s"] is not None and not cut["completed"]
