@@ -19,12 +19,14 @@ LINK_ANY = re.compile(r"^tb[0-9a-f]{6}")
 
 
 def _links() -> list[str]:
-    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True,
+                         start_new_session=True).stdout
     return [entry["ifname"] for entry in json.loads(out or "[]")]
 
 
 def _netns() -> list[str]:
-    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True,
+                         start_new_session=True).stdout
     return [entry["name"] for entry in json.loads(out or "[]")] if out.strip() else []
 
 
@@ -38,8 +40,10 @@ def remove_links(tag: str | None) -> int:
         return 0
     # veth ends first (deleting one end removes its peer), then the bridges they were in.
     names.sort(key=lambda n: (not re.search(r"p\d+$", n), n))
+    # its own session: a Ctrl-C typed at the terminal reaches the whole foreground group, and
+    # the teardown defers it (run/interrupts.py) but a child would die of it
     subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {n}\n" for n in names),
-                   capture_output=True, text=True)
+                   capture_output=True, text=True, start_new_session=True)
     left = set(_links())
     return sum(1 for n in names if n not in left)
 
@@ -60,7 +64,7 @@ def remove_netns(tag: str | None) -> int:
     match = (lambda n: n.startswith(f"tb{tag}-")) if tag else LINK_ANY.match
     names = [n for n in _netns() if match(n)]
     for name in names:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, start_new_session=True)
     return len(names)
 
 
@@ -78,8 +82,14 @@ def find(client, run_id: str) -> dict[str, list[str]]:
 def clean(client, run_id: str | None = None) -> dict[str, int]:
     """Everything of one run (run_id) or of all runs; safe to call repeatedly."""
     tag = run_tag(run_id) if run_id else None
-    return {
-        "containers": remove_run_containers(client, run_id),
-        "links": remove_ovs_bridges(tag) + remove_links(tag),
-        "namespaces": remove_netns(tag),
-    }
+    out = {"containers": 0, "links": 0, "namespaces": 0}
+    # each step whatever the one before did: a container the daemon failed to remove must not
+    # leave the bridges and veths behind too (what is left is found by find(), and reported)
+    for key, step in (("containers", lambda: remove_run_containers(client, run_id)),
+                      ("links", lambda: remove_ovs_bridges(tag) + remove_links(tag)),
+                      ("namespaces", lambda: remove_netns(tag))):
+        try:
+            out[key] = step()
+        except Exception:
+            pass
+    return out

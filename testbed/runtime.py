@@ -130,7 +130,7 @@ def remove_run_containers(client, run_id: str | None = None) -> int:
     def rm(c):
         try:
             c.remove(force=True)
-        except docker.errors.NotFound:
+        except Exception:     # gone already, or the daemon slow or busy with it: cleanup reports what is left
             pass
 
     with ThreadPoolExecutor(8) as pool:
@@ -189,3 +189,4 @@ class DeathWatch:
             self._stream.close()
         except Exception:
             pass
+        self._thread.join(timeout=1)      # an event being handled as the stream closed is kept

@@ -8,7 +8,7 @@ FILE`, `testbed run FILE` and, for a study, `testbed study run FILE`:
   - exit with status 2, printing exactly one line on stderr: "testbed: ...", at most 300
     characters, naming the file and the offending key path (a problem of the file itself: the
     file), and no traceback;
-  - take at most 2 s (under a 1 GiB memory cap, so that a regression cannot exhaust the machine);
+  - take at most 10 s (a hang, not speed: cases take milliseconds, and 10 s leaves room for a loaded machine) (under a 1 GiB memory cap, so that a regression cannot exhaust the machine);
   - start nothing: the executor, the study runner, Docker and subprocesses are patched to raise
     Started, so a bad file that gets through fails its case.
 The CLI runs in process (testbed.cli.main), so its 550 cases (3 x 130 + 41 + 120) take well under a minute.
@@ -411,7 +411,7 @@ def refused(case: Case, capsys, study: bool = False) -> None:
             assert path in lines[0] or any(r in lines[0] for r in case.refs), f"names no file: {said}"
             if case.key is not None and not (study and argv[0] == "run"):     # `run` on a study: not an experiment
                 assert names_key(lines[0], case.key, case.doc), f"does not name {loc(case.key)}: {said}"
-            assert took <= 2.0, f"took {took:.1f}s: {said}"
+            assert took <= 10.0, f"took {took:.1f}s: {said}"
 
 
 def fuzz(n: int) -> settings:

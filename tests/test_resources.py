@@ -19,10 +19,20 @@ def planned(count: int, client: str = "libtorrent", size: str = "64MiB", up: str
     return plan(parse_experiment(d), "t-000000")
 
 
-def test_needs_grow_with_peers_and_content_from_the_catalog_figures():
-    small, big = resources.needs(planned(10)), resources.needs(planned(100))
-    per_peer = (big.memory_bytes - small.memory_bytes) / 90 / resources.MIB
-    assert per_peer == pytest.approx(CLIENTS["libtorrent"].rss_mib + resources.SHIM_MIB)
+def test_the_memory_estimate_covers_what_a_150_peer_swarm_was_measured_to_use():
+    """benchmarks/churn.py --flash 150 --clients transmission,aria2,rtorrent: the machine's
+    memory in use rose by at most 2.30 GiB (page cache included). The guard must not let
+    that run through on a machine that lacks it, nor refuse it on one with twice as much."""
+    d = experiment_dict(content={"size": "16MiB"})
+    d["seeders"][0]["access"] = {"up": "20mbit", "down": "20mbit"}
+    d["peers"] = [{"name": c[:4] + "p", "count": 50, "client": c, "access": {"up": "1mbit", "down": "8mbit"}}
+                  for c in ("transmission", "aria2", "rtorrent")]
+    need = resources.needs(plan(parse_experiment(d), "t-000000")).memory_bytes
+    assert 2.30 * 2**30 <= need <= 2 * 2.30 * 2**30, need / 2**30
+
+
+def test_needs_grow_with_peers_and_content():
+    big = resources.needs(planned(100))
     assert big.disk_bytes == (100 + 1 + 1) * 64 * resources.MIB      # leechers, origin, the origin's source
     assert big.cpu_s == pytest.approx(100 * 64 * CLIENTS["libtorrent"].cpu_ms_per_mib / 1000)
     assert big.clients == {"libtorrent": 100, "transmission": 1}

@@ -159,18 +159,31 @@ class _Loader(yaml.SafeLoader):
         if node is None:
             return None
         _expanded_size(node, {}, set())
+        _duplicate_keys(node, set())
         return self.construct_document(node)
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, Any] = {}
-            for key, _ in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                    if key.value in seen:
-                        raise _Refused(f"key '{cut(key.value)}' is written twice (first at line "
-                                       f"{seen[key.value].line + 1}); the second would silently win", key.start_mark)
-                    seen[key.value] = key.start_mark
-        return super().construct_mapping(node, deep)
+
+
+def _duplicate_keys(node, seen: set[int]) -> None:
+    """A key written twice in one mapping, as the user wrote it: checked on the composed nodes,
+    before the constructor rewrites merge keys ('<<') in place. Keys compare by tag and value,
+    so `1:` and `"1":` differ, as they do once constructed."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], Any] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                k = (key.tag, key.value)
+                if k in first:
+                    raise _Refused(f"key '{cut(key.value)}' is written twice (first at line {first[k].line + 1}); "
+                                   "the second would silently win", key.start_mark)
+                first[k] = key.start_mark
+            _duplicate_keys(value, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _duplicate_keys(child, seen)
 
 
 def _expanded_size(node, memo: dict[int, int], open_: set[int]) -> int:

@@ -111,12 +111,15 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         try:
             status = ex.run()
         finally:
-            t_end = sampler.now()
-            ex.slow.shutdown(wait=True)
-            used = cpu_seconds() - cpu0
-            cpu = {"cpu_s": round(used, 3), "wall_s": round(time.monotonic() - wall0, 3),
-                   "share_of_core": round(used / max(time.monotonic() - wall0, 1e-9), 4)}
-            sampler.close()
+            with signals_deferred() as early:      # the sampler's handles keep namespaces alive
+                t_end = sampler.now()
+                ex.slow.shutdown(wait=True)
+                used = cpu_seconds() - cpu0
+                cpu = {"cpu_s": round(used, 3), "wall_s": round(time.monotonic() - wall0, 3),
+                       "share_of_core": round(used / max(time.monotonic() - wall0, 1e-9), 4)}
+                sampler.close()
+            if early:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         error = "interrupted"
     except TestbedError as exc:
@@ -135,8 +138,11 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
                     f"{d['host']} ({'out of memory' if d['oom'] else 'exit ' + str(d['exit_code'])})" for d in deaths)
             for host in ooms:
                 rd.event("out_of_memory", host=host)
-            if ooms and error is not None and "out of memory" not in error:
-                error += f" ({', '.join(ooms)}: a process was killed by the container's memory limit, limits.memory)"
+            oom_note = f"{', '.join(ooms)}: a process was killed by the container's memory limit, limits.memory"
+            if ooms and error is None and status != "complete":
+                error = oom_note
+            elif ooms and error not in (None, "interrupted") and "out of memory" not in error:
+                error += f" ({oom_note})"
             if sw.hosts:
                 wire = sw.read_wire()
                 sw.read_resources()

@@ -159,6 +159,7 @@ class Sampler:
         names = sorted(active)
         stats = dict(zip(names, self.pool.map(self._stats, names)))
         tables = dict(zip(names, self.pool.map(self._table, names)))
+        t = self.now()          # the counters' own time: read now, after the clients answered
         self.meter(t)
         out = {}
         for name in names:
