@@ -39,8 +39,9 @@ def _stat(path: Path) -> dict[str, int]:
 
 
 def usage(pid: int) -> dict[str, int] | None:
-    """{'cpu_ns', 'rss_bytes', 'mem_peak_bytes'} of the cgroup that process `pid` is in (the
-    peak counts page cache too), or None when it is gone or the files are not there."""
+    """{'cpu_ns', 'rss_bytes', 'mem_peak_bytes', 'limit_hits'} of the cgroup that process `pid`
+    is in (the peak counts page cache too; limit_hits: times its usage reached its memory
+    limit, v1 memory.failcnt, v2 memory.events max), or None when it is gone."""
     try:
         paths = _paths(pid)
         if "memory" in paths:                                    # v1
@@ -48,14 +49,19 @@ def usage(pid: int) -> dict[str, int] | None:
             peak = int((paths["memory"] / "memory.max_usage_in_bytes").read_text())
             cpu_dir = paths.get("cpuacct") or paths.get("cpu,cpuacct") or paths.get("cpu")
             cpu = int((cpu_dir / "cpuacct.usage").read_text()) if cpu_dir else 0
-            return {"cpu_ns": cpu, "rss_bytes": mem.get("total_rss", mem.get("rss", 0)), "mem_peak_bytes": peak}
+            # with swap limited too (memswap_limit), the hits are counted against mem+swap
+            hits = max(int(f.read_text()) for f in (paths["memory"] / "memory.failcnt",
+                                                     paths["memory"] / "memory.memsw.failcnt") if f.exists())
+            return {"cpu_ns": cpu, "rss_bytes": mem.get("total_rss", mem.get("rss", 0)), "mem_peak_bytes": peak,
+                    "limit_hits": hits}
         d = paths.get("")
         if d is not None and (d / "memory.stat").exists():     # v2
             mem = _stat(d / "memory.stat")
             peak_file = d / "memory.peak"
             peak = int(peak_file.read_text()) if peak_file.exists() else int((d / "memory.current").read_text())
+            events = d / "memory.events"
             return {"cpu_ns": _stat(d / "cpu.stat").get("usage_usec", 0) * 1000, "rss_bytes": mem.get("anon", 0),
-                    "mem_peak_bytes": peak}
+                    "mem_peak_bytes": peak, "limit_hits": _stat(events).get("max", 0) if events.exists() else 0}
     except (OSError, ValueError):
         return None
     return None

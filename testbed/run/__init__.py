@@ -34,6 +34,31 @@ from testbed.run.swarm import Swarm
 EventSink = Callable[[dict], None]
 
 
+def memory_and_deaths(p, error: str | None, status: str, deaths: list[dict], ooms: list[str],
+                      resources: dict, rd) -> str | None:
+    """The run's error, with what happened to its containers: deaths under the run, and
+    memory limits that killed a process (Docker's oom event) or that a container kept
+    hitting (its cgroup's count, for a client that thrashed instead of being killed)."""
+    if deaths and error is None and status != "complete":
+        error = "containers died during the run: " + ", ".join(
+            f"{d['host']} ({'out of memory' if d['oom'] else 'exit ' + str(d['exit_code'])})" for d in deaths)
+    for host in ooms:
+        rd.event("out_of_memory", host=host)
+    # reached: counted by the cgroup, or its high-water mark at the limit (a client thrashing in
+    # reclaim may never make the count move: seen with deluged under 32 MiB)
+    hit = sorted(n for n, r in resources.items() if r and p.host(n).memory_limit
+                 and (r.get("limit_hits") or r["mem_peak_bytes"] >= 0.99 * p.host(n).memory_limit))
+    pressed = sorted(set(ooms) | set(hit)) if status != "complete" else ooms
+    if not pressed:
+        return error
+    note = f"{', '.join(pressed)}: the container's memory limit (limits.memory) was reached"
+    if error is None:
+        return note
+    if error != "interrupted" and "out of memory" not in error:
+        return f"{error} ({note})"
+    return error
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -133,19 +158,11 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         # containers, veths and bridges behind
         with signals_deferred() as deferred:
             deaths, ooms = sw.stop_watching()
-            if deaths and error is None and status != "complete":
-                error = "containers died during the run: " + ", ".join(
-                    f"{d['host']} ({'out of memory' if d['oom'] else 'exit ' + str(d['exit_code'])})" for d in deaths)
-            for host in ooms:
-                rd.event("out_of_memory", host=host)
-            oom_note = f"{', '.join(ooms)}: a process was killed by the container's memory limit, limits.memory"
-            if ooms and error is None and status != "complete":
-                error = oom_note
-            elif ooms and error not in (None, "interrupted") and "out of memory" not in error:
-                error += f" ({oom_note})"
             if sw.hosts:
                 wire = sw.read_wire()
                 sw.read_resources()
+            error = memory_and_deaths(p, error, status, deaths, ooms, sw.resources, rd)
+            if sw.hosts:
                 try:
                     carriers = sw.stop_carriers()
                 except Exception as exc:   # measured what could be; the run's status says the rest

@@ -123,16 +123,20 @@ def test_a_killed_origin_fails_the_run_with_the_reason(docker_client, tmp_path):
 
 def test_a_client_beyond_its_memory_limit_fails_the_run_saying_so(docker_client, tmp_path):
     """deluged needs about 44 MiB at rest (benchmarks/clients.py); under limits.memory 32MiB
-    the kernel kills it as it starts, and the run fails naming the limit."""
+    the kernel either kills it (Docker's oom event, seen in 2 of 3 runs) or it thrashes in
+    reclaim and never answers (its cgroup's high-water mark at the limit, seen in 1 of 3):
+    either way the run fails naming the host and the limit."""
     d = experiment_dict(content={"size": "4MiB"}, timeout="1m")
     d["peers"][0].update(client="deluge", count=1, limits={"memory": "32MiB"})
     run_id = "t-20261126-000000-3c0003"
     proc, run_dir = start(tmp_path, d, run_id)
     assert proc.wait(timeout=180) == 1
     s = summary(run_dir)
-    assert s["status"] == "failed" and s["out_of_memory"] == ["leecher"], s["error"]
-    assert "killed by the container's memory limit" in s["error"]
-    assert [e["host"] for e in events(run_dir) if e["kind"] == "out_of_memory"] == ["leecher"]
+    assert s["status"] == "failed", s["error"]
+    assert "leecher: the container's memory limit (limits.memory) was reached" in s["error"], s["error"]
+    leecher = next(p for p in s["peers"] if p["name"] == "leecher")
+    assert s["out_of_memory"] == ["leecher"] or leecher["resources"]["mem_peak_bytes"] >= 0.99 * 32 * 2**20, \
+        (s["out_of_memory"], leecher)
     assert nothing_left(docker_client, run_id)
 
 
