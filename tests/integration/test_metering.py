@@ -17,6 +17,9 @@ def only_dir(root: Path) -> Path:
 
 
 def test_calibrate_matches_configuration_and_follows_a_trace(docker_client, tmp_path):
+    """Expected false failures: about 0.4 % a run, from the loss judgements (four lossy
+    directions, each against its 99.9 % binomial interval); the rates and RTTs had margins of
+    5x and more in every run seen."""
     r = cli("calibrate", "lte", "lossy-wired", "satellite", "--sweep", "256kbit,100mbit", "--pings", "300", "--seconds", "3",
             "--trace", "lte-drive.down", "--trace-seconds", "15", "--results", str(tmp_path), timeout=600)
     out = only_dir(tmp_path)
