@@ -39,7 +39,7 @@ def test_needs_grow_with_peers_and_content():
 
 
 def test_a_run_that_does_not_fit_in_memory_is_refused_with_the_numbers(monkeypatch, tmp_path):
-    monkeypatch.setattr(preflight, "_mem_available", lambda: 512 * resources.MIB)
+    monkeypatch.setattr(preflight, "mem_available", lambda: 512 * resources.MIB)
     with pytest.raises(PreflightError, match=r"needs about \d+ MiB of memory .* 512 MiB available") as e:
         preflight.machine_fits(planned(100), tmp_path)
     assert e.value.exit_code == 2

@@ -32,7 +32,7 @@ def _own() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _mem_available() -> int:
+def mem_available() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -51,7 +51,7 @@ class HostLoad:
         row = {"t": round(t, 3), "cpu_busy": round((now[0] - self.prev[0]) / d_total, 4),
                "cpu_iowait": round((now[2] - self.prev[2]) / d_total, 4),
                "testbed_cpu": round((own - self.prev_own) / max(wall - self.prev_wall, 1e-6), 4),
-               "mem_available_bytes": _mem_available()}
+               "mem_available_bytes": mem_available()}
         self.prev, self.prev_own, self.prev_wall = now, own, wall
         self.rows.append(row)
         return row

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from testbed import facts, images, runtime, shaping, wire
 from testbed.errors import PreflightError, RunError
+from testbed.run.hostload import mem_available
 from testbed.plan import CONTROL_BLOCKS, CONTROL_NET, Plan, control_block, resources
 
 BRINGUP_LOCK = "/run/lock/testbed-bringup.lock" if os.path.isdir("/run/lock") else "/tmp/testbed-bringup.lock"
@@ -48,7 +49,7 @@ def machine_fits(plan_: Plan, results_root: Path) -> str | None:
     links allow (it still runs, slower; host.csv and the summary say how busy the machine was)."""
     need = resources.needs(plan_)
     mib = resources.MIB
-    available = _mem_available()
+    available = mem_available() or None
     if available is not None and need.memory_bytes > 0.9 * available:
         raise PreflightError(f"the run needs about {need.memory_bytes / mib:.0f} MiB of memory "
                              f"({need.describe()}), and this machine has {available / mib:.0f} MiB available "
@@ -72,16 +73,6 @@ def machine_fits(plan_: Plan, results_root: Path) -> str | None:
         return (f"at the Kumar-Ross pace the clients would need about {need.cores_at_bound:.1f} cores "
                 f"({need.cpu_s:.0f} CPU-seconds over {plan_.t_min_s:.0f} s) and this machine has {cores}: "
                 "expect the machine, not the links, to set the pace")
-    return None
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return None
 
 

@@ -155,7 +155,6 @@ class Sampler:
         """One sample. `active`: peers whose client is in the swarm and can answer (not
         frozen, not crashed, not yet arrived). Returns their stats, each with the swarm time
         its client answered."""
-        t = self.now()
         names = sorted(active)
         stats = dict(zip(names, self.pool.map(self._stats, names)))
         tables = dict(zip(names, self.pool.map(self._table, names)))
