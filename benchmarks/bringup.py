@@ -10,7 +10,6 @@ does. The ratios are testbed / baseline, for bring-up and tear-down each.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time

@@ -83,6 +83,9 @@ def main() -> None:
         print(f"{r['name']:22} {r['status']:9} {str(r['ended_by']):9} {r['peers']:5} {r['arrived']:7} "
               f"{r['completed']:5} {r['left']:5} {r['wall_s']:6.0f}s {r['peak_mem'] / 2**30:7.2f}GiB "
               f"{r['rss'] / 2**20:6.0f}MiB {r['cpu']['cpu_s']:10.1f}s {r['cpu']['share_of_core']:9.1%}")
+        if parts := r["cpu"].get("sampler"):
+            print("  sampler: " + ", ".join(f"{k} {v['cpu_s']:.1f}s ({v['ms_per_call']:.2f} ms/call)"
+                                            for k, v in sorted(parts.items(), key=lambda kv: -kv[1]["cpu_s"])))
         if r["host"]:
             print(f"  machine: CPUs {r['host']['cpu_busy_mean']:.0%} busy on average, at least 90 % busy for "
                   f"{r['host']['saturated_s']:.0f} s ({r['host']['saturated_share']:.0%} of the swarm)")

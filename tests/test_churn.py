@@ -1,6 +1,7 @@
 """Churn in the model and the plan: named random streams, draws checked statistically,
 participation mixes, and validation of what churn files may say. Pure."""
 import math
+import socket
 
 import numpy as np
 import pytest
@@ -165,13 +166,20 @@ def test_interface_counters_are_read_from_proc_net_dev():
 
 
 def test_flows_to_a_peer_add_up_over_reconnections():
-    """Every connection to a peer's listening port has the same key: a new connection's
-    counters start again from zero, and the earlier ones' bytes are kept."""
+    """Every connection to a peer's listening port has the same key: an ended connection's last
+    counters (from its destroy event) are kept, and the live ones' latest added."""
+    from testbed.flows import Conn, Entries, Tuple
     from testbed.run.sampler import Observed
-    seen, key = Observed(), ("tcp", "198.18.0.3", 51413)
+    seen, me, other = Observed(), "198.18.0.2", "198.18.0.3"
+    first, second = b"conn-1", b"conn-2"
 
-    def flow(n):
-        return {key: {"bytes_in": n, "bytes_out": n // 10, "packets_in": 1, "packets_out": 1}}
-    for n in (100, 300, 50, 80):        # a second connection from the third sample on
-        seen.add_flows("p", flow(n))
-    assert seen.flow_totals("p")[key]["bytes_in"] == 380
+    def conn(port, n):     # I dialed the other peer's listening port from local `port`: orig is what I sent
+        return Conn(Tuple(socket.IPPROTO_TCP, me, port, other, 51413), 1, n, 1, n // 10)
+    seen.add_entries("p", 51413, Entries({first: conn(40000, 100)}, [], {me}))
+    seen.add_entries("p", 51413, Entries({first: conn(40000, 300)}, [], {me}))
+    # the first connection ends (its destroy event: 320) and a second one starts
+    seen.add_entries("p", 51413, Entries({second: conn(40001, 50)}, [(first, conn(40000, 320))], {me}))
+    seen.add_entries("p", 51413, Entries({}, [], {me}))             # a tick without TCP lookups
+    seen.add_entries("p", 51413, Entries({second: conn(40001, 80)}, [], {me}))
+    assert seen.flow_totals("p") == {("tcp", other, 51413): {"bytes_out": 400, "bytes_in": 40,
+                                                              "packets_out": 2, "packets_in": 2}}

@@ -126,7 +126,9 @@ class FakeTransmission(Recorder):
 
 def transmission(tmp_path, monkeypatch, have):
     api = FakeTransmission({"pieces": base64.b64encode(encode(have)).decode(), "pieceCount": len(have),
-                            "percentDone": 0.5})
+                            "percentDone": 0.5, "haveValid": 500, "sizeWhenDone": 1000, "rateUpload": 7,
+                            "rateDownload": 9, "uploadedEver": 70, "downloadedEver": 600, "peersConnected": 3,
+                            "status": 4, "recheckProgress": 0})
     d = driver("transmission", tmp_path, 1)
     monkeypatch.setattr(d, "_client", lambda: api)
     return d, api
@@ -164,7 +166,9 @@ class FakeAria2(Recorder):
 
 def aria2(tmp_path, monkeypatch, have):
     # aria2's values are strings: bitfield in lower-case hex, numPieces a decimal
-    api = FakeAria2({"bitfield": encode(have).hex(), "numPieces": str(len(have)), "status": "active"})
+    api = FakeAria2({"bitfield": encode(have).hex(), "numPieces": str(len(have)), "status": "active",
+                     "completedLength": "500", "totalLength": "1000", "uploadSpeed": "7", "downloadSpeed": "9",
+                     "uploadLength": "70", "connections": "3"})
     d = driver("aria2", tmp_path, "2089b05ecca3d829")
     monkeypatch.setattr(d, "_client", lambda: api)
     return d, api
@@ -177,11 +181,16 @@ class FakeRTorrent(Recorder):
 
     def __call__(self, method, *params):
         self.calls.append((method, *params))
+        if method == "system.multicall":    # each call's answer in a list of one, a fault as a struct
+            return [[self.answers[c["methodName"]]] if c["methodName"] in self.answers
+                    else {"faultCode": -501, "faultString": "Unsupported target type found."} for c in params[0]]
         return self.answers[method]
 
 
 def rtorrent(tmp_path, monkeypatch, have):
-    api = FakeRTorrent({"d.bitfield": encode(have).hex().upper(), "d.size_chunks": len(have)})
+    api = FakeRTorrent({"d.bitfield": encode(have).hex().upper(), "d.size_chunks": len(have),
+                        "d.completed_bytes": 500, "d.size_bytes": 1000, "d.up.rate": 7, "d.down.rate": 9,
+                        "d.up.total": 70, "d.down.total": 600, "d.peers_connected": 3, "d.is_hash_checking": 0})
     d = driver("rtorrent", tmp_path, INFOHASH.upper())
     monkeypatch.setattr(d, "call", api)
     return d, api
@@ -194,6 +203,9 @@ class FakeLtClient(Recorder):
 
     def __call__(self, method, **params):
         self.calls.append((method, params))
+        if method == "status":
+            return {"progress": 0.5, "rate_up": 7, "rate_down": 9, "bytes_up": 70, "bytes_down": 600, "peers": 3,
+                    "state": "downloading", **({"pieces": self.answer} if params.get("pieces") else {})}
         return {"pieces": self.answer}[method]
 
 
@@ -219,7 +231,9 @@ class FakeDeluge(Recorder):
 def deluge(tmp_path, monkeypatch, have):
     # deluge's piece bar: 3 completed, 2 being downloaded, 1 some peer has it, 0 none
     api = FakeDeluge({"pieces": [3 if h else i % 3 for i, h in enumerate(have)], "num_pieces": len(have),
-                      "is_seed": all(have) and bool(have), "state": "Downloading"})
+                      "is_seed": all(have) and bool(have), "state": "Downloading",
+                      "progress": 50.0, "upload_payload_rate": 7, "download_payload_rate": 9, "total_uploaded": 70,
+                      "all_time_download": 600, "num_peers": 3})
     d = driver("deluge", tmp_path, INFOHASH)
     monkeypatch.setattr(d, "_client", lambda: api)
     return d, api
@@ -239,8 +253,23 @@ def test_every_driver_has_a_fake_here():
 def test_each_driver_decodes_its_clients_answer(name, have, tmp_path, monkeypatch):
     d, api = FAKES[name](tmp_path, monkeypatch, have)
     assert d.pieces() == have
-    # one request per reading; rtorrent's XML-RPC takes one for the bitfield, one for the count
-    assert len(api.calls) == (2 if name == "rtorrent" else 1)
+    assert len(api.calls) == 1      # one request per reading (rtorrent's: one multicall)
+
+
+# what the sampler asks each second: stats and pieces, in one request where the client allows
+# (qBittorrent has no call that answers both)
+@pytest.mark.parametrize("name", [n for n in DRIVERS if n != "qbittorrent"])
+def test_each_driver_samples_stats_and_pieces_together(name, tmp_path, monkeypatch):
+    d, api = FAKES[name](tmp_path, monkeypatch, HAVE)
+    stats, have = d.sample(True)
+    assert have == HAVE and len(api.calls) == 1
+    assert (stats.progress, stats.rate_up, stats.rate_down, stats.bytes_up, stats.peers) == (0.5, 7, 9, 70, 3)
+    assert stats.bytes_down in (500, 600)      # aria2 counts completed bytes as downloaded
+    api.calls.clear()
+    again, none = d.sample(False)
+    assert none is None and again == stats and len(api.calls) == 1
+    asked = repr(api.calls).replace("'pieces': False", "")      # lt-client's status(pieces=False)
+    assert not any(k in asked for k in ("bitfield", "pieces", "size_chunks", "numPieces"))
 
 
 # lt-client keeps one torrent and is asked without naming it
@@ -287,8 +316,18 @@ def test_aria2_refuses_a_bitfield_of_another_torrent(tmp_path, monkeypatch):
 def test_rtorrent_asks_for_bitfield_and_chunk_count(tmp_path, monkeypatch):
     d, api = rtorrent(tmp_path, monkeypatch, HAVE)
     d.pieces()
-    assert [c[0] for c in api.calls] == ["d.bitfield", "d.size_chunks"]
-    assert all(c[1] == INFOHASH.upper() for c in api.calls)
+    [(method, calls)] = api.calls
+    assert method == "system.multicall"
+    assert [c["methodName"] for c in calls] == ["d.bitfield", "d.size_chunks"]
+    assert all(c["params"] == [INFOHASH.upper()] for c in calls)
+
+
+def test_rtorrent_names_the_call_that_failed_in_a_multicall(tmp_path, monkeypatch):
+    import xmlrpc.client
+    d, api = rtorrent(tmp_path, monkeypatch, HAVE)
+    del api.answers["d.size_chunks"]
+    with pytest.raises(xmlrpc.client.Fault, match="d.size_chunks"):
+        d.pieces()
 
 
 def test_rtorrent_in_its_own_case(tmp_path, monkeypatch):

@@ -16,6 +16,11 @@ from testbed.errors import RunError
 USER, PASSWORD = "testbed", "testbed"
 
 
+STATS_KEYS = ("progress", "upload_payload_rate", "download_payload_rate", "total_uploaded", "all_time_download",
+              "num_peers", "state")
+PIECE_KEYS = ("pieces", "num_pieces", "is_seed")
+
+
 class DelugeDriver(ClientDriver):
     name = "deluge"
     rpc_port = 58846
@@ -105,24 +110,30 @@ class DelugeDriver(ClientDriver):
     def stop_torrent(self) -> None:
         self._client().call("core.pause_torrent", self._torrent)
 
-    def stats(self) -> PeerStats:
-        s = self._client().call("core.get_torrent_status", self._torrent, [
-            "progress", "upload_payload_rate", "download_payload_rate", "total_uploaded",
-            "all_time_download", "num_peers", "state"])
+    def _status(self, keys: tuple[str, ...]) -> dict:
+        s = self._client().call("core.get_torrent_status", self._torrent, list(keys))
         if not s:   # deluge answers {} for a torrent it does not know
             raise RunError(f"{self.host.name}: deluge does not list the torrent {self._torrent}")
-        # deluge reports progress 100 while it is still checking: only trust it once not checking
-        progress = 0.0 if s["state"] in ("Checking", "Allocating") else s["progress"] / 100.0
-        return PeerStats(progress=progress, rate_up=s["upload_payload_rate"], rate_down=s["download_payload_rate"],
-                         bytes_up=s["total_uploaded"], bytes_down=s["all_time_download"], peers=s["num_peers"])
+        return s
+
+    def stats(self) -> PeerStats:
+        return self.sample(False)[0]
 
     def pieces(self) -> list[bool] | None:
+        return self._pieces_of(self._status(PIECE_KEYS))
+
+    def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
+        s = self._status(STATS_KEYS + (PIECE_KEYS if want_pieces else ()))
+        # deluge reports progress 100 while it is still checking: only trust it once not checking
+        progress = 0.0 if s["state"] in ("Checking", "Allocating") else s["progress"] / 100.0
+        stats = PeerStats(progress=progress, rate_up=s["upload_payload_rate"], rate_down=s["download_payload_rate"],
+                          bytes_up=s["total_uploaded"], bytes_down=s["all_time_download"], peers=s["num_peers"])
+        return stats, (self._pieces_of(s) if want_pieces else None)
+
+    def _pieces_of(self, s: dict) -> list[bool] | None:
         """deluge 2.0.3's "pieces" is its UI's piece bar: per piece 3 completed (libtorrent's
         have bit: hash-checked), 2 being downloaded, 1 a peer has it, 0 none. It answers None
         for a seeding torrent (all pieces had: is_seed) and for one without metadata."""
-        s = self._client().call("core.get_torrent_status", self._torrent, ["pieces", "num_pieces", "is_seed"])
-        if not s:   # deluge answers {} for a torrent it does not know
-            raise RunError(f"{self.host.name}: deluge does not list the torrent {self._torrent}")
         n = s["num_pieces"]
         if s["is_seed"]:
             return [True] * n

@@ -6,7 +6,6 @@ import base64
 import http.client
 import json
 import threading
-import time
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
@@ -115,24 +114,21 @@ class LibtorrentDriver(ClientDriver):
         super().__init__(host, behaviour, rpc_port)
         self._rpc_lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
-        self._have: tuple[float, dict] | None = None     # the pieces that came with the last status
-        self._complete = False
 
     def stats(self) -> PeerStats:
-        # while incomplete, the have-bitfield comes in the same call, for pieces() right after
-        s = self.call("status", pieces=not self._complete)
-        if "pieces" in s:
-            self._have = (time.monotonic(), s["pieces"])
-        self._complete = s["progress"] >= 1.0 and s.get("state") not in CHECKING
-        # while libtorrent checks, its progress is the check's, not verified bytes
-        progress = 0.0 if s.get("state") in CHECKING else s["progress"]
-        return PeerStats(progress=progress, rate_up=s["rate_up"], rate_down=s["rate_down"],
-                         bytes_up=s["bytes_up"], bytes_down=s["bytes_down"], peers=s["peers"])
+        return self.sample(False)[0]
 
     def pieces(self) -> list[bool]:
         # lt-client's pieces: torrent_status.pieces (the have bits: hash-checked) as a hex bitfield
-        if self._have and time.monotonic() - self._have[0] < 0.5:
-            s = self._have[1]
-        else:
-            s = self.call("pieces")
+        s = self.call("pieces")
         return bitfield_pieces(s["bitfield"], s["num_pieces"], "hex")
+
+    def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
+        # the have-bitfield comes in the same call when asked
+        s = self.call("status", pieces=want_pieces)
+        # while libtorrent checks, its progress is the check's, not verified bytes
+        progress = 0.0 if s.get("state") in CHECKING else s["progress"]
+        stats = PeerStats(progress=progress, rate_up=s["rate_up"], rate_down=s["rate_down"],
+                          bytes_up=s["bytes_up"], bytes_down=s["bytes_down"], peers=s["peers"])
+        have = s.get("pieces")
+        return stats, (bitfield_pieces(have["bitfield"], have["num_pieces"], "hex") if want_pieces and have else None)

@@ -24,6 +24,11 @@ def scgi_call(host: str, port: int, method: str, *params, timeout: float = 5.0):
     return xmlrpc.client.loads(payload)[0][0]
 
 
+STATS_CALLS = ("d.completed_bytes", "d.size_bytes", "d.up.rate", "d.down.rate", "d.up.total", "d.down.total",
+               "d.peers_connected", "d.is_hash_checking")
+PIECE_CALLS = ("d.bitfield", "d.size_chunks")
+
+
 def kib(bits_per_s: float | None) -> int:
     return 0 if bits_per_s is None else max(1, round(bits_per_s / 8 / 1024))
 
@@ -118,17 +123,28 @@ class RTorrentDriver(ClientDriver):
     def stop_torrent(self) -> None:
         self.call("d.stop", self._torrent)
 
+    def multicall(self, *methods: str) -> list:
+        """The swarm's torrent's d.* `methods` in one request (XML-RPC's system.multicall):
+        one connection, where a call each costs the testbed a connection each."""
+        answers = self.call("system.multicall", [{"methodName": m, "params": [self._torrent]} for m in methods])
+        out = []
+        for method, answer in zip(methods, answers, strict=True):
+            if isinstance(answer, dict):            # a fault of that one call
+                raise xmlrpc.client.Fault(answer.get("faultCode", 0), f"{method}: {answer.get('faultString')}")
+            out.append(answer[0])
+        return out
+
     def stats(self) -> PeerStats:
-        h = self._torrent
-        done, size, up, down, up_total, down_total, peers, hashing = (
-            self.call(m, h) for m in ("d.completed_bytes", "d.size_bytes", "d.up.rate", "d.down.rate",
-                                      "d.up.total", "d.down.total", "d.peers_connected", "d.is_hash_checking"))
-        # only trust the verified bytes once rtorrent's hash check is over
-        return PeerStats(progress=done / size if size and not hashing else 0.0, rate_up=up, rate_down=down,
-                         bytes_up=up_total, bytes_down=down_total, peers=peers)
+        return self.sample(False)[0]
 
     def pieces(self) -> list[bool]:
         # d.bitfield: the completed chunks as hex, chunk 0 the high bit; d.size_chunks: their count
-        h = self._torrent
-        field, n = self.call("d.bitfield", h), self.call("d.size_chunks", h)
-        return bitfield_pieces(field, n, "hex")
+        return bitfield_pieces(*self.multicall(*PIECE_CALLS), "hex")
+
+    def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
+        got = self.multicall(*STATS_CALLS, *(PIECE_CALLS if want_pieces else ()))
+        done, size, up, down, up_total, down_total, peers, hashing = got[:len(STATS_CALLS)]
+        # only trust the verified bytes once rtorrent's hash check is over
+        stats = PeerStats(progress=done / size if size and not hashing else 0.0, rate_up=up, rate_down=down,
+                          bytes_up=up_total, bytes_down=down_total, peers=peers)
+        return stats, (bitfield_pieces(*got[len(STATS_CALLS):], "hex") if want_pieces else None)

@@ -7,6 +7,11 @@ from pathlib import Path
 from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
 
 
+STATS_FIELDS = ["id", "percentDone", "rateUpload", "rateDownload", "uploadedEver", "downloadedEver",
+                "peersConnected", "status", "haveValid", "sizeWhenDone", "recheckProgress"]
+PIECE_FIELDS = ["pieces", "pieceCount"]
+
+
 class TransmissionDriver(ClientDriver):
     name = "transmission"
     rpc_port = 9091
@@ -101,16 +106,24 @@ class TransmissionDriver(ClientDriver):
         self._client().stop_torrent(self._torrent)
 
     def stats(self) -> PeerStats:
-        t = self._client().get_torrent(self._torrent, arguments=[
-            "id", "percentDone", "rateUpload", "rateDownload", "uploadedEver",
-            "downloadedEver", "peersConnected", "status", "haveValid", "sizeWhenDone", "recheckProgress"])
+        return self._stats_of(self._client().get_torrent(self._torrent, arguments=STATS_FIELDS))
+
+    def pieces(self) -> list[bool]:
+        return self._pieces_of(self._client().get_torrent(self._torrent, arguments=["id", *PIECE_FIELDS]))
+
+    def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
+        t = self._client().get_torrent(self._torrent, arguments=STATS_FIELDS + (PIECE_FIELDS if want_pieces else []))
+        return self._stats_of(t), (self._pieces_of(t) if want_pieces else None)
+
+    @staticmethod
+    def _stats_of(t) -> PeerStats:
         # percentDone counts bytes not yet hash-checked; haveValid is verified bytes.
         size = t.size_when_done or 1
         return PeerStats(progress=min(1.0, t.fields["haveValid"] / size), rate_up=t.rate_upload,
                          rate_down=t.rate_download, bytes_up=t.uploaded_ever,
                          bytes_down=t.downloaded_ever, peers=t.peers_connected)
 
-    def pieces(self) -> list[bool]:
+    @staticmethod
+    def _pieces_of(t) -> list[bool]:
         # "pieces": the completed (hash-checked) pieces as a base64 bitfield, piece 0 the high bit
-        t = self._client().get_torrent(self._torrent, arguments=["id", "pieces", "pieceCount"])
         return bitfield_pieces(t.fields["pieces"], t.fields["pieceCount"], "base64")

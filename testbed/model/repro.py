@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from testbed.analysis.names import GROUP_METRICS, METRICS, PLAIN_METRICS, stem
+from testbed.analysis.names import GROUP_METRICS, METRICS, PLAIN_METRICS
 from testbed.errors import InputError
 from testbed.model.fields import Strict
 

@@ -141,7 +141,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
                 ex.slow.shutdown(wait=True)
                 used = cpu_seconds() - cpu0
                 cpu = {"cpu_s": round(used, 3), "wall_s": round(time.monotonic() - wall0, 3),
-                       "share_of_core": round(used / max(time.monotonic() - wall0, 1e-9), 4)}
+                       "share_of_core": round(used / max(time.monotonic() - wall0, 1e-9), 4),
+                       "sampler": sampler.cpu.as_dict()}
                 sampler.close()
             if early:
                 raise KeyboardInterrupt

@@ -7,6 +7,8 @@ not act. What it sees (a completion, usage) goes back to the executor, whose pol
 """
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +21,10 @@ from testbed.results import RunDir
 from testbed.run.hostload import HostLoad
 
 Counters = tuple[int, int, int, int]     # rx_bytes, tx_bytes, rx_packets, tx_packets
+# TCP flows' per-remote counters are looked up every this many ticks: they feed only the run's
+# totals, and a flow that ends hands over its last counters in its destroy event. Each lookup is
+# a netlink request and reply, about 10 us of CPU a flow (a 100-peer swarm holds thousands).
+FLOW_TICKS = 5
 
 
 def parse_net_dev(text: str) -> dict[str, Counters]:
@@ -47,26 +53,31 @@ class Observed:
     tcp_max: dict[str, dict[str, int]] = field(default_factory=dict)
     # each peer's verified pieces, from its client (a peer that completed has them all)
     pieces: dict[str, list[bool]] = field(default_factory=dict)
-    # per peer, per remote (proto, address, port): bytes and packets each way, from conntrack;
-    # every connection to a peer's listening port has the same key, so when a key's counters
-    # fall (a new connection), what the earlier ones counted is kept in flows_closed
-    flows: dict[str, dict[tuple, dict[str, int]]] = field(default_factory=dict)
+    # per peer: its conntrack entries (TCP and UDP, peer port at either end) with their latest
+    # counters, what those that ended counted (per remote), its addresses and peer port
+    entries: dict[str, dict[bytes, flows.Conn]] = field(default_factory=dict)
     flows_closed: dict[str, dict[tuple, dict[str, int]]] = field(default_factory=dict)
+    local: dict[str, set[str]] = field(default_factory=dict)
+    port: dict[str, int] = field(default_factory=dict)
 
-    def add_flows(self, name: str, now: dict[tuple, dict[str, int]]) -> None:
-        last, closed = self.flows.setdefault(name, {}), self.flows_closed.setdefault(name, {})
-        for key, c in now.items():
-            before = last.get(key)
-            if before and (c["bytes_in"] < before["bytes_in"] or c["bytes_out"] < before["bytes_out"]):
-                acc = closed.setdefault(key, dict.fromkeys(before, 0))
-                for k, v in before.items():
+    def add_entries(self, name: str, port: int, e: flows.Entries) -> None:
+        live, closed = self.entries.setdefault(name, {}), self.flows_closed.setdefault(name, {})
+        live.update(e.live)
+        for raw, c in e.finished:
+            live.pop(raw, None)
+            for key, row in flows.flow_rows([c], e.local, port).items():
+                acc = closed.setdefault(key, dict.fromkeys(row, 0))
+                for k, v in row.items():
                     acc[k] += v
-            last[key] = c
+        self.local[name], self.port[name] = e.local, port
 
     def flow_totals(self, name: str) -> dict[tuple, dict[str, int]]:
-        """Each remote's bytes over the run: closed connections plus the last one's."""
+        """Per remote (proto, address, port), bytes and packets each way over the run: what
+        its ended conntrack entries counted (every connection to a peer's listening port has
+        the same key) and the live ones' latest counters."""
         out = {k: dict(v) for k, v in self.flows_closed.get(name, {}).items()}
-        for key, c in self.flows.get(name, {}).items():
+        live = flows.flow_rows(self.entries.get(name, {}).values(), self.local.get(name, set()), self.port.get(name, 0))
+        for key, c in live.items():
             acc = out.setdefault(key, dict.fromkeys(c, 0))
             for k, v in c.items():
                 acc[k] += v
@@ -76,6 +87,25 @@ class Observed:
     def if_bytes(self, name: str) -> tuple[int, int]:
         c, b = self.counters.get(name, (0, 0, 0, 0)), self.baseline.get(name, (0, 0, 0, 0))
         return c[0] - b[0], c[1] - b[1]
+
+
+class CpuLedger:
+    """The sampler's own CPU time (user + system of the thread that did the work), per part:
+    each client kind's control calls, the socket and flow tables, the counters. The run's
+    summary gives it, so a user sees where the testbed's share of the machine went."""
+
+    def __init__(self):
+        self._lock, self.seconds, self.calls = threading.Lock(), {}, {}
+
+    def add(self, part: str, since: float) -> None:
+        used = time.thread_time() - since
+        with self._lock:
+            self.seconds[part] = self.seconds.get(part, 0.0) + used
+            self.calls[part] = self.calls.get(part, 0) + 1
+
+    def as_dict(self) -> dict:
+        return {part: {"cpu_s": round(s, 3), "calls": self.calls[part],
+                       "ms_per_call": round(s * 1000 / self.calls[part], 3)} for part, s in sorted(self.seconds.items())}
 
 
 class Sampler:
@@ -96,6 +126,8 @@ class Sampler:
         # long-lived netlink handles in each peer's namespace: no process per peer per tick
         self.handles = {n: flows.NamespaceFlows(f"/proc/{pid}/ns/net") for n, pid in pids.items() if n in drivers}
         self.udp_before: dict[str, dict[tuple, dict[str, int]]] = {}
+        self.cpu = CpuLedger()
+        self.ticks, self.active_before = 0, set()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -112,30 +144,43 @@ class Sampler:
         self.load = HostLoad()
 
     def close(self) -> None:
+        """Takes the last TCP flow counters of the peers still in the swarm, then lets go."""
+        for name in sorted(self.active_before):
+            try:
+                _, e = self._table(name, True)
+            except Exception:   # a namespace in an odd state: the totals keep what was read
+                continue
+            if e is not None:
+                self.seen.add_entries(name, self.drivers[name].peer_port, e)
         self.pool.shutdown(wait=True)
         for h in self.handles.values():     # they keep the namespace alive
             h.close()
 
     def _stats(self, name: str) -> tuple[PeerStats | None, float]:
+        since = time.thread_time()
         try:
-            s = self.drivers[name].stats()
-            if s.progress < 1.0 or name not in self.seen.pieces:
-                have = self.drivers[name].pieces()
-                if have is not None:
-                    self.seen.pieces[name] = have
+            # its pieces while it lacks some (a peer that completed has them all), in the same
+            # request where its client allows
+            last = self.seen.last.get(name)
+            s, have = self.drivers[name].sample(last is None or last.progress < 1.0 or name not in self.seen.pieces)
+            if have is not None:
+                self.seen.pieces[name] = have
         except Exception as exc:  # a crashed or hung client: recorded, the run goes on
             if name not in self.seen.errors:
                 self.seen.errors[name] = f"{exc.__class__.__name__}: {exc}"
                 self.emit(self.rd.event("client_error", host=name, error=self.seen.errors[name]))
             s = None
+        self.cpu.add(f"client:{self.plan.host(name).client}", since)
         return s, self.now()
 
-    def _table(self, name: str) -> tuple[dict | None, dict | None]:
-        h, port = self.handles[name], self.drivers[name].peer_port
+    def _table(self, name: str, tcp_flows: bool) -> tuple[dict | None, flows.Entries | None]:
+        h, port, since = self.handles[name], self.drivers[name].peer_port, time.thread_time()
         try:
-            return h.tcp_table(port), h.flows(port)
+            return h.tcp_table(port), h.entries(port, tcp=tcp_flows)
         except OSError:
             return None, None
+        finally:
+            self.cpu.add("sockets", since)
 
     def udp_activity(self, name: str, now: dict | None) -> dict[str, int]:
         """uTP peers (UDP flows on the peer port that the other end answered: conntrack also
@@ -156,22 +201,41 @@ class Sampler:
         frozen, not crashed, not yet arrived). Returns their stats, each with the swarm time
         its client answered."""
         names = sorted(active)
-        stats = dict(zip(names, self.pool.map(self._stats, names)))
-        tables = dict(zip(names, self.pool.map(self._table, names)))
+        # clients' control calls wait on the clients, so they go to the pool; the netlink
+        # readings are quick system calls, made here meanwhile (in the pool they only add
+        # threads contending for the interpreter)
+        asked = {name: self.pool.submit(self._stats, name) for name in names}
+        # TCP flows' counters every FLOW_TICKS ticks, and one last time for a peer that left
+        # (a flow that ends meanwhile gives its last counters anyway); UDP ones (uTP) each tick
+        self.ticks += 1
+        full = self.ticks % FLOW_TICKS == 1 or FLOW_TICKS == 1
+        left = [n for n in self.active_before - active if n in self.handles]
+        self.active_before = set(active)
+        tables = {name: self._table(name, full) for name in names}
+        for name in left:
+            if (e := self._table(name, True)[1]) is not None:
+                self.seen.add_entries(name, self.drivers[name].peer_port, e)
+        stats = {name: f.result() for name, f in asked.items()}
         t = self.now()          # the counters' own time: read now, after the clients answered
+        since = time.thread_time()
         self.meter(t)
+        self.cpu.add("counters", since)
+        since = time.thread_time()
         out = {}
         for name in names:
+            table, e = tables[name]
+            udp = None
+            if e is not None:
+                port = self.drivers[name].peer_port
+                self.seen.add_entries(name, port, e)
+                udp = flows.flow_rows([c for c in e.live.values() if c.tuple.proto == socket.IPPROTO_UDP], e.local, port)
             s, t_read = stats[name]
             if s is None:
                 continue
             out[name] = (s, t_read)
             self.seen.last[name] = s
-            table, peer_flows = tables[name]
-            tcp = {**wire.tcp_activity(self.tables.get(name), table), **self.udp_activity(name, peer_flows)}
+            tcp = {**wire.tcp_activity(self.tables.get(name), table), **self.udp_activity(name, udp)}
             self.tables[name] = table
-            if peer_flows:
-                self.seen.add_flows(name, peer_flows)
             self.seen.tcp_max[name] = {k: max(v, self.seen.tcp_max.get(name, {}).get(k, 0)) for k, v in tcp.items()}
             up, down = self.seen.if_bytes(name)
             # t: when its client answered; t_if: when its interface counters were read (swarm time)
@@ -179,6 +243,7 @@ class Sampler:
                             "rate_up_Bps": s.rate_up, "rate_down_Bps": s.rate_down, "client_bytes_up": s.bytes_up,
                             "client_bytes_down": s.bytes_down, "if_bytes_up": up, "if_bytes_down": down,
                             "peers": s.peers, **tcp})
+        self.cpu.add("rows", since)
         return out
 
     def meter(self, t: float) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import select
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -229,3 +231,26 @@ def test_a_gone_namespace_reads_as_none_and_is_let_go(pair):
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "-n", NS["A"], "link", "del", "tbflowCp"], capture_output=True)
+
+
+def test_an_ended_flow_hands_over_its_last_counters(swarm):
+    """A flow that ends between two readings is not lost: conntrack's destroy event carries
+    its last counters, and the next reading lists it among the finished. Here the kernel ends
+    A's UDP flow because it is told to (a ctnetlink delete, as `conntrack -D` sends)."""
+    handle = swarm["early"]["A"]
+    before = handle.entries(PORT)
+    [(raw, udp)] = [(r, c) for r, c in before.live.items() if c.tuple.proto == socket.IPPROTO_UDP]
+    body = struct.pack("=BBH", socket.AF_INET, 0, 0) + flows.ATTR.pack(
+        flows.ATTR.size + len(raw), flows.CTA_TUPLE_ORIG | flows.NLA_F_NESTED) + raw
+    ack = 0x4                                                    # NLM_F_ACK
+
+    def delete():
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, flows.NETLINK_NETFILTER) as s:
+            s.send(flows.request(flows.CTNETLINK | flows.CT_DELETE, body, 1, flags=ack))
+            [(kind, _, payload)] = list(flows.messages(s.recv(65536)))
+            return kind, struct.unpack_from("=i", payload)[0]
+    assert flows.in_namespace(ns_path("A"), delete) == (flows.NLMSG_ERROR, 0)     # acknowledged
+    after = handle.entries(PORT)
+    assert raw not in after.live and udp.packets_orig == DGRAMS["A"]
+    assert after.finished == [(raw, udp)]
+    assert handle.entries(PORT).finished == []                   # handed over once
