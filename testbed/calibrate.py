@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import statistics
 import secrets
 import shutil
 import subprocess
@@ -46,8 +48,10 @@ from testbed.plan import Plan, plan
 from testbed.results import write_json
 from testbed.units import parse_rate
 from testbed.calibrate_judge import (OVERLOAD, active_rate, binomial_interval, expected_loss,  # noqa: F401
-                                     expected_rtt, judge, markdown, ping_interval, rate_window)
+                                     expected_rtt, expected_rtt_sd, judge, markdown, passed, ping_interval,
+                                     rate_window)
 
+RTT_LINE = re.compile(r"icmp_seq=\d+ .*time=([\d.]+) ms")
 DEFAULT_SWEEP = ("256kbit", "1mbit", "10mbit", "100mbit")
 REFERENCE_RATE = "1gbit"
 IPERF_PORT = 5201
@@ -175,21 +179,27 @@ def udp_loss(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float) -> tuple[
 
 def ping(pid: int, dst_ip: str, count: int, interval: float, deadline: float) -> tuple[int, int, float]:
     """(sent, received, mean RTT in ms)."""
+    sent, recv, rtts = ping_rtts(pid, dst_ip, count, interval, deadline)
+    return sent, recv, (sum(rtts) / len(rtts) if rtts else float("nan"))
+
+
+def ping_rtts(pid: int, dst_ip: str, count: int, interval: float, deadline: float) -> tuple[int, int, list[float]]:
+    """(sent, received, each reply's RTT in ms)."""
     # -U: the time the reply reached ping, not the kernel's receive timestamp, which is taken
     # before netfilter (and so before the userspace element holds the packet)
-    r = _ns(pid, ["ping", "-U", "-n", "-q", "-c", str(count), "-i", f"{interval:.3f}", "-W", "3", dst_ip],
+    r = _ns(pid, ["ping", "-U", "-n", "-c", str(count), "-i", f"{interval:.3f}", "-W", "3", dst_ip],
             timeout=deadline)
     sent = recv = 0
-    avg = float("nan")
+    rtts = []
     for line in r.stdout.splitlines():
         if "packets transmitted" in line:
             parts = line.split(",")
             sent, recv = int(parts[0].split()[0]), int(parts[1].split()[0])
-        if line.startswith("rtt") or line.startswith("round-trip"):
-            avg = float(line.split("=")[1].split("/")[1])
+        elif (m := RTT_LINE.search(line)) and "DUP!" not in line:
+            rtts.append(float(m[1]))
     if sent == 0:
         raise RunError(f"ping failed: {(r.stderr or r.stdout).strip()[:200]}")
-    return sent, recv, avg
+    return sent, recv, rtts
 
 
 def retried(measure: Callable[[], tuple], attempts: int = 3) -> tuple:
@@ -212,7 +222,8 @@ def measure_target(p: Plan, t: Target, pids: dict[str, int], seconds: float, pin
     down_sent, down_lost = retried(lambda: udp_loss(pids["ref"], pids[h.name], h.data_ip, h.down.rate_bps))
     interval = ping_interval(h.up, h.down)
     n = pings if h.up.rate_bps >= 200e3 else max(50, pings // 5)
-    sent, recv, rtt = ping(pids[h.name], ref.data_ip, n, interval, deadline=n * interval + 60)
+    sent, recv, rtts = ping_rtts(pids[h.name], ref.data_ip, n, interval, deadline=n * interval + 60)
+    rtt = statistics.fmean(rtts) if rtts else float("nan")
     p_loss = expected_loss(h.up, h.down)
     row = {
         "link": t.label, "up_bps": h.up.rate_bps, "down_bps": h.down.rate_bps,
@@ -221,6 +232,10 @@ def measure_target(p: Plan, t: Target, pids: dict[str, int], seconds: float, pin
         "down_iperf3_goodput_bps": round(down_good) if down_good else None,
         "delay_ms": h.up.delay_s * 1000, "jitter_ms": h.up.jitter_s * 1000,
         "rtt_expected_ms": round(1000 * expected_rtt(h.up, h.down, ref.up, ref.down), 3), "rtt_ms": rtt,
+        # jitter: the spread of the round trips, against what four independent uniform
+        # +/- jitter draws give (each direction of both links)
+        "rtt_sd_expected_ms": round(1000 * expected_rtt_sd(h.up, h.down, ref.up, ref.down), 3),
+        "rtt_sd_ms": round(statistics.stdev(rtts), 3) if len(rtts) > 1 else float("nan"),
         "up_loss_configured": h.up.loss, "up_datagrams": up_sent, "up_lost": up_lost,
         # 99.9 %: a calibration judges several directions at once; at 95 % each, a sound link
         # would fail one of four lossy directions about one time in five

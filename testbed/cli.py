@@ -214,13 +214,14 @@ def cmd_calibrate(args) -> int:
         out, summary = calibrate.run(args.profiles or None, sweep, args.trace, Path(args.results), args.shaper,
                                      args.seconds, args.pings, args.trace_seconds, on_row)
     t = Table(title=f"configured vs measured (shaper: {summary['shaper']})", title_justify="left")
-    for col in ("link", "up", "down", "RTT", "loss (round trip)", "ok"):
+    for col in ("link", "up", "down", "RTT", "RTT sd (jitter)", "loss (round trip)", "ok"):
         t.add_column(col, justify="left" if col == "link" else "right")
     for r in summary["rows"]:
-        ok = r["rate_ok"] and r["rtt_ok"] and r["loss_ok"]
+        ok = calibrate.passed(r)
         t.add_row(r["link"], f"{fmt_rate(r['up_bps'])} -> {fmt_rate(r['up_measured_bps'])}",
                   f"{fmt_rate(r['down_bps'])} -> {fmt_rate(r['down_measured_bps'])}",
                   f"{r['rtt_expected_ms']:.1f} -> {r['rtt_ms']:.1f} ms",
+                  f"{r['rtt_sd_expected_ms']:.1f} -> {r['rtt_sd_ms']:.1f} ms",
                   f"{100 * r['loss_expected_rt']:.2f} % -> {r['lost']}/{r['pings']}",
                   "[green]yes" if ok else "[red]NO")
     console.print(t)
@@ -229,7 +230,7 @@ def cmd_calibrate(args) -> int:
         console.print(f"trace {tr['trace']}: {tr['within_10pct']}/{tr['seconds']} seconds within 10 % of the trace, "
                       f"median error {100 * tr['median_abs_error']:.1f} %; plot: {out / 'trace.png'}")
     console.print(f"results: {out}  (calibration.md is the table for the README)")
-    bad = [r["link"] for r in summary["rows"] if not (r["rate_ok"] and r["rtt_ok"] and r["loss_ok"])]
+    bad = [r["link"] for r in summary["rows"] if not calibrate.passed(r)]
     return 1 if bad or summary["status"] != "complete" else 0
 
 

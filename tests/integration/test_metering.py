@@ -28,7 +28,7 @@ def test_calibrate_matches_configuration_and_follows_a_trace(docker_client, tmp_
     assert summary["status"] == "complete" and not any(summary["left_behind"].values())
     rows = {row["link"]: row for row in summary["rows"]}
     for row in rows.values():
-        assert row["rate_ok"] and row["rtt_ok"] and row["loss_ok"], row
+        assert row["rate_ok"] and row["rtt_ok"] and row["jitter_ok"] and row["loss_ok"], row
     # 256 kbit/s to 100 Mbit/s within 5 %, both directions
     for link in ("rate 256kbit", "rate 100mbit"):
         for d in ("up", "down"):
