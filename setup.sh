@@ -20,10 +20,11 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # 1. Debian packages: container engine, Mininet (and mnexec), bridges, image builder;
 #    libnetfilter-queue-dev, gcc and python3-dev build the delay element's NFQUEUE binding;
 #    iperf3 and ping are what `testbed calibrate` measures with; chromium is the headless
-#    browser the tests open HTML reports in (tests/browser.py, through Playwright).
+#    browser the tests open HTML reports in (tests/browser.py, through Playwright); tcpdump
+#    takes the packet captures an experiment asks for (capture:).
 APT_PACKAGES="docker.io mininet bridge-utils mmdebstrap debian-archive-keyring iproute2 net-tools
   ethtool iptables python3-venv python3-pip git ca-certificates procps gpg
-  libnetfilter-queue-dev gcc python3-dev iperf3 iputils-ping"
+  libnetfilter-queue-dev gcc python3-dev iperf3 iputils-ping tcpdump"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -60,7 +60,8 @@ def checks() -> list[Check]:
     out.append(Check("root", root, "running as root" if root else "not root: bridges, veths and tc need it",
                      "run testbed with sudo"))
     for tool, pkg in (("mnexec", "mininet"), ("brctl", "bridge-utils"), ("tc", "iproute2"),
-                      ("mmdebstrap", "mmdebstrap"), ("dockerd", "docker.io"), ("ethtool", "ethtool")):
+                      ("mmdebstrap", "mmdebstrap"), ("dockerd", "docker.io"), ("ethtool", "ethtool"),
+                      ("tcpdump", "tcpdump")):
         path = shutil.which(tool)
         out.append(Check(tool, bool(path), path or "not found", f"apt-get install {pkg}  (or ./setup.sh)"))
     ok, detail, client = _docker()

@@ -75,6 +75,12 @@ def limits(host: HostPlan) -> dict:
     return out
 
 
+# Every image's root filesystem is read-only: a client writes only its own host directory
+# (config, data, logs; HOME points there) and a small /tmp, so a client cannot change its
+# image or leave files in it between runs.
+READ_ONLY = {"read_only": True, "tmpfs": {"/tmp": "size=64m,mode=1777", "/run": "size=8m"}}
+
+
 def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> dict:
     """Keyword arguments for docker's containers.run (pure; asserted by tests)."""
     if host.shares_netns is not None:
@@ -85,7 +91,8 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
             network_mode=f"container:{plan.host(host.shares_netns).container}", cap_drop=["ALL"],
             cap_add=list(image.spec.capabilities), security_opt=["no-new-privileges"],
             labels={LABEL_RUN: plan.run_id, LABEL_HOST: host.name, "testbed.role": host.role},
-            volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}}, environment={"HOME": MOUNT}, **limits(host))
+            volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}}, environment={"HOME": MOUNT}, **READ_ONLY,
+            **limits(host))
     sysctls = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
     if host.role in ("router", "server"):
         sysctls["net.ipv4.ping_group_range"] = "0 2147483647"   # ping without a capability (ICMP sockets)
@@ -95,6 +102,7 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
         labels={LABEL_RUN: plan.run_id, LABEL_HOST: host.name, "testbed.role": host.role},
         volumes={str(host_dir): {"bind": MOUNT, "mode": "rw"}},
         environment={"HOME": MOUNT},
+        **READ_ONLY,
         # IPv4 only: otherwise every host sends IPv6 router solicitations and MLD reports
         # onto the emulated network, and clients try IPv6 peers that cannot exist.
         sysctls=sysctls,

@@ -32,15 +32,29 @@ from testbed.errors import RunError
 
 IPTABLES = "iptables-legacy" if shutil.which("iptables-legacy") else "iptables"
 IP6TABLES = "ip6tables-legacy" if shutil.which("ip6tables-legacy") else "ip6tables"
+RESTORE = "iptables-legacy-restore" if shutil.which("iptables-legacy-restore") else "iptables-restore"
+SAVE = "iptables-legacy-save" if shutil.which("iptables-legacy-save") else "iptables-save"
 # A rule that uses conntrack and does nothing else (see accounting_commands).
 HOOK_RULE = ["OUTPUT", "-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "tb_flows"]
 HANDSHAKE_HEX = "|13|BitTorrent protocol"
-COUNTERS = ("inbound_refused", "plain_handshakes_in", "plain_handshakes_out")
+COUNTERS = ("inbound_refused", "plain_handshakes_in", "plain_handshakes_out", "outside_blocked")
+EMULATED = "198.18.0.0/15"      # every address the testbed gives out: data, home LANs, control
+
+
+def guard_rules() -> list[list[str]]:
+    """What keeps a host's packets inside: whatever it would send to an address outside the
+    emulated network (a client's UPnP discovery, the IGMP report of the multicast group it
+    joined for it, a DNS query, a DHT bootstrap) is dropped in its own namespace and counted
+    (`outside_blocked`). No host has a route out, so this counts what a client tried on an
+    interface it named itself (multicast does), and guards against a route added later."""
+    return [["-N", "TB_GUARD"], ["-A", "OUTPUT", "-j", "TB_GUARD"], ["-A", "TB_GUARD", "-o", "lo", "-j", "RETURN"],
+            ["-A", "TB_GUARD", "-d", EMULATED, "-j", "RETURN"],
+            ["-A", "TB_GUARD", "-m", "comment", "--comment", "outside_blocked", "-j", "DROP"]]
 
 
 def rules(data_if: str, connectable: bool) -> list[list[str]]:
-    """iptables argument lists for one host (pure, so the unit tests can read them)."""
-    out = [["-N", "TB_IN"], ["-N", "TB_OUT"],
+    """iptables argument lists for one client's host (pure, so the unit tests can read them)."""
+    out = [*guard_rules(), ["-N", "TB_IN"], ["-N", "TB_OUT"],
            ["-A", "INPUT", "-i", data_if, "-j", "TB_IN"], ["-A", "OUTPUT", "-o", data_if, "-j", "TB_OUT"]]
     if not connectable:
         out.append(["-A", "TB_IN", "-m", "conntrack", "--ctstate", "NEW",
@@ -51,17 +65,25 @@ def rules(data_if: str, connectable: bool) -> list[list[str]]:
     return out
 
 
-def _ipt(pid: int, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", IPTABLES, "-w", *args],
-                          capture_output=True, text=True)
+def restore_script(rule_list: list[list[str]]) -> str:
+    """The rules as one iptables-restore input for the filter table: loaded by one process per
+    host instead of one per rule (bring-up time), and all or nothing."""
+    def word(w: str) -> str:
+        return f'"{w}"' if " " in w else w
+    chains = [r[1] for r in rule_list if r[0] == "-N"]
+    return "\n".join(["*filter", *(f":{c} - [0:0]" for c in chains),
+                      *(" ".join(map(word, r)) for r in rule_list if r[0] != "-N"), "COMMIT", ""])
 
 
-def install(pid: int, host: str, data_if: str, connectable: bool) -> None:
-    for args in rules(data_if, connectable):
-        r = _ipt(pid, args)
-        if r.returncode != 0:
-            raise RunError(f"{host}: packet filter rule `{IPTABLES} {' '.join(args)}` failed: "
-                           f"{r.stderr.strip()} (see testbed doctor)")
+def install(pid: int, host: str, data_if: str | None, connectable: bool = True) -> None:
+    """A client's rules (guard, counters, refusals); with data_if None, the guard alone (tracker,
+    routers, servers)."""
+    rule_list = guard_rules() if data_if is None else rules(data_if, connectable)
+    r = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", RESTORE, "-w", "--noflush"],
+                       input=restore_script(rule_list), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RunError(f"{host}: its packet filter rules did not load ({RESTORE}: {r.stderr.strip()[:200]}; "
+                       f"see testbed doctor)")
 
 
 def parse_counters(listing: str) -> dict[str, int]:
@@ -76,13 +98,22 @@ def parse_counters(listing: str) -> dict[str, int]:
 
 def read(pid: int) -> dict[str, int] | None:
     """The host's counters, or None if its namespace is gone."""
-    found: dict[str, int] = {}
-    for chain in ("TB_IN", "TB_OUT"):
-        r = _ipt(pid, ["-L", chain, "-v", "-x", "-n"])
-        if r.returncode != 0:
-            return None
-        found.update(parse_counters(r.stdout))
+    r = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", SAVE, "-c", "-t", "filter"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    found = parse_saved(r.stdout)
     return {k: found[k] for k in COUNTERS if k in found}
+
+
+def parse_saved(text: str) -> dict[str, int]:
+    """Packet counts by rule comment, from `iptables-save -c`: one process for all chains."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("[") and "--comment" in line:
+            packets = int(line[1:line.index(":")])
+            found[line.split("--comment ", 1)[1].split()[0].strip('"')] = packets
+    return found
 
 
 def available() -> tuple[bool, str]:
@@ -93,10 +124,10 @@ def available() -> tuple[bool, str]:
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
         return False, "cannot create a network namespace"
     try:
-        for args in rules("lo", connectable=False):
-            r = subprocess.run(["ip", "netns", "exec", ns, IPTABLES, "-w", *args], capture_output=True, text=True)
-            if r.returncode != 0:
-                return False, f"`{IPTABLES} {' '.join(args)}` failed: {r.stderr.strip()}"
+        r = subprocess.run(["ip", "netns", "exec", ns, RESTORE, "-w", "--noflush"],
+                           input=restore_script(rules("lo", connectable=False)), capture_output=True, text=True)
+        if r.returncode != 0:
+            return False, f"{RESTORE} of the per-host rules failed: {r.stderr.strip()[:200]}"
         return True, f"{IPTABLES} with conntrack and string matches works in a namespace"
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)

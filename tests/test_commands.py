@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from pytest import approx
 
+from testbed.errors import InputError
 from testbed.images import load_image
 from testbed.model import parse_experiment
 from testbed.plan import Shaping, plan
@@ -115,6 +116,9 @@ def test_container_spec_is_isolated_and_labelled(tmp_path):
     assert spec["cap_drop"] == ["ALL"] and spec["cap_add"] == []
     assert spec["labels"]["testbed.run"] == p.run_id
     assert "privileged" not in spec
+    assert spec["read_only"] is True and set(spec["tmpfs"]) == {"/tmp", "/run"}
+    assert spec["security_opt"] == ["no-new-privileges"]
+    assert list(spec["volumes"]) == [str(tmp_path)]          # its own directory: no Docker socket
     tracker = container_spec(p, p.host("tracker"), load_image("tracker"), tmp_path)
     assert sorted(tracker["cap_add"]) == ["SETGID", "SETUID", "SYS_CHROOT"]
 
@@ -167,3 +171,28 @@ def test_the_element_s_load_is_bounded_by_the_swarm_s_rates_and_large_swarms_are
     # a swarm with no impaired path puts nothing through the element
     p = plan(parse_experiment(experiment_dict()), "t-20261124-120000-0a1b2c")
     assert element_load_pps(p, path_impairments(p)) == 0.0
+
+
+def test_captures_are_planned_per_member_and_need_tcpdump(monkeypatch):
+    from testbed import capture
+    from testbed.errors import PreflightError
+    d = experiment_dict()
+    d["peers"][0]["capture"] = "both"
+    p = plan(parse_experiment(d), "t-20261124-120000-0a1b2c")
+    assert p.host("leecher1").capture == ("wire", "client") and p.host("origin").capture == ()
+    argv = capture.tcpdump_argv("/usr/bin/tcpdump", "client", Path("/x/capture-client.pcap"))
+    assert argv[argv.index("-i") + 1] == f"nflog:{capture.NFLOG_GROUP}" and "-n" in argv
+    assert all(r[-8:-4] == ["-j", "NFLOG", "--nflog-group", str(capture.NFLOG_GROUP)] for r in capture.nflog_rules())
+    assert all(r[-2:] == ["--nflog-threshold", "1"] for r in capture.nflog_rules())    # see nflog_rules
+    assert [r[:4] for r in capture.nflog_rules()] == [["-t", "mangle", "-A", "PREROUTING"],
+                                                      ["-t", "mangle", "-A", "POSTROUTING"]]
+    monkeypatch.setattr(capture.shutil, "which", lambda _: None)
+    with pytest.raises(PreflightError, match="tcpdump"):
+        capture.require_tcpdump()
+
+
+def test_an_unknown_capture_point_is_refused_by_name():
+    d = experiment_dict()
+    d["peers"][0]["capture"] = "everything"
+    with pytest.raises(InputError, match=r"peers\[0\]\.capture|capture"):
+        parse_experiment(d)

@@ -240,6 +240,10 @@ class PeerGroup(Strict):
     forward: bool = False                # behind a household: the router forwards the client's port
     build: ClientBuild | None = None     # a client build to test instead of the image's release
     limits: Limits = Limits()            # each member's container: memory and CPU
+    # packet captures of each member (tcpdump, pcap files in its host directory): `wire`, as
+    # packets cross its interface (arriving ones before the delay element holds them);
+    # `client`, as its own network stack gets and sends them (after the element); or `both`
+    capture: Literal["wire", "client", "both"] | None = None
 
 
 class Household(Strict):

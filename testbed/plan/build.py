@@ -82,10 +82,14 @@ class HostPlan:
     rpc_port: int | None = None   # the client's control port, when its default could clash (one PC)
     memory_limit: int | None = None   # bytes its container may use
     cpus: float | None = None         # CPU cores its container may use
+    capture: tuple[str, ...] = ()     # capture points: "wire", "client"
 
     @property
     def behind_nat(self) -> bool:
         return self.gateway is not None
+
+
+CAPTURE_POINTS = {None: (), "wire": ("wire",), "client": ("client",), "both": ("wire", "client")}
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,8 @@ def plan(exp: Experiment, run_id: str, block: int | None = None, repetition: int
                 name=name, role=role, group=g.name, client=g.client, image=client_image(g),
                 container=f"tb-{run_id}-{name}",
                 behaviour=behaviour_of(g, use, line.trace.mean_rate() if line.trace else line.rate_bps),
-                participant=who, memory_limit=g.limits.memory, cpus=g.limits.cpus, **place))
+                participant=who, memory_limit=g.limits.memory, cpus=g.limits.cpus,
+                capture=CAPTURE_POINTS[g.capture], **place))
             for direction, sh in (("up", place["up"]), ("down", place["down"])):
                 if sh is not None and sh.trace:
                     events += rate_events(name, direction, sh.trace, horizon)

@@ -95,17 +95,20 @@ def preflight(plan_: Plan, client) -> dict[str, images.Image]:
         if not ok:
             raise PreflightError(f"links with delay, jitter or loss need netem or the userspace delay element, "
                                  f"and neither works here: {why} (see testbed doctor)")
-    if any(not h.behaviour.connectable for h in plan_.hosts):
-        ok, why = wire.available()
-        if not ok:
-            raise PreflightError(f"behaviour.connectable: false needs a packet filter in each peer's namespace, "
-                                 f"which does not work here: {why} (see testbed doctor)")
+    ok, why = wire.available()
+    if not ok:
+        raise PreflightError(f"every host needs a packet filter in its namespace (the guard that keeps its "
+                             f"packets inside, and the peers' wire counters), which does not work here: {why} "
+                             f"(see testbed doctor)")
     if plan_.homes:
         from testbed import households
         ok, why = households.available()
         if not ok:
             raise PreflightError(f"households need NAT and packet-filter rules in each router's namespace, "
                                  f"which do not work here: {why} (see testbed doctor)")
+    if any(h.capture for h in plan_.hosts):
+        from testbed import capture
+        capture.require_tcpdump()
     return images.require(client, {h.image for h in plan_.hosts}, plan_.builds)
 
 

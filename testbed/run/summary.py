@@ -96,6 +96,10 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "leechers_arrived": len(arrived),
         "content_bytes": p.content_bytes, "content_sha256": sw.content_sha,
         "shaper": sw.shaper.name, "delay_element": sw.element_stats or None,
+        "captures": sw.capture_stats or None,
+        # packets a host tried to send to an address outside the emulated network, dropped in
+        # its own namespace (see wire.guard_rules), by host
+        "outside_blocked": {n: w["outside_blocked"] for n, w in sorted(wire.items()) if w and w.get("outside_blocked")},
         "testbed_cpu": cpu,
         "host": host_summary(ex.sampler.load.rows) if ex else None,
         "containers": container_totals(sw.resources),

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from testbed import cgroups, cleanup, content, households, images, runtime, shaping, wire
+from testbed import capture, cgroups, cleanup, content, households, images, runtime, shaping, wire
 from testbed.clients import DRIVERS, ClientDriver
 from testbed.errors import RunError
 from testbed.plan import Plan
@@ -39,6 +39,8 @@ class Swarm:
         self.links = None                         # network.LinkControl, once the network exists
         self.element = None                       # the userspace delay element, if used
         self.element_stats: dict = {}
+        self.captures = None                      # packet captures, if any group asked
+        self.capture_stats: dict = {}
         self.versions: dict[str, str] = {}
         self.resources: dict[str, dict | None] = {}
         self.watch = None                         # runtime.DeathWatch, once the containers exist
@@ -67,6 +69,15 @@ class Swarm:
         self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
         t = time.monotonic()
         pids = {n: h.pid for n, h in self.hosts.items()}
+        for hp in self.plan.hosts:
+            if hp.shares_netns is not None:     # one PC: its namespace is set up once
+                continue
+            # every host: the guard that keeps its packets inside, before it has an interface
+            # (its first IGMP report goes when eth0 comes up); a client's host: its wire counters too
+            wire.install(pids[hp.name], hp.name, "eth0" if hp.client else None, hp.behaviour.connectable)
+            if hp.client:
+                # per-remote flow accounting must be on before the client makes its first flow
+                wire.enable_accounting(f"/proc/{pids[hp.name]}/ns/net")
         self.net = network.build(self.plan, pids, self.shaper)
         self.links = network.LinkControl(self.plan, pids, self.shaper)
         self.emit(self.rd.event("network", links=len(self.plan.links), shaper=self.shaper.name,
@@ -79,16 +90,12 @@ class Swarm:
             manager = CongestionManager(self.plan, pol, self.rd, self.emit, lambda: 0.0, self.shaper)
             manager.install()
             self.managers.append(manager)
-        for hp in self.plan.hosts:
-            if hp.client and hp.shares_netns is None:     # one PC: its namespace is set up once
-                try:
-                    wire.install(self.hosts[hp.name].pid, hp.name, "eth0", hp.behaviour.connectable)
-                except RunError as exc:
-                    if not hp.behaviour.connectable:     # the experiment depends on it
-                        raise
-                    self.emit(self.rd.event("wire_counters_unavailable", host=hp.name, error=str(exc)))
-                # per-remote flow accounting must be on before the client makes its first flow
-                wire.enable_accounting(f"/proc/{self.hosts[hp.name].pid}/ns/net")
+        # captures begin before any client does (one PC: once, in its shared namespace)
+        points = {hp.name: hp.capture for hp in self.plan.hosts if hp.capture and hp.shares_netns is None}
+        self.captures = capture.Captures(points, pids, {n: h.host_dir for n, h in self.hosts.items()})
+        self.captures.start()
+        if points:
+            self.emit(self.rd.event("captures", hosts={h: list(p) for h, p in sorted(points.items())}))
 
     def start_delay_element(self, network, pids: dict[str, int]) -> None:
         self.element = network.DelayElement(self.plan, pids, self.rd.path, self.plan.seeds["impairments"])
@@ -258,8 +265,9 @@ class Swarm:
 
     # ------------------------------------------------------------ teardown
     def read_wire(self) -> dict[str, dict | None]:
-        """The wire counters of every peer, read before its namespace goes away."""
-        return {name: wire.read(self.hosts[name].pid) for name in self.drivers}
+        """The wire counters of every host with a namespace of its own, read before it goes away."""
+        return {h.name: wire.read(self.hosts[h.name].pid) for h in self.plan.hosts
+                if h.shares_netns is None and h.name in self.hosts}
 
     def stop_watching(self) -> tuple[list[dict], list[str]]:
         """The containers that died during the run (none of them by the teardown), and the hosts
@@ -294,6 +302,8 @@ class Swarm:
         return ok
 
     def stop_element(self) -> None:
+        if self.captures is not None:
+            self.capture_stats = self.captures.stop() or self.capture_stats
         if self.element is not None:
             self.element_stats = self.element.stop() or self.element_stats
 
