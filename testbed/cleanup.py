@@ -72,8 +72,12 @@ def find(client, run_id: str) -> dict[str, list[str]]:
     """What of one run exists on this machine (looks only)."""
     tag = run_tag(run_id)
     from testbed.runtime import LABEL_RUN
+    try:
+        containers = [c.name for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})]
+    except Exception:       # the daemon does not answer: what it holds is not known
+        containers = ["(unknown: the Docker daemon does not answer; run `testbed clean` once it does)"]
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})],
+        "containers": containers,
         "links": [n for n in _links() if n.startswith(f"tb{tag}")],
         "namespaces": [n for n in _netns() if n.startswith(f"tb{tag}-")],
     }

@@ -101,14 +101,18 @@ class ShapedIntf(Intf):
         if shaping is not None and shaper is not None:
             # Shaping is only exact without segmentation offload: otherwise the qdisc sees
             # 64 KiB super-packets and a queue of N packets is not N wire packets.
-            self.cmd(f"ethtool -K {self.name} tso off gso off gro off")
-            for line in shaper.commands(self.name, shaping):
-                # Judged by exit status, not by output: with other runs adding links at the
-                # same time, tc may warn "Dump was interrupted and may be inconsistent" on
-                # success (seen with three runs in parallel).
-                out, _, rc = self.cmd(f"{line}; echo tb-rc=$?").strip().rpartition("tb-rc=")
-                if rc.strip() != "0":
-                    raise RunError(f"shaping {self.node.name}:{self.name} failed: `{line}`: {out.strip()}")
+            # All in one round trip to the node's shell, and the tc lines in one `tc -batch`
+            # process (bring-up time: an access link has two shaped ends). Judged by exit
+            # status, not by output: with other runs adding links at the same time, tc may
+            # warn "Dump was interrupted and may be inconsistent" on success (seen with three
+            # runs in parallel).
+            lines = shaper.commands(self.name, shaping)
+            assert all(line.startswith("tc ") for line in lines)
+            batch = " ".join(shlex.quote(line[3:]) for line in lines)     # one line each, no newline in the command
+            out, _, rc = self.cmd(f"ethtool -K {self.name} tso off gso off gro off >/dev/null; "
+                                  f"printf '%s\\n' {batch} | tc -batch -; echo tb-rc=$?").strip().rpartition("tb-rc=")
+            if rc.strip() != "0":
+                raise RunError(f"shaping {self.node.name}:{self.name} failed: `{'; '.join(lines)}`: {out.strip()}")
         return result
 
 

@@ -34,6 +34,20 @@ def docker_client():
                              "start it (setup.sh does) and check `docker info`") from None
 
 
+def wait_for_daemon(client, seconds: float) -> bool:
+    """Whether the Docker daemon answers, waiting up to `seconds` for it (one restarting)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return True
+        except Exception:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
 @dataclass
 class ContainerHost:
     """A running emulated host; implements clients.base.HostHandle."""
@@ -77,8 +91,9 @@ def limits(host: HostPlan) -> dict:
 
 # Every image's root filesystem is read-only: a client writes only its own host directory
 # (config, data, logs; HOME points there) and a small /tmp, so a client cannot change its
-# image or leave files in it between runs.
-READ_ONLY = {"read_only": True, "tmpfs": {"/tmp": "size=64m,mode=1777", "/run": "size=8m"}}
+# image or leave files in it between runs. /tmp allows executing (Docker's tmpfs default is
+# noexec): a home router runs a copy of ping from there (see households.py).
+READ_ONLY = {"read_only": True, "tmpfs": {"/tmp": "size=64m,mode=1777,exec", "/run": "size=8m"}}
 
 
 def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> dict:
@@ -163,6 +178,8 @@ class DeathWatch:
         self.ooms: list[dict] = []               # {host, time}: a process killed for the memory limit
         self.lock = threading.Lock()
         self._oom: set[str] = set()
+        self._closing = False
+        self.lost: float | None = None           # when the event stream ended under the run: the daemon went away
         self._stream = client.events(filters={"label": f"{LABEL_RUN}={run_id}", "type": "container"}, decode=True)
         self._thread = threading.Thread(target=self._follow, name=f"deaths-{run_id}", daemon=True)
         self._thread.start()
@@ -187,12 +204,21 @@ class DeathWatch:
                                             "oom": host in self._oom, "time": ev.get("time")})
         except Exception:       # the stream closed (teardown) or the daemon went away
             pass
+        if not self._closing:   # not closed by the run: dockerd stopped (or restarted), and its containers with it
+            import time
+            self.lost = time.time()
+
+    def settle(self, seconds: float) -> None:
+        """Waits up to `seconds` for the event stream to end: containers that died together
+        may be a daemon going down, whose stream ends a moment after their deaths."""
+        self._thread.join(timeout=seconds)
 
     def since(self, n: int) -> list[dict]:
         with self.lock:
             return list(self.deaths[n:])
 
     def close(self) -> None:
+        self._closing = True
         try:
             self._stream.close()
         except Exception:

@@ -79,3 +79,22 @@ def test_run_tag():
     assert run_tag(RUN) == "0a1b2c"
     with pytest.raises(ValueError):
         run_tag("no-tag")
+
+
+def test_summed_is_the_pointwise_sum_at_every_step():
+    """The sweep against the definition: at each step time, the sum of each series' last rate."""
+    import random
+
+    from testbed.plan.bounds import summed
+    rng = random.Random(4)
+    many = [tuple(sorted({(float(rng.randrange(0, 50)), rng.choice([0.0, 1e3, 2.5e6, 7e6])) for _ in range(20)}
+                         | {(0.0, 1e6)}, key=lambda x: x[0])) for _ in range(12)]
+    many = [tuple({t: r for t, r in s}.items()) for s in many]        # one rate per time, as traces give
+
+    def at(s, t):
+        return next(r for t0, r in reversed(s) if t0 <= t)
+    got = summed(*many)
+    assert [t for t, _ in got] == sorted({t for s in many for t, _ in s})
+    for t, r in got:
+        assert r == pytest.approx(sum(at(s, t) for s in many), abs=1e-3)
+    assert summed(((0.0, 1.0), (2.0, 3.0)), ((0.0, 5.0), (1.0, 0.0))) == ((0.0, 6.0), (1.0, 1.0), (2.0, 3.0))

@@ -30,12 +30,20 @@ def capped(steps: Steps, cap: float | None) -> Steps:
 
 
 def summed(*many: Steps) -> Steps:
-    """The pointwise sum of step functions."""
-    times = sorted({t for s in many for t, _ in s})
-
-    def at(s: Steps, t: float) -> float:
-        return next(r for t0, r in reversed(s) if t0 <= t)
-    return tuple((t, sum(at(s, t) for s in many)) for t in times)
+    """The pointwise sum of step functions (each starts at its first step's time), in one sweep
+    over all steps in time order: a day of one-second traces on 100 peers is 8.6 million
+    steps, which the earlier lookup of every series at every time took minutes over."""
+    current, total, out = [0.0] * len(many), 0.0, []
+    for t, i, r in sorted((t, i, r) for i, s in enumerate(many) for t, r in s):
+        total += r - current[i]
+        current[i] = r
+        if abs(total) < 1e-6:       # what the running sum's rounding leaves of a true zero
+            total = 0.0
+        if out and out[-1][0] == t:
+            out[-1] = (t, total)
+        else:
+            out.append((t, total))
+    return tuple(out)
 
 
 def time_to_carry(steps: Steps, bits: float) -> float:

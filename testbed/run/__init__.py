@@ -23,7 +23,7 @@ from testbed.errors import TestbedError
 from testbed.model import Experiment
 from testbed.plan import plan, run_tag
 from testbed.results import RunDir, write_json, write_plan
-from testbed.run.executor import Executor
+from testbed.run.executor import DAEMON_LOST, Executor
 from testbed.run.interrupts import signals_deferred
 from testbed.run.preflight import BringupLock, free_control_block, machine_fits, preflight
 from testbed.run.sampler import Sampler
@@ -159,6 +159,15 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         # containers, veths and bridges behind
         with signals_deferred() as deferred:
             deaths, ooms = sw.stop_watching()
+            if sw.watch is not None and sw.watch.lost is not None and error is None:
+                # the daemon went away as the swarm ended: the executor may not have seen it
+                emit(rd.event("docker_daemon_lost", t_swarm=None))
+                error = DAEMON_LOST
+            # a leecher whose container died before it completed: the swarm did not complete
+            # (all_done counts it as gone, so the executor ends the run as if it had)
+            if status == "complete" and any(d["host"] in ex.peers and ex.peers[d["host"]].completed_s is None
+                                            for d in deaths if ex and p.host(d["host"]).role == "leecher"):
+                status = "failed"
             if sw.hosts:
                 wire = sw.read_wire()
                 sw.read_resources()

@@ -35,6 +35,10 @@ class Peer:
     carry_down: int = 0
 
 
+DAEMON_LOST = ("the Docker daemon went away during the run (its event stream ended): it stops its containers "
+               "when it stops, so the swarm is gone (container_died events name them); the results so far are kept")
+
+
 class Executor:
     def __init__(self, plan_: Plan, swarm: Swarm, sampler: Sampler, rd, emit, interval: float):
         self.plan, self.swarm, self.sampler, self.rd, self.emit = plan_, swarm, sampler, rd, emit
@@ -316,6 +320,9 @@ class Executor:
                 if self.swarm.element is not None and not self.swarm.element.alive():
                     raise RunError(f"the userspace delay element exited (see {self.swarm.element.log})")
                 self.sample()
+                if self.swarm.watch is not None and self.swarm.watch.lost is not None:
+                    self.emit(self.rd.event("docker_daemon_lost", t_swarm=round(self.now(), 3)))
+                    raise RunError(DAEMON_LOST)
                 # one sample per interval; after a stall, the next one interval on, not a burst
                 next_sample = max(next_sample + self.interval, self.now())
                 if (ended := self.finished(self.now())) is not None:

@@ -28,6 +28,10 @@ SEED_VERIFY_TIMEOUT = 120.0
 ANNOUNCE_TIMEOUT = 30.0
 
 
+DEATH_SETTLE_S = 3.0     # after containers died, how long teardown waits to learn whether the daemon went
+DAEMON_WAIT_S = 30.0     # teardown waits this long for a Docker daemon that went away (a restart)
+
+
 class Swarm:
     def __init__(self, plan_: Plan, rd: RunDir, emit, docker_client, imgs: dict[str, images.Image],
                  keep_data: bool, shaper: LinkShaper):
@@ -274,6 +278,8 @@ class Swarm:
         whose memory limit killed a process."""
         if self.watch is None:
             return [], []
+        if self.watch.since(0):     # deaths: give a daemon going down time to end the stream (watch.lost)
+            self.watch.settle(DEATH_SETTLE_S)
         self.watch.close()
         with self.watch.lock:
             ooms = sorted({o["host"] for o in self.watch.ooms})
@@ -316,6 +322,10 @@ class Swarm:
                 network.release(self.net)
             except Exception as exc:
                 self.rd.event("teardown_error", step="mininet", error=str(exc))
+        if not runtime.wait_for_daemon(self.docker, DAEMON_WAIT_S):
+            self.rd.event("teardown_error", step="containers",
+                          error=f"the Docker daemon did not answer for {DAEMON_WAIT_S:g} s: the run's containers are "
+                                f"left to `testbed clean`")
         removed = cleanup.clean(self.docker, self.plan.run_id)
         left = cleanup.find(self.docker, self.plan.run_id)
         if not self.keep_data:

@@ -1,9 +1,9 @@
 """pieces() of every client, for real: one seeder and one leecher of each of the six clients.
 
-The run does not record pieces yet, so the test reads them itself: every driver's stats()
-is wrapped for the run so that each reading (the seeders' verification wait, then every
-sample) is followed at once by pieces() and a second stats(). The run's own sampling and
-completion detection see the first stats() only, as without the wrapper.
+The test reads them itself: every driver's sample() (what the run's sampler calls each tick,
+and most drivers' stats() too) is wrapped for the run so that each reading is followed at
+once by pieces() and a second stats(). The run's own sampling and completion detection see
+the first answer only, as without the wrapper.
 """
 import math
 import statistics
@@ -53,20 +53,28 @@ def swarm(docker_client, tmp_path_factory):
     readings: list[Reading] = []
     lock = threading.Lock()
 
-    def wrap(stats):
-        def reading(self):
-            s = stats(self)
-            t0 = time.perf_counter()
+    inside = threading.local()      # the wrapper's own stats() calls go through sample() too
+
+    def wrap(sample):
+        def reading(self, want_pieces):
+            s, have = sample(self, want_pieces)
+            if getattr(inside, "on", False):
+                return s, have
+            inside.on = True
             try:
-                p, err = self.pieces(), None
-            except Exception as exc:
-                p, err = None, f"{exc.__class__.__name__}: {exc}"
-            took = time.perf_counter() - t0
-            after = stats(self).progress
+                t0 = time.perf_counter()
+                try:
+                    p, err = self.pieces(), None
+                except Exception as exc:
+                    p, err = None, f"{exc.__class__.__name__}: {exc}"
+                took = time.perf_counter() - t0
+                after = self.stats().progress
+            finally:
+                inside.on = False
             with lock:
                 readings.append(Reading(time.monotonic(), self.host.name, self.name, s.progress, after, p, err,
                                         took))
-            return s
+            return s, have
         return reading
 
     exp = small_experiment(name="pieces", seed=23, content={"size": "4MiB"}, timeout="2m",
@@ -75,7 +83,7 @@ def swarm(docker_client, tmp_path_factory):
     events = []
     with pytest.MonkeyPatch.context() as mp:
         for cls in DRIVERS.values():
-            mp.setattr(cls, "stats", wrap(cls.stats))
+            mp.setattr(cls, "sample", wrap(cls.sample))
         result = run(exp, tmp_path_factory.mktemp("results"), events.append, sample_interval=0.5)
     (content,) = [e for e in events if e.get("kind") == "content"]
     n = math.ceil(content["bytes"] / content["piece_bytes"])
