@@ -26,10 +26,10 @@ import subprocess
 from pathlib import Path
 
 from testbed.errors import PreflightError, RunError
+from testbed.wire import IPTABLES       # the same iptables as every other rule in the namespace
 
 SNAPLEN = 256
 NFLOG_GROUP = 7
-IPTABLES = "iptables"
 RULES = [["-t", "mangle", "-A", "PREROUTING", "-i", "eth0"], ["-t", "mangle", "-A", "POSTROUTING", "-o", "eth0"]]
 SUMMARY = re.compile(r"(\d+) packets? captured.*?(\d+) packets? received by filter.*?(\d+) packets? dropped by kernel",
                      re.S)

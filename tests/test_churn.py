@@ -183,3 +183,20 @@ def test_flows_to_a_peer_add_up_over_reconnections():
     seen.add_entries("p", 51413, Entries({second: conn(40001, 80)}, [], {me}))
     assert seen.flow_totals("p") == {("tcp", other, 51413): {"bytes_out": 400, "bytes_in": 40,
                                                               "packets_out": 2, "packets_in": 2}}
+
+
+def test_a_flow_replaced_in_one_reading_and_one_whose_end_was_lost_keep_their_bytes():
+    """uTP: both ends use the peer port, so the entry that replaces an expired one has the
+    same tuple, and can end and start again between two readings; and an entry whose destroy
+    event was lost shows up again with counters that fell."""
+    from testbed.flows import Conn, Entries, Tuple
+    from testbed.run.sampler import Observed
+    seen, me, other, raw = Observed(), "198.18.0.2", "198.18.0.3", b"udp-flow"
+
+    def conn(n):
+        return Conn(Tuple(socket.IPPROTO_UDP, me, 6881, other, 6881), 1, n, 1, 0)
+    seen.add_entries("p", 6881, Entries({raw: conn(1000)}, [], {me}))
+    seen.add_entries("p", 6881, Entries({raw: conn(200)}, [(raw, conn(1500))], {me}))    # ended at 1500, new at 200
+    assert seen.flow_totals("p")[("udp", other, 6881)]["bytes_out"] == 1700
+    seen.add_entries("p", 6881, Entries({raw: conn(50)}, [], {me}))      # its end at 200 never seen
+    assert seen.flow_totals("p")[("udp", other, 6881)]["bytes_out"] == 1750

@@ -196,3 +196,12 @@ def test_an_unknown_capture_point_is_refused_by_name():
     d["peers"][0]["capture"] = "everything"
     with pytest.raises(InputError, match=r"peers\[0\]\.capture|capture"):
         parse_experiment(d)
+
+
+def test_tcpdump_s_own_counts_are_read_from_its_last_words():
+    from testbed import capture
+    err = ("tcpdump: listening on eth0, link-type EN10MB (Ethernet), snapshot length 256 bytes\n"
+           "2621 packets captured\n2690 packets received by filter\n3 packets dropped by kernel\n")
+    m = capture.SUMMARY.search(err)
+    assert (int(m[1]), int(m[2]), int(m[3])) == (2621, 2690, 3)
+    assert capture.Captures({"a": ()}, {}, {}).stop() == {}     # no point asked: nothing started

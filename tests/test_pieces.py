@@ -423,3 +423,42 @@ def test_deluge_s_downloading_mark_does_not_hide_a_piece_it_had():
         d._client = lambda s=states: Answer(s)
         got.append(d.pieces())
     assert got == [[True, False, False], [True, False, False], [True, True, False], [True, True, True]]
+
+
+def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
+    """aria2 closes an RPC connection idle for 30 s; a call on it fails before aria2 reads it,
+    and goes once more on a new connection. A timeout is not retried."""
+    import http.client
+
+    from testbed.clients import aria2
+
+    made = []
+
+    class Conn:
+        def __init__(self, *a, **kw):
+            self.closed, self.fail = False, None
+            made.append(self)
+
+        def request(self, *a, **kw):
+            if self.fail:
+                raise self.fail
+
+        def getresponse(self):
+            return types.SimpleNamespace(read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": "ok"}')
+
+        def close(self):
+            self.closed = True
+    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    client = aria2.kept_alive_client("http://198.19.0.6", 6800, "s", 5)
+    assert client.post('{"method": "aria2.addTorrent"}')["result"] == "ok"
+    made[0].fail = http.client.RemoteDisconnected("closed")
+    assert client.post('{"method": "aria2.addTorrent"}')["result"] == "ok"      # not lost: sent again
+    assert len(made) == 2 and made[0].closed
+    made[1].fail = TimeoutError("timed out")
+    with pytest.raises(TimeoutError):
+        client.post('{"method": "aria2.tellStatus"}')
+    assert len(made) == 2                                                          # not asked twice
+    client.post('{"method": "aria2.tellStatus"}')                                  # a new one after
+    client._used -= aria2.IDLE_S + 1
+    client.post('{"method": "aria2.tellStatus"}')
+    assert len(made) == 4 and made[2].closed                                       # idle: replaced

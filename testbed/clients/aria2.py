@@ -9,7 +9,7 @@ from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
 SECRET = "testbed"
 STATS_KEYS = ("completedLength", "totalLength", "uploadSpeed", "downloadSpeed", "uploadLength", "connections")
 PIECE_KEYS = ("bitfield", "numPieces")
-READS = {"aria2.tellStatus", "aria2.getVersion", "aria2.getGlobalOption"}
+IDLE_S = 20.0           # a kept RPC connection idle longer than this is replaced (aria2 closes it at 30 s)
 
 
 def kept_alive_client(host: str, port: int, secret: str, timeout: float):
@@ -20,28 +20,40 @@ def kept_alive_client(host: str, port: int, secret: str, timeout: float):
     the transport is replaced here: a few lines over the standard library."""
     import http.client
     import threading
+    import time
 
     import aria2p
 
     class Client(aria2p.Client):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self._lock, self._conn = threading.Lock(), None
+            self._lock, self._conn, self._used = threading.Lock(), None, 0.0
 
         def post(self, payload: str) -> dict:
             with self._lock:
-                # a connection aria2 closed meanwhile: a call that only reads goes once more, on a new one
-                tries = (1, 2) if json.loads(payload).get("method") in READS else (2,)
-                for attempt in tries:
+                # aria2 closes a connection idle for 30 s (HttpServerCommand): one idle for
+                # IDLE_S is not reused
+                if self._conn is not None and time.monotonic() - self._used > IDLE_S:
+                    self._conn.close()
+                    self._conn = None
+                for attempt in (1, 2):
+                    reused = self._conn is not None
                     if self._conn is None:
                         self._conn = http.client.HTTPConnection(host.removeprefix("http://"), port, timeout=timeout)
                     try:
                         self._conn.request("POST", "/jsonrpc", payload.encode(), {"Content-Type": "application/json"})
-                        return json.loads(self._conn.getresponse().read())
-                    except (OSError, http.client.HTTPException):
+                        answer = json.loads(self._conn.getresponse().read())
+                        self._used = time.monotonic()
+                        return answer
+                    except (OSError, http.client.HTTPException) as exc:
                         self._conn.close()
                         self._conn = None
-                        if attempt == 2:
+                        # a kept connection that aria2 had closed: it answered nothing and read
+                        # nothing, so the call goes once more on a new one (not a timeout: a
+                        # hung aria2 is not asked twice)
+                        closed = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
+                                                  ConnectionResetError))
+                        if attempt == 2 or not (reused and closed):
                             raise
             raise AssertionError("unreachable")
 

@@ -62,13 +62,21 @@ class Observed:
 
     def add_entries(self, name: str, port: int, e: flows.Entries) -> None:
         live, closed = self.entries.setdefault(name, {}), self.flows_closed.setdefault(name, {})
-        live.update(e.live)
-        for raw, c in e.finished:
-            live.pop(raw, None)
+
+        def close(c: flows.Conn) -> None:
             for key, row in flows.flow_rows([c], e.local, port).items():
                 acc = closed.setdefault(key, dict.fromkeys(row, 0))
                 for k, v in row.items():
                     acc[k] += v
+        # the ended first: a uTP flow's tuple is the same for the entry that replaces it
+        for raw, c in e.finished:
+            live.pop(raw, None)
+            close(c)
+        for raw, c in e.live.items():
+            old = live.get(raw)
+            if old is not None and (c.bytes_orig < old.bytes_orig or c.bytes_reply < old.bytes_reply):
+                close(old)      # a new entry of the same tuple, whose predecessor's end was not seen
+            live[raw] = c
         self.local[name], self.port[name] = e.local, port
 
     def flow_totals(self, name: str) -> dict[tuple, dict[str, int]]:

@@ -99,7 +99,8 @@ def summarize(sw: Swarm, ex: Executor, status: str, error: str | None, sha_ok: d
         "captures": sw.capture_stats or None,
         # packets a host tried to send to an address outside the emulated network, dropped in
         # its own namespace (see wire.guard_rules), by host
-        "outside_blocked": {n: w["outside_blocked"] for n, w in sorted(wire.items()) if w and w.get("outside_blocked")},
+        "outside_blocked": {n: w["outside_blocked"] for n, w in sorted(wire.items())
+                            if w and w.get("outside_blocked") and not p.host(n).shares_netns},
         "testbed_cpu": cpu,
         "host": host_summary(ex.sampler.load.rows) if ex else None,
         "containers": container_totals(sw.resources),

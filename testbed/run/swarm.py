@@ -270,8 +270,10 @@ class Swarm:
     # ------------------------------------------------------------ teardown
     def read_wire(self) -> dict[str, dict | None]:
         """The wire counters of every host with a namespace of its own, read before it goes away."""
-        return {h.name: wire.read(self.hosts[h.name].pid) for h in self.plan.hosts
-                if h.shares_netns is None and h.name in self.hosts}
+        own = {h.name: wire.read(self.hosts[h.name].pid) for h in self.plan.hosts
+               if h.shares_netns is None and h.name in self.hosts}
+        # clients sharing one PC see its one namespace's counters
+        return {**own, **{h.name: own.get(h.shares_netns) for h in self.plan.hosts if h.shares_netns}}
 
     def stop_watching(self) -> tuple[list[dict], list[str]]:
         """The containers that died during the run (none of them by the teardown), and the hosts

@@ -21,8 +21,12 @@ EXE = Path(sys.executable).parent / "testbed"
 def start(tmp_path: Path, data: dict, run_id: str) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
+    # as from a terminal: SIGINT at its default, whatever this test process inherited (a job
+    # started in the background by a non-interactive shell ignores SIGINT, and so would every
+    # process it starts: Python then raises no KeyboardInterrupt)
     proc = subprocess.Popen([str(EXE), "run", str(path), "--results", str(tmp_path), "--run-id", run_id],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, tmp_path / run_id
 
 
