@@ -135,6 +135,8 @@ class Sampler:
         self.handles = {n: flows.NamespaceFlows(f"/proc/{pid}/ns/net") for n, pid in pids.items() if n in drivers}
         self.udp_before: dict[str, dict[tuple, dict[str, int]]] = {}
         self.cpu = CpuLedger()
+        # the ledger's part for each peer's control calls (looked up once: plan.host scans)
+        self.client_part = {h.name: f"client:{h.client}" for h in plan_.hosts if h.client}
         self.ticks, self.active_before = 0, set()
 
     def now(self) -> float:
@@ -178,7 +180,7 @@ class Sampler:
                 self.seen.errors[name] = f"{exc.__class__.__name__}: {exc}"
                 self.emit(self.rd.event("client_error", host=name, error=self.seen.errors[name]))
             s = None
-        self.cpu.add(f"client:{self.plan.host(name).client}", since)
+        self.cpu.add(self.client_part[name], since)
         return s, self.now()
 
     def _table(self, name: str, tcp_flows: bool) -> tuple[dict | None, flows.Entries | None]:
@@ -216,7 +218,7 @@ class Sampler:
         # TCP flows' counters every FLOW_TICKS ticks, and one last time for a peer that left
         # (a flow that ends meanwhile gives its last counters anyway); UDP ones (uTP) each tick
         self.ticks += 1
-        full = self.ticks % FLOW_TICKS == 1 or FLOW_TICKS == 1
+        full = (self.ticks - 1) % FLOW_TICKS == 0
         left = [n for n in self.active_before - active if n in self.handles]
         self.active_before = set(active)
         tables = {name: self._table(name, full) for name in names}
