@@ -48,7 +48,7 @@ if ! docker info >/dev/null 2>&1; then
   say "starting the Docker daemon"
   if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then :; else
     mkdir -p /var/log/testbed
-    setsid dockerd >/var/log/testbed/dockerd.log 2>&1 < /dev/null &
+    setsid dockerd >>/var/log/testbed/dockerd.log 2>&1 < /dev/null &
   fi
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /var/log/testbed/dockerd.log" >&2; exit 1; }
