@@ -44,6 +44,16 @@ def _start_dockerd() -> None:
                          start_new_session=True, env={**os.environ, "PATH": path})
 
 
+def _alive(pid: int) -> bool:
+    """dockerd is still shutting down: its process exists and its pid file is not yet removed
+    (it removes the file last; a zombie left unreaped by a session leader has no file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return PID_FILE.exists()
+
+
 def _systemd_docker() -> bool:
     return Path("/run/systemd/system").is_dir() and subprocess.run(
         ["systemctl", "is-active", "--quiet", "docker"]).returncode == 0
@@ -58,9 +68,9 @@ def restart_dockerd(client) -> None:
         pid = int(PID_FILE.read_text())
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 120
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not Path(f"/proc/{pid}").exists(), "dockerd did not stop within 120 s:\n" + _log_tail()
+        assert not _alive(pid), "dockerd did not stop within 120 s:\n" + _log_tail()
         _start_dockerd()
     assert wait_for_daemon(client, 120), "dockerd did not come back within 120 s:\n" + _log_tail()
     set_bridge_sysctls()
@@ -74,7 +84,7 @@ def ensure_dockerd(client) -> None:
         return
     if not _systemd_docker():
         pid = int(PID_FILE.read_text()) if PID_FILE.exists() else 0
-        if not pid or not Path(f"/proc/{pid}").exists():
+        if not pid or not _alive(pid):
             _start_dockerd()
     assert wait_for_daemon(client, 120), "dockerd is not running after the restart test:\n" + _log_tail()
     set_bridge_sysctls()
