@@ -37,6 +37,17 @@ SAVE = "iptables-legacy-save" if shutil.which("iptables-legacy-save") else "ipta
 # A rule that uses conntrack and does nothing else (see accounting_commands).
 HOOK_RULE = ["OUTPUT", "-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", "tb_flows"]
 HANDSHAKE_HEX = "|13|BitTorrent protocol"
+# The handshake opens a connection's first payload: it lies within a flow's first few hundred
+# bytes, and within the first 160 bytes of its packet (IPv4 header, at most 60, + TCP header,
+# at most 60; or UDP's 8 and uTP's 20-byte header with its extensions). So the string is
+# looked for only in packets of flows that have carried at most 4 KiB both ways (connbytes,
+# from conntrack's per-flow accounting, which every client's namespace has on) and only in
+# their first 160 bytes. Searching every packet cost about 2 % of both cores in a 16x
+# libtorrent swarm (Boyer-Moore setup per 1500-byte segment, both ways, for every client;
+# measured with benchmarks/ratescale.py --perf). Not counted: a second uTP connection
+# between the same two ports after the first carried 4 KiB (one conntrack entry for both).
+HANDSHAKE_WINDOW = 160
+HANDSHAKE_FLOW_BYTES = 4096
 COUNTERS = ("inbound_refused", "plain_handshakes_in", "plain_handshakes_out", "outside_blocked")
 EMULATED = "198.18.0.0/15"      # every address the testbed gives out: data, home LANs, control
 
@@ -60,8 +71,10 @@ def rules(data_if: str, connectable: bool) -> list[list[str]]:
         out.append(["-A", "TB_IN", "-m", "conntrack", "--ctstate", "NEW",
                     "-m", "comment", "--comment", "inbound_refused", "-j", "DROP"])
     for chain, name in (("TB_IN", "plain_handshakes_in"), ("TB_OUT", "plain_handshakes_out")):
-        out.append(["-A", chain, "-m", "string", "--algo", "bm", "--hex-string", HANDSHAKE_HEX,
-                    "-m", "comment", "--comment", name])
+        out.append(["-A", chain, "-m", "connbytes", "--connbytes", f"0:{HANDSHAKE_FLOW_BYTES}",
+                    "--connbytes-dir", "both", "--connbytes-mode", "bytes",
+                    "-m", "string", "--algo", "bm", "--to", str(HANDSHAKE_WINDOW),
+                    "--hex-string", HANDSHAKE_HEX, "-m", "comment", "--comment", name])
     return out
 
 
