@@ -61,8 +61,11 @@ def parse_rate(text: str) -> float:
 
 
 def parse_size(text: str | int) -> int:
-    """'20MiB' -> 20971520 bytes."""
-    return int(_split(text, _SIZE_UNITS, "size", "20MiB"))
+    """'20MiB' -> 20971520 bytes; '1000.001kB' -> 1000001 (not 1000000: 1000.001 * 1000 is
+    1000000.9999999999 in floating point)."""
+    value = _split(text, _SIZE_UNITS, "size", "20MiB")
+    nearest = round(value)
+    return int(nearest) if abs(value - nearest) < 1e-6 else int(value)
 
 
 def parse_duration(text: str) -> float:
@@ -116,19 +119,36 @@ def fmt_percent(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
+def _plain(x: float) -> str:
+    """A number as the parser reads it back exactly: positional, never an exponent."""
+    from decimal import Decimal
+    if float(x).is_integer():
+        return str(int(x))
+    return format(Decimal(repr(float(x))), "f")
+
+
 def _exact(value: float, scales: tuple[tuple[str, float], ...], base: str) -> str:
-    """The largest unit that writes `value` exactly with at most 3 decimals (for configs)."""
+    """The largest unit that writes `value` with at most 3 decimals and reads back as exactly
+    `value`; else the value in the base unit, written in full (for the resolved configuration,
+    which must run the same experiment: a rounded size would be another file)."""
     for unit, scale in scales:
-        q = value / scale
-        if abs(value) >= scale and abs(q - round(q, 3)) < 1e-9 * max(1.0, abs(q)):
-            return f"{round(q, 3):g}{unit}"
-    return f"{value:g}{base}"
+        if abs(value) < scale:
+            continue
+        text = f"{value / scale:.3f}".rstrip("0").rstrip(".")
+        if float(text) * scale == value:
+            return f"{text}{unit}"
+    return f"{_plain(value)}{base}"
 
 
 def exact_size(n_bytes: int) -> str:
     """A size written exactly, for the resolved configuration: 1000000000 -> '1GB'."""
-    return _exact(n_bytes, (("GiB", 1024**3), ("GB", 1e9), ("MiB", 1024**2), ("MB", 1e6), ("KiB", 1024),
-                            ("kB", 1e3)), "B")
+    return _exact(n_bytes, (("TiB", 1024**4), ("TB", 1e12), ("GiB", 1024**3), ("GB", 1e9), ("MiB", 1024**2),
+                            ("MB", 1e6), ("KiB", 1024), ("kB", 1e3)), "B")
+
+
+def exact_rate(bits_per_s: float) -> str:
+    """A rate written exactly, for the resolved configuration: 1234567 -> '1234567bit'."""
+    return _exact(bits_per_s, (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)), "bit")
 
 
 def exact_duration(seconds: float) -> str:

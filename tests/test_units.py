@@ -62,3 +62,34 @@ def test_percent():
 def test_tc_rate_is_integer_bits():
     assert units.tc_rate(1.5e6) == "1500000bit"
     assert units.fmt_rate(384e3) == "384kbit"
+
+
+# The resolved experiment.yaml is written with these formatters: what it says must read back
+# as the very value that ran (an odd size written rounded would be another file).
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**50))
+def test_every_size_is_written_so_it_reads_back_exactly(n):
+    assert units.parse_size(units.exact_size(n)) == n
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(min_value=1, max_value=10**12).map(float),
+                 st.floats(min_value=1.0, max_value=1e12, allow_nan=False, allow_infinity=False)))
+def test_every_rate_is_written_so_it_reads_back_exactly(bits):
+    assert units.parse_rate(units.exact_rate(bits)) == bits
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1e8, allow_nan=False, allow_infinity=False))
+def test_every_duration_is_written_so_it_reads_back_exactly(seconds):
+    assert units.parse_duration(units.exact_duration(seconds)) == seconds
+
+
+def test_written_sizes_and_rates_stay_readable():
+    assert units.exact_size(1000001) == "1000.001kB"        # was "1000kB": another file
+    assert units.exact_size(3 * 2**20) == "3MiB" and units.exact_size(1536) == "1.5KiB"
+    assert units.exact_rate(1234567.0) == "1234.567kbit"     # was '1.23457mbit' (another rate)
+    assert units.exact_rate(8e6) == "8mbit" and units.exact_duration(0.04) == "40ms"

@@ -26,7 +26,7 @@ def _unit(parser, formatter):
 # enough for any real name, short enough that an error quoting it stays one readable line.
 Ref = Annotated[str, StringConstraints(max_length=64)]
 
-Rate = Annotated[float, *_unit(units.parse_rate, units.fmt_rate)]
+Rate = Annotated[float, *_unit(units.parse_rate, units.exact_rate)]
 Size = Annotated[int, *_unit(units.parse_size, units.exact_size)]
 Duration = Annotated[float, *_unit(units.parse_duration, units.exact_duration)]
 Percent = Annotated[float, *_unit(units.parse_percent, units.fmt_percent)]
