@@ -29,3 +29,12 @@ class RunError(TestbedError):
     """A failure while carrying out a plan."""
 
     exit_code = 1
+
+
+class InterruptedAfterRun(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that came while a run tore down: the run itself ended and its results
+    are whole (`result`, a RunResult); the caller stops, but need not run it again."""
+
+    def __init__(self, result) -> None:
+        super().__init__()
+        self.result = result

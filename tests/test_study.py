@@ -217,3 +217,29 @@ def test_a_refused_baseline_stops_the_study(tmp_path):
         runner.run_study(loaded, d, index, runner=refuse)
     assert [r["status"] for r in json.loads((d / "study.json").read_text())["runs"]] == ["refused", "pending",
                                                                                           "pending", "pending"]
+
+
+def test_a_run_interrupted_only_in_its_teardown_is_not_run_again(tmp_path):
+    """Ctrl-C while a complete run tears down: the study stops, but the run counts as done."""
+    from testbed.errors import InterruptedAfterRun
+    loaded = parse_study(study(repetitions=1), "s.yaml", ROOT)
+    calls = []
+
+    def fake(exp, root, emit, repetition, run_id):
+        calls.append(run_id)
+        (root / run_id).mkdir()
+        result = RunResult(root / run_id, "complete", {"error": None})
+        if len(calls) == 1:
+            raise InterruptedAfterRun(result)
+        return result
+
+    d = tmp_path / "st"
+    index = runner.open_study(loaded, d)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(loaded, d, index, runner=fake)
+    saved = json.loads((d / "study.json").read_text())
+    assert [r["status"] for r in saved["runs"]] == ["complete", "pending"]
+    calls.clear()
+    index = runner.run_study(loaded, d, saved, runner=fake)
+    assert len(calls) == 1                  # only the pending one
+    assert [r["status"] for r in index["runs"]] == ["complete", "complete"]

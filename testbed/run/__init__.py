@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from testbed import facts, runtime, shaping
-from testbed.errors import TestbedError
+from testbed.errors import InterruptedAfterRun, TestbedError
 from testbed.model import Experiment
 from testbed.plan import plan, run_tag
 from testbed.results import RunDir, write_json, write_plan
@@ -199,6 +199,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
             if deferred:
                 rd.event("interrupts_deferred", signals=deferred)
             rd.close()
+    result = RunResult(rd.path, summary["status"], summary)
     if deferred:
-        raise KeyboardInterrupt
-    return RunResult(rd.path, summary["status"], summary)
+        raise InterruptedAfterRun(result)
+    return result

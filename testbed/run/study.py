@@ -125,9 +125,13 @@ def run_study(loaded: LoadedStudy, study_dir: Path, index: dict, on_event: Calla
                     # the controlled arm cannot run here (no root, no daemon, no image): nothing
                     # of the study can be compared, so stop with the reason instead of going on
                     raise
-            except KeyboardInterrupt:
-                entry["status"] = "interrupted"
-                entry["error"] = entry["error"] or "interrupted"
+            except KeyboardInterrupt as exc:
+                done = getattr(exc, "result", None)     # the signal came during its teardown
+                if done is not None and done.summary.get("error") != "interrupted":
+                    entry["status"], entry["error"] = done.status, done.summary.get("error")
+                else:
+                    entry["status"] = "interrupted"
+                    entry["error"] = entry["error"] or "interrupted"
                 raise
             finally:
                 entry["ended"], entry["wall_s"] = _now(), round(time.monotonic() - t0, 1)
