@@ -54,7 +54,7 @@ METER_FIELDS = ["t", "scope", "name", "ip_bytes_up", "ip_bytes_down", "packets_u
 LINK_FIELDS = ["t", "host", "direction", "rate_bps", "cause"]
 POLICY_FIELDS = ["t", "segment", "host", "direction", "action", "user_share", "port_util"]
 PROBE_FIELDS = ["t", "home", "seq", "rtt_ms"]
-HOST_FIELDS = ["t", "cpu_busy", "cpu_iowait", "testbed_cpu", "mem_available_bytes"]
+HOST_FIELDS = ["t", "cpu_busy", "cpu_iowait", "cpu_softirq", "testbed_cpu", "containers_cpu", "mem_available_bytes"]
 SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone", "copies"]
 
 

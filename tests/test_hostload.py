@@ -27,3 +27,13 @@ def test_a_sample_of_this_machine_is_a_share_of_its_cores():
     row = load.sample(1.0)
     assert 0.0 <= row["cpu_busy"] <= 1.0 and 0.0 <= row["cpu_iowait"] <= 1.0
     assert row["testbed_cpu"] > 0 and row["mem_available_bytes"] > 0
+
+
+def test_the_warning_says_who_took_the_cores():
+    r = rows([0.97] * 20)
+    for row in r:
+        row.update(containers_cpu=1.6, cpu_softirq=0.2, testbed_cpu=0.01)
+    h = hostload.summarize(r)
+    assert h["containers_cpu_mean"] == 1.6 and h["testbed_cpu_mean"] == 0.01
+    assert "the containers (clients and their kernel work) 1.60" in h["warning"]
+    assert "the testbed 0.01" in h["warning"]

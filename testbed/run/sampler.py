@@ -151,7 +151,7 @@ class Sampler:
                              if dev in devs}
         self.home_baseline = {r: devs.get(self.access_dev[r], (0, 0, 0, 0)) for r in self.routers}
         self.home_usage: dict[str, tuple[int, int]] = {}
-        self.load = HostLoad()
+        self.load = HostLoad(list(self.pids.values()))
 
     def close(self) -> None:
         """Takes the last TCP flow counters of the peers still in the swarm, then lets go."""
