@@ -267,8 +267,10 @@ def test_stop_on_completion_uploads_nothing_after_completing(runs):
         assert stopped - r.peers[name]["completed_at_s"] < 1.0, name
         assert_upload_stopped(r, name, stopped)
     # the leecher that seeds on after completing did upload then: there was demand to refuse
-    # ('slow' takes it from whichever it unchokes)
-    assert r.peers["keen"]["if_bytes_up_after_completion"] > 4 * BLOCK
+    # ('slow' takes it from whichever it unchokes). Two blocks on its line, far above the
+    # chatter of a finished peer (haves, keep-alives: a few hundred bytes); how much more
+    # depends on when keen completed against slow: 3.9 blocks in the lowest run seen (CI)
+    assert r.peers["keen"]["if_bytes_up_after_completion"] > 2 * BLOCK
 
 
 def test_seeding_forever_keeps_uploading_while_there_is_demand(runs):
