@@ -36,13 +36,18 @@ def testbed_cycle(client, n: int, workdir: Path) -> tuple[float, float, int]:
     imgs = images.require(client, {h.image for h in p.hosts})
     t0 = time.perf_counter()
     hosts = runtime.start_containers(client, p, imgs, workdir / str(n))
+    tn = time.perf_counter()
     net = network.build(p, {k: h.pid for k, h in hosts.items()}, HtbShaper())
     t1 = time.perf_counter()
+    NETWORK_S[n] = t1 - tn
     network.release(net)
     cleanup.clean(client, p.run_id)
     t2 = time.perf_counter()
     assert not any(cleanup.find(client, p.run_id).values())
     return t1 - t0, t2 - t1, len(p.hosts)
+
+
+NETWORK_S: dict[int, float] = {}     # the network's part of each bring-up
 
 
 def docker_cycle(client, image: str, count: int) -> tuple[float, float]:
@@ -61,13 +66,13 @@ def main(sizes: list[int]) -> None:
     client = runtime.docker_client()
     image = images.load_image("transmission").tag
     print(f"{'N':>4} {'hosts':>5} | {'testbed up':>10} {'down':>6} | {'bare up':>8} {'down':>6} | "
-          f"{'up ratio':>8} {'down ratio':>10}")
+          f"{'up ratio':>8} {'down ratio':>10} | {'network':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             up, down, count = testbed_cycle(client, n, Path(tmp))
             d_up, d_down = docker_cycle(client, image, count)
             print(f"{n:>4} {count:>5} | {up:>9.2f}s {down:>5.2f}s | {d_up:>7.2f}s {d_down:>5.2f}s | "
-                  f"{up / d_up:>8.2f} {down / d_down:>10.2f}")
+                  f"{up / d_up:>8.2f} {down / d_down:>10.2f} | {NETWORK_S[n]:>6.2f}s")
 
 if __name__ == "__main__":
     main([int(a) for a in sys.argv[1:]] or [10, 50])

@@ -1,10 +1,11 @@
 """The emulated network: Mininet, extended (not forked) so that hosts are containers.
 
 DockerHost is a mininet.node.Host whose shell joins an existing container's network and
-mount namespaces with `mnexec -a PID` (Containernet's idea, done by subclassing), so
-Mininet moves veths into the container and configures them as it does for any host.
-ShapedIntf applies a LinkShaper's tc commands to the egress of its interface; an access
-link shapes upload on the host's end and download on the switch's end.
+mount namespaces with `mnexec -a PID` (Containernet's idea, done by subclassing). Mininet
+holds the nodes, links and interfaces and runs the switches; the veths and their settings
+are made in batches (testbed.linkbatch), not with Mininet's few processes per interface: a
+LinkShaper's tc commands shape each end's egress, so an access link shapes upload on the
+host's end and download on the switch's end.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from mininet.net import Mininet
 from mininet.node import Host, OVSBridge
 from mininet.nodelib import LinuxBridge
 
+from testbed import linkbatch
 from testbed.errors import RunError
-from testbed.plan import Plan, Shaping
+from testbed.plan import Plan
 from testbed.shaping import LinkShaper, nfqueue_rules, path_impairments
 from testbed.wire import IPTABLES
 
@@ -44,6 +46,9 @@ class DockerHost(Host):
             super().startShell(mnopts=f"-cda {self.container_pid}")
         finally:
             self.inNamespace = True
+
+    def configDefault(self, **more):
+        """Nothing: Mininet would bring lo up with a process of its own; linkbatch does it."""
 
     def _popen(self, cmd, **params):
         # mnexec -a enters the container's mount namespace and then changes into the
@@ -95,31 +100,13 @@ class QuietBridge(LinuxBridge):
                 disable_ipv6(self.name)     # before it goes up
 
 
-class ShapedIntf(Intf):
-    """An interface whose egress is shaped by a LinkShaper."""
+class PremadeLink(Link):
+    """A Mininet link over a veth pair made beforehand (linkbatch.make_pairs: every pair of a
+    run in one `ip -batch`), so Mininet makes no pair and moves no interface."""
 
-    def config(self, shaping: Shaping | None = None, shaper: LinkShaper | None = None, **params):
-        result = super().config(**params)
-        if not isinstance(self.node, DockerHost):
-            # a switch's end lives in the machine's namespace, where IPv6 is on by default:
-            # it would send router solicitations and MLD reports into the run's bridge
-            disable_ipv6(self.name)
-        if shaping is not None and shaper is not None:
-            # Shaping is only exact without segmentation offload: otherwise the qdisc sees
-            # 64 KiB super-packets and a queue of N packets is not N wire packets.
-            # All in one round trip to the node's shell, and the tc lines in one `tc -batch`
-            # process (bring-up time: an access link has two shaped ends). Judged by exit
-            # status, not by output: with other runs adding links at the same time, tc may
-            # warn "Dump was interrupted and may be inconsistent" on success (seen with three
-            # runs in parallel).
-            lines = shaper.commands(self.name, shaping)
-            assert all(line.startswith("tc ") for line in lines)
-            batch = " ".join(shlex.quote(line[3:]) for line in lines)     # one line each, no newline in the command
-            out, _, rc = self.cmd(f"ethtool -K {self.name} tso off gso off gro off >/dev/null; "
-                                  f"printf '%s\\n' {batch} | tc -batch -; echo tb-rc=$?").strip().rpartition("tb-rc=")
-            if rc.strip() != "0":
-                raise RunError(f"shaping {self.node.name}:{self.name} failed: `{'; '.join(lines)}`: {out.strip()}")
-        return result
+    @classmethod
+    def makeIntfPair(cls, *args, **kwargs):
+        return None
 
 
 # Switch kinds, keyed by the topology's `switch:` value. Both need no OpenFlow controller:
@@ -130,26 +117,24 @@ SWITCHES = {"linuxbridge": QuietBridge, "ovs": OVSBridge}
 def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     """Create bridges, veths and shaping for the plan; hosts are the given containers."""
     net = Mininet(topo=None, build=False, controller=None, switch=SWITCHES[plan.switch],
-                  host=DockerHost,
-                  link=Link, intf=ShapedIntf, autoSetMacs=False, autoStaticArp=False, waitConnected=False)
+                  host=DockerHost, link=PremadeLink, intf=Intf,
+                  autoSetMacs=False, autoStaticArp=False, waitConnected=False)
     nodes = {}
     for i, sw in enumerate(plan.switches, 1):
         nodes[sw.name] = net.addSwitch(sw.device, dpid=f"{i:016x}")
     own = [h for h in plan.hosts if h.shares_netns is None]    # one-PC clients share their first's
     for h in own:
-        nodes[h.name] = net.addHost(h.name, cls=DockerHost, container_pid=pids[h.name],
-                                    ip=f"{h.data_ip}/{h.prefix}")
+        # no address here: Mininet would set it (and lo) with a process each; linkbatch does it
+        nodes[h.name] = net.addHost(h.name, cls=DockerHost, container_pid=pids[h.name], ip=None)
+    linkbatch.make_pairs(plan, pids)
     for link in plan.links:
         net.addLink(nodes[link.node1], nodes[link.node2], intfName1=link.intf1, intfName2=link.intf2,
-                    params1={"shaping": link.egress1, "shaper": shaper},
-                    params2={"shaping": link.egress2, "shaper": shaper})
+                    params1={"up": None}, params2={"up": None})
     net.build()
-    net.start()
+    net.start()                 # the bridges, with their ports
     for sw in plan.switches:
         disable_ipv6(sw.device)
-    for h in own:
-        node = nodes[h.name]
-        node.intf("ctl0").setIP(h.ctl_ip, plan.control_prefix)
+    linkbatch.configure(plan, {h.name: nodes[h.name] for h in own}, shaper)
     ctl = nodes["control"]
     err = ctl.cmd(f"ip addr add {plan.control_gateway}/{plan.control_prefix} dev {ctl.name}")
     if err.strip():
