@@ -177,6 +177,17 @@ def udp_loss(src_pid: int, dst_pid: int, dst_ip: str, rate_bps: float) -> tuple[
     return int(end["packets"]), int(end.get("lost_packets", 0))
 
 
+def spread(rtts: list[float]) -> float:
+    """The round trips' standard deviation, estimated robustly: interquartile range / 1.349
+    (exact for a normal spread; 3-7 % above it for the sum of two to four uniform jitter
+    draws). A plain standard deviation let a few packets the delay element released late
+    decide the verdict: on a jitter-free 800 ms satellite link, 47 of 13 637 packets more
+    than 1 ms late and one 16 ms late made it 1.7 ms (CI); the lateness is reported in
+    delayer-stats.json, and is not the link's jitter."""
+    q1, _, q3 = statistics.quantiles(rtts, n=4, method="inclusive")
+    return (q3 - q1) / 1.349
+
+
 def ping(pid: int, dst_ip: str, count: int, interval: float, deadline: float) -> tuple[int, int, float]:
     """(sent, received, mean RTT in ms)."""
     sent, recv, rtts = ping_rtts(pid, dst_ip, count, interval, deadline)
@@ -235,7 +246,7 @@ def measure_target(p: Plan, t: Target, pids: dict[str, int], seconds: float, pin
         # jitter: the spread of the round trips, against what four independent uniform
         # +/- jitter draws give (each direction of both links)
         "rtt_sd_expected_ms": round(1000 * expected_rtt_sd(h.up, h.down, ref.up, ref.down), 3),
-        "rtt_sd_ms": round(statistics.stdev(rtts), 3) if len(rtts) > 1 else float("nan"),
+        "rtt_sd_ms": round(spread(rtts), 3) if len(rtts) > 3 else float("nan"),
         "up_loss_configured": h.up.loss, "up_datagrams": up_sent, "up_lost": up_lost,
         # 99.9 %: a calibration judges several directions at once; at 95 % each, a sound link
         # would fail one of four lossy directions about one time in five

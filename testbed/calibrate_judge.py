@@ -96,7 +96,7 @@ def active_rate(samples: list[tuple[float, int]], rate_bps: float) -> float:
 def markdown(rows: list[dict], shaper: str) -> str:
     lines = [f"Shaper: {shaper}. Rates: UDP at 1.25x, counted at the receiver's interface (L2 bytes), over "
              "at least 40 frames. RTT: mean of `ping -U`; expected = the one-way delays of both directions. "
-             "Jitter: the round trips' standard deviation; expected = that of four uniform +/- jitter draws. "
+             "Jitter: the round trips' standard deviation (robust: interquartile range / 1.349); expected = that of four uniform +/- jitter draws. "
              "Loss: each direction, UDP at half the rate, with the 99.9 % binomial interval of the expected count.", "",
              "| link | up set | up measured | down set | down measured | RTT set | RTT measured | RTT sd set | "
              "RTT sd measured | loss set up/down | lost up, down (99.9 % intervals) | ok |",

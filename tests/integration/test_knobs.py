@@ -361,11 +361,12 @@ def test_max_connections_is_obeyed(runs):
         # on the wire, the connections that carried payload in any second
         for key in ("tcp_uploading", "tcp_downloading"):
             assert max(r.column(name, key)) <= 2, (name, key, r.column(name, key))
-        # the client's own count is never over the limit two samples running: transmission
-        # enforces its limit by closing the excess peers on its once-a-second pass (3, 4 and
-        # 5 seen in single samples, when handshakes finish together or it swaps peers)
+        # the client's own count is never over the limit three samples running (2 s):
+        # transmission enforces its limit by closing the excess peers on its once-a-second
+        # pass (3, 4 and 5 seen in single samples, when handshakes finish together or it swaps
+        # peers; once, in CI, 3 in two samples running, when its pass fell just after a sample)
         peers = r.column(name, "peers")
-        assert not any(a > 2 and b > 2 for a, b in zip(peers, peers[1:])), (name, peers)
+        assert not any(a > 2 and b > 2 and c > 2 for a, b, c in zip(peers, peers[1:], peers[2:])), (name, peers)
     assert max(max(r.column(n, "peers")) for n in ("freetr", "freelt", "freeqb")) > 2
 
 
