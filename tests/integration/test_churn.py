@@ -107,8 +107,14 @@ def test_a_paused_peer_sends_and_receives_nothing(churn):
 
 def test_hit_and_run_peers_leave_on_completion(churn):
     result, meter, *_ = churn
+    end = result.summary["swarm_completion_s"]
     for p in result.summary["peers"]:
         if p["group"] == "hitrun":
+            if p["left_reason"] is None:
+                # the last peer to complete ends the run (all_done) in the sample that saw it
+                # complete, before its policy's leave: it never seeded either (seen once in CI)
+                assert p["completed_at_s"] == end and result.summary["ended_by"] == "all_done", p
+                continue
             assert p["left_reason"] == "seeding_done" and p["left_s"] - p["completed_at_s"] < 1.5
             sent, _ = moved(meter[p["name"]], p["left_s"] + 2.0, 1e9)
             assert sent < 64 * 1024, (p["name"], sent)
