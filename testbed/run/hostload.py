@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 import resource
 import time
+from pathlib import Path
+
+from testbed import cgroups
 
 SATURATED = 0.90            # share of all cores busy at which a sample counts as saturated
 WARN_SHARE = 0.10           # ... warned about when this share of the run's samples is saturated
@@ -38,8 +41,6 @@ def containers_cpu(pids: list[int]):
     cgroup v1 and Docker's cgroupfs driver their common parent's counter (one file; it keeps
     the charge of containers already removed), else the sum of each one's own counter.
     None when no cgroup is readable."""
-    from pathlib import Path
-    from testbed import cgroups
     files = []
     for pid in pids:
         try:
