@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces, http_connection
 
 SECRET = "testbed"
 STATS_KEYS = ("completedLength", "totalLength", "uploadSpeed", "downloadSpeed", "uploadLength", "connections")
@@ -38,16 +38,17 @@ def kept_alive_client(host: str, port: int, secret: str, timeout: float):
                     self._conn = None
                 for attempt in (1, 2):
                     reused = self._conn is not None
-                    if self._conn is None:
-                        self._conn = http.client.HTTPConnection(host.removeprefix("http://"), port, timeout=timeout)
                     try:
+                        if self._conn is None:
+                            self._conn = http_connection(host.removeprefix("http://"), port, timeout)
                         self._conn.request("POST", "/jsonrpc", payload.encode(), {"Content-Type": "application/json"})
                         answer = json.loads(self._conn.getresponse().read())
                         self._used = time.monotonic()
                         return answer
                     except (OSError, http.client.HTTPException) as exc:
-                        self._conn.close()
-                        self._conn = None
+                        if self._conn is not None:      # None: the connection itself failed
+                            self._conn.close()
+                            self._conn = None
                         # a kept connection that aria2 had closed: it answered nothing and read
                         # nothing, so the call goes once more on a new one (not a timeout: a
                         # hung aria2 is not asked twice)

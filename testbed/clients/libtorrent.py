@@ -8,7 +8,7 @@ import json
 import threading
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces, http_connection
 from testbed.errors import RunError
 
 # libtorrent's enc_policy values (pe_forced, pe_enabled, pe_disabled); deluge and
@@ -71,15 +71,16 @@ class LibtorrentDriver(ClientDriver):
         body = json.dumps({"method": method, "params": params}).encode()
         with self._rpc_lock:
             for attempt in (1, 2):
-                if self._conn is None:
-                    self._conn = http.client.HTTPConnection(self.host.ctl_ip, self.rpc_port, timeout=5)
                 try:
+                    if self._conn is None:
+                        self._conn = http_connection(self.host.ctl_ip, self.rpc_port, 5)
                     self._conn.request("POST", "/", body, {"Content-Type": "application/json"})
                     answer = json.loads(self._conn.getresponse().read())
                     break
                 except (OSError, http.client.HTTPException):
-                    self._conn.close()
-                    self._conn = None
+                    if self._conn is not None:      # None: the connection itself failed
+                        self._conn.close()
+                        self._conn = None
                     if attempt == 2 or method not in self.IDEMPOTENT:
                         raise
         if "error" in answer:
