@@ -21,10 +21,12 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 #    libnetfilter-queue-dev, gcc and python3-dev build the delay element's NFQUEUE binding;
 #    iperf3 and ping are what `testbed calibrate` measures with; chromium is the headless
 #    browser the tests open HTML reports in (tests/browser.py, through Playwright); tcpdump
-#    takes the packet captures an experiment asks for (capture:).
+#    takes the packet captures an experiment asks for (capture:); openssh-server is the sshd
+#    of the test workers (testbed.workers.harness: namespaces the testbed makes and starts
+#    it in) and openssh-client how Ansible reaches workers.
 APT_PACKAGES="docker.io mininet bridge-utils mmdebstrap debian-archive-keyring iproute2 net-tools
   ethtool iptables python3-venv python3-pip git ca-certificates procps gpg
-  libnetfilter-queue-dev gcc python3-dev iperf3 iputils-ping tcpdump"
+  libnetfilter-queue-dev gcc python3-dev iperf3 iputils-ping tcpdump openssh-server openssh-client"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -33,7 +35,14 @@ if [ -n "$missing" ]; then
   say "installing:$missing"
   export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
   apt-get update -qq
+  # no package may start a service of its own here (openssh-server would start an sshd on
+  # the machine): Debian's policy-rc.d says no while the install runs, unless one exists
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+  fi
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 #    Debian ships chromium as a package; Ubuntu only as a snap. Where apt has no chromium,
 #    everything but the test that opens report.html in a browser works: say so, go on.

@@ -2,13 +2,15 @@
 
 Containers carry the label testbed.run=<run_id>; bridges and root-namespace veth ends
 are named tb<tag>... where tag is the run id's 6 hex digits. Named network namespaces
-made by probes are tb<tag>-.... Mininet's node shells die with their pty when the
+made by probes and test workers (testbed.workers.harness) are tb<tag>-.... Mininet's node shells die with their pty when the
 orchestrator dies; a container's namespaces die with the container.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import shutil
 import subprocess
 
@@ -61,9 +63,18 @@ def remove_ovs_bridges(tag: str | None) -> int:
 
 
 def remove_netns(tag: str | None) -> int:
+    """Named namespaces of one run or of all: the processes in each (a test worker's sshd)
+    are ended first, found by the namespace they run in, never by name."""
     match = (lambda n: n.startswith(f"tb{tag}-")) if tag else LINK_ANY.match
     names = [n for n in _netns() if match(n)]
     for name in names:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                              start_new_session=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
         subprocess.run(["ip", "netns", "del", name], capture_output=True, start_new_session=True)
     return len(names)
 

@@ -24,6 +24,7 @@ from testbed.cli_common import console, err
 from testbed.cli_common import sigterm_as_interrupt as _sigterm
 from testbed.cli_regress import add_parsers as add_regress_parsers
 from testbed.cli_study import cmd_compare, cmd_report, cmd_study
+from testbed.cli_workers import add_parsers as add_workers_parsers
 
 
 # ------------------------------------------------------------------ commands
@@ -356,6 +357,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_study)
 
     add_regress_parsers(sub)
+    add_workers_parsers(sub)
 
     s = sub.add_parser("images", help="container images")
     isub = s.add_subparsers(dest="images_command", required=True)

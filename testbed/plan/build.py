@@ -22,7 +22,8 @@ from testbed.traces import Trace
 
 DATA_NET = ipaddress.ip_network("198.18.0.0/17")       # RFC 2544 benchmarking range (homes' LANs: the upper half)
 CONTROL_NET = ipaddress.ip_network("198.19.0.0/16")    # split in /22 blocks, one per run
-CONTROL_BLOCKS = 64
+CONTROL_BLOCKS = 63        # the 64th /22, 198.19.252.0/22, is the workers' underlay (testbed.workers)
+WORKER_UNDERLAY = ipaddress.ip_network("198.19.252.0/22")
 TRACKER_IMAGE = "tracker"
 ROUTER_IMAGE = "router"         # home routers and the internet server
 DEFAULT_PIECE = 256 * 1024

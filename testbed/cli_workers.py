@@ -1,0 +1,83 @@
+"""The commands of several machines: `workers check`, `workers harness up|down` (the parser and
+the error boundary stay in testbed.cli)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from testbed.cli_common import console, err
+from testbed.errors import InputError, RunError
+
+
+def cmd_check(args) -> int:
+    """Reads the inventory (Ansible's reading, checked), then runs the read-only check playbook
+    on every worker: 0 if each has what a shard needs, 1 naming each worker and task that failed."""
+    from testbed.workers.ansible import run_playbook
+    from testbed.workers.inventory import load_inventory
+    inventory = Path(args.inventory)
+    workers = load_inventory(inventory)
+    err.print(f"{len(workers)} worker(s) in {inventory}: " + ", ".join(w.name for w in workers))
+    result = run_playbook("check", inventory, progress=lambda line: err.print(f"  {line}", markup=False,
+                                                                                highlight=False))
+    rows = []
+    for w in workers:
+        o = result.workers.get(w.name)
+        report = o.report if o else {}
+        rows.append({"worker": w.name, "address": w.address, "underlay": w.underlay, "cores_given": w.cores,
+                     "ok": bool(o and o.good), "problem": None if (o and o.good) else (o.problem() if o else "no result"),
+                     **report})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        t = Table(title="workers")
+        for col in ("worker", "underlay", "cores", "memory", "kernel", "system", "vxlan", "ok"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["worker"], r["underlay"], str(r.get("cores", "?")), f"{r.get('memory_mb', '?')} MB",
+                      str(r.get("kernel", "?")), str(r.get("system", "?")), str(r.get("vxlan", "?")),
+                      "yes" if r["ok"] else "[red]no[/red]")
+        console.print(t)
+    problems = [r["problem"] for r in rows if r["problem"]]
+    if problems:
+        raise RunError("; ".join(problems))
+    return 0
+
+
+def cmd_harness(args) -> int:
+    from testbed.workers import harness
+    directory = Path(args.dir)
+    if args.harness_command == "up":
+        if (directory / "harness.json").exists():
+            raise InputError(f"{directory}: a harness is already there (`testbed workers harness down {directory}`)")
+        h = harness.Harness(args.count, directory)
+        path = h.up()
+        console.print(f"{args.count} worker(s) up, harness {h.tag}: inventory {path}")
+        console.print(f"try: testbed workers check {path}")
+        return 0
+    if not (directory / "harness.json").exists():
+        raise InputError(f"{directory}: no harness there (no harness.json)")
+    h = harness.from_directory(directory)
+    h.down()
+    (directory / "harness.json").unlink()
+    console.print(f"harness {h.tag} removed")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("workers", help="several machines: check an Ansible inventory of workers, or make test workers")
+    wsub = s.add_subparsers(dest="workers_command", required=True)
+    b = wsub.add_parser("check", help="what each worker of an inventory has, by a read-only playbook")
+    b.add_argument("inventory", help="an inventory in Ansible's format (its group `workers`)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_check)
+    b = wsub.add_parser("harness", help="workers on this machine: namespaces with their own sshd")
+    hsub = b.add_subparsers(dest="harness_command", required=True)
+    h = hsub.add_parser("up", help="make COUNT workers and write DIR/inventory.yaml")
+    h.add_argument("count", type=int)
+    h.add_argument("--dir", default="workers-harness", help="where its keys and inventory go (default ./workers-harness)")
+    h.set_defaults(func=cmd_harness)
+    h = hsub.add_parser("down", help="remove the harness made in DIR")
+    h.add_argument("dir", nargs="?", default="workers-harness")
+    h.set_defaults(func=cmd_harness)
