@@ -89,3 +89,26 @@ def test_underlay_block_is_never_a_runs_control_block():
     blocks = list(CONTROL_NET.subnets(new_prefix=22))[:CONTROL_BLOCKS]
     assert not any(b.overlaps(WORKER_UNDERLAY) for b in blocks)
     assert WORKER_UNDERLAY.subnet_of(CONTROL_NET)
+
+
+def test_vxlan_lines_per_worker():
+    from testbed.workers.vxlan import Segment, per_worker
+    segs = [Segment(7, "tbabcdefs1", rate_bits=8_000_000), Segment(8, "tbabcdefs2")]
+    lines = per_worker(segs, {"w1": "198.19.252.2", "w2": "198.19.252.3", "w3": "198.19.252.4"})
+    w1 = lines["w1"]
+    assert "link add tbabcdefs1x type vxlan id 7 local 198.19.252.2 dstport 4789 nolearning" in w1["ip"]
+    assert "link set tbabcdefs1x mtu 1500" in w1["ip"]          # 1550 underlay less the tunnel's 50
+    # one flood entry per other worker and segment, never one to itself
+    assert sorted(w1["fdb"]) == sorted(f"fdb append 00:00:00:00:00:00 dev tbabcdefs{k}x dst 198.19.252.{a}"
+                                       for k in (1, 2) for a in (3, 4))
+    assert w1["tc"] == ["qdisc replace dev tbabcdefs1x root tbf rate 8000000bit burst 10000 latency 50ms"]
+    assert w1["leave"] == ["link del tbabcdefs1x", "link del tbabcdefs1", "link del tbabcdefs2x", "link del tbabcdefs2"]
+    assert all(not any(line.startswith("link set") and line.endswith(" up") for line in w["ip"]) for w in lines.values())
+
+
+@pytest.mark.parametrize("seg", [("vni", 0), ("vni", 1 << 24), ("bridge", "tb123456segment")])
+def test_vxlan_refuses_what_the_kernel_would(seg):
+    from testbed.workers.vxlan import Segment, join_lines
+    s = Segment(**{"vni": 5, "bridge": "tbabcdefs1", seg[0]: seg[1]})
+    with pytest.raises(ValueError):
+        join_lines([s], "198.19.252.2")

@@ -66,7 +66,10 @@ def ansible_binary(name: str = "ansible-playbook") -> str:
 
 
 def _message(res: dict) -> str:
-    text = res.get("msg") or res.get("stderr") or res.get("stdout") or ""
+    text = res.get("msg") or ""
+    if res.get("stderr"):               # a command's own words say more than "non-zero return code"
+        text = f"{text}: {res['stderr']}" if text else res["stderr"]
+    text = text or res.get("stdout") or ""
     if not text and res.get("results"):         # a loop: the first item that failed
         text = next((_message(r) for r in res["results"] if r.get("failed")), "")
     return " ".join(str(text).split())[:300]

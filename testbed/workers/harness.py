@@ -26,6 +26,7 @@ from testbed.errors import PreflightError, RunError
 from testbed.plan.build import WORKER_UNDERLAY
 
 SSHD = "/usr/sbin/sshd"
+UNDERLAY_MTU = 1550     # VXLAN's 50 bytes on top of the emulated hosts' 1500 (testbed.workers.vxlan)
 SLOTS = list(WORKER_UNDERLAY.subnets(new_prefix=26))
 SSHD_CONFIG = """\
 ListenAddress {address}:22
@@ -109,14 +110,14 @@ class Harness:
         for dev in (self.bridge, *self.veths):
             Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6").write_text("1")
         sh("ip", "-batch", "-", input="".join(line + "\n" for line in [
-            f"addr add {self.gateway}/{net.prefixlen} dev {self.bridge}", f"link set {self.bridge} up",
-            *(f"link set {veth} master {self.bridge} up" for veth in self.veths)]))
+            f"addr add {self.gateway}/{net.prefixlen} dev {self.bridge}", f"link set {self.bridge} mtu {UNDERLAY_MTU} up",
+            *(f"link set {veth} mtu {UNDERLAY_MTU} master {self.bridge} up" for veth in self.veths)]))
         known = []
         for name, ns, address in zip(self.names, self.netns, self.addresses):
             wdir = self.dir / name
             wdir.mkdir(exist_ok=True)
             sh("ip", "-n", ns, "-batch", "-", input=f"addr add {address}/{net.prefixlen} dev ul0\n"
-                                                     "link set ul0 up\nlink set lo up\n")
+                                                     f"link set ul0 mtu {UNDERLAY_MTU} up\nlink set lo up\n")
             if not (wdir / "hostkey").exists():
                 sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wdir / "hostkey"))
             (wdir / "sshd_config").write_text(SSHD_CONFIG.format(address=address, dir=wdir, keys=f"{key}.pub"))
