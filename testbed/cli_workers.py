@@ -14,32 +14,45 @@ from testbed.errors import InputError, RunError
 def cmd_check(args) -> int:
     """Reads the inventory (Ansible's reading, checked), then runs the read-only check playbook
     on every worker: 0 if each has what a shard needs, 1 naming each worker and task that failed."""
-    from testbed.workers.ansible import run_playbook
+    from testbed.workers.ansible import clock_offsets, run_playbook
     from testbed.workers.inventory import load_inventory
     inventory = Path(args.inventory)
     workers = load_inventory(inventory)
     err.print(f"{len(workers)} worker(s) in {inventory}: " + ", ".join(w.name for w in workers))
     result = run_playbook("check", inventory, progress=lambda line: err.print(f"  {line}", markup=False,
                                                                                 highlight=False))
+    coordinator = args.clock or next((w.vars["testbed_coordinator"] for w in workers
+                                      if "testbed_coordinator" in w.vars), None)
+    offsets = {}
+    if coordinator:
+        err.print(f"  clocks: probing {coordinator} from each worker")
+        offsets, clock_problems = clock_offsets(inventory, str(coordinator))
+        result_problems = clock_problems
+    else:
+        result_problems = []
     rows = []
     for w in workers:
         o = result.workers.get(w.name)
         report = o.report if o else {}
         rows.append({"worker": w.name, "address": w.address, "underlay": w.underlay, "cores_given": w.cores,
-                     "ok": bool(o and o.good), "problem": None if (o and o.good) else (o.problem() if o else "no result"),
-                     **report})
+                     "ok": bool(o and o.good), "problem": None if (o and o.good) else (o.problem() if o else f"worker {w.name}: Ansible reported nothing of it"),
+                     **report, **({"clock_offset_s": offsets[w.name].seconds, "clock_error_s": offsets[w.name].error}
+                                  if w.name in offsets else {})})
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         t = Table(title="workers")
-        for col in ("worker", "underlay", "cores", "memory", "kernel", "system", "vxlan", "ok"):
+        for col in ("worker", "underlay", "cores", "memory", "kernel", "system", "vxlan", "clock offset", "ok"):
             t.add_column(col)
         for r in rows:
             t.add_row(r["worker"], r["underlay"], str(r.get("cores", "?")), f"{r.get('memory_mb', '?')} MB",
                       str(r.get("kernel", "?")), str(r.get("system", "?")), str(r.get("vxlan", "?")),
+                      f"{r['clock_offset_s'] * 1000:+.2f} ms ± {r['clock_error_s'] * 1000:.2f}"
+                      if "clock_offset_s" in r else "-",
                       "yes" if r["ok"] else "[red]no[/red]")
         console.print(t)
     problems = [r["problem"] for r in rows if r["problem"]]
+    problems += [p for p in result_problems if p not in problems]
     if problems:
         raise RunError("; ".join(problems))
     return 0
@@ -71,6 +84,8 @@ def add_parsers(sub) -> None:
     b = wsub.add_parser("check", help="what each worker of an inventory has, by a read-only playbook")
     b.add_argument("inventory", help="an inventory in Ansible's format (its group `workers`)")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--clock", metavar="ADDRESS", help="also measure each worker's clock offset against a responder on "
+                   "this machine's underlay ADDRESS (default: the inventory's testbed_coordinator, if set)")
     b.set_defaults(func=cmd_check)
     b = wsub.add_parser("harness", help="workers on this machine: namespaces with their own sshd")
     hsub = b.add_subparsers(dest="harness_command", required=True)

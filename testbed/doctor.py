@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -96,6 +97,12 @@ def checks() -> list[Check]:
     ok, detail = households.available() if root else (False, "not root")
     out.append(Check("home routers", ok, detail + ("" if ok else ": experiments with households cannot run"),
                      "a kernel with iptables NAT, string, connmark and hashlimit matches", required=False))
+    from testbed.workers.harness import SSHD
+    playbook = shutil.which("ansible-playbook") or str(Path(sys.executable).parent / "ansible-playbook")
+    ok = os.path.exists(playbook) and os.path.exists(SSHD) and shutil.which("ssh") is not None
+    out.append(Check("workers", ok, "ansible-playbook, ssh and sshd found" if ok else
+                     "ansible-playbook, ssh or sshd missing: several machines and their test harness cannot run",
+                     "apt-get install openssh-server openssh-client, then ./setup.sh", required=False))
     if client is not None:
         for img in images.all_images():
             built = images.exists(client, img)

@@ -112,3 +112,18 @@ def test_vxlan_refuses_what_the_kernel_would(seg):
     s = Segment(**{"vni": 5, "bridge": "tbabcdefs1", seg[0]: seg[1]})
     with pytest.raises(ValueError):
         join_lines([s], "198.19.252.2")
+
+
+def test_clock_offset_from_the_shortest_round_trip():
+    from testbed.workers.clock import estimate, parse
+    # the worker's clock is 2.5 s ahead; trips of 40, 4 (2 + 2) and 30 ms; the 4 ms one decides
+    samples = [(100.000, 97.530, 100.040), (101.000, 98.502, 101.004), (102.000, 99.520, 102.030)]
+    o = estimate(samples)
+    assert abs(o.seconds - 2.5) < 1e-9 and abs(o.error - 0.002) < 1e-9 and o.probes == 3
+    assert abs(o.to_coordinator(101.002) - 98.502) < 1e-9
+    # an asymmetric trip is off by at most the error it states
+    o = estimate([(10.0, 8.0 + 0.009, 10.010)])           # 9 ms out, 1 ms back, clock 2 s ahead
+    assert abs(o.seconds - 2.0) <= o.error
+    assert parse("[[1.0, 1.0, 1.002]]").probes == parse([[1.0, 1.0, 1.002]]).probes == 1
+    with pytest.raises(ValueError):
+        estimate([])

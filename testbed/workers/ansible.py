@@ -134,3 +134,22 @@ def close_masters(directory: Path) -> None:
     for sock in directory.glob("*") if directory.is_dir() else ():
         subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "worker"], capture_output=True,
                        timeout=10, start_new_session=True)
+
+
+def clock_offsets(inventory: Path, coordinator: str, progress: Callable[[str], None] | None = None) -> dict:
+    """{worker: clock.Offset} for each worker that answered, measured against a responder on
+    `coordinator` (this machine's underlay address); a worker that did not is left out and
+    named in the result's problems (returned as the second element)."""
+    from testbed.workers import clock
+    with clock.Responder(coordinator):
+        r = run_playbook("clock", inventory, {"testbed_clock_script": clock.WORKER_SCRIPT,
+                                              "testbed_coordinator": coordinator, "testbed_clock_port": clock.PORT},
+                         progress)
+    out, problems = {}, list(r.problems)
+    for name, w in r.workers.items():
+        if w.good and "clock_probes" in w.report:
+            try:
+                out[name] = clock.parse(w.report["clock_probes"])
+            except ValueError:
+                problems.append(f"worker {name}: no clock probe was answered")
+    return out, problems

@@ -138,6 +138,7 @@ class Harness:
                  "-o StrictHostKeyChecking=yes -o ConnectTimeout=5",
                  "    ansible_python_interpreter: /usr/bin/python3",
                  f"    testbed_harness: {self.tag}",
+                 f"    testbed_coordinator: {self.gateway}       # this machine's underlay address",
                  "  hosts:"]
         for k, (name, address) in enumerate(zip(self.names, self.addresses)):
             lines += [f"    {name}:", f"      ansible_host: {address}", "      testbed_cores: 1",

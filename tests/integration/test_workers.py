@@ -40,6 +40,11 @@ def test_check_reaches_each_worker_in_its_namespace_and_names_a_lost_one(two_wor
         assert rows[name]["ok"] and rows[name]["addresses"] == [address]
         assert int(rows[name]["cores"]) == os.cpu_count()
     assert "task: gather facts" in r.stderr                    # ansible-runner's events, as progress
+    # clocks: each worker probed this machine's responder over the underlay; they share one
+    # clock, so a sound exchange finds no offset beyond its own error, and the underlay's
+    # round trip is well under 10 ms
+    for name in h.names:
+        assert abs(rows[name]["clock_offset_s"]) <= rows[name]["clock_error_s"] < 0.005
 
     h.cut(1)                                                    # w2 loses the underlay
     r = cli("workers", "check", str(inv), "--json", timeout=180)
