@@ -91,3 +91,31 @@ def test_the_emulated_network_is_ipv4_only_on_both_sides(net):
         assert out.strip() == "", (h.name, out)
     out = subprocess.run(["ip", "-6", "-br", "addr"], capture_output=True, text=True).stdout
     assert [line for line in out.splitlines() if line.startswith(f"tb{p.tag}")] == []
+
+
+def test_a_host_whose_setup_outgrows_the_shell_line_is_set_up_all_the_same(docker_client, tmp_path, monkeypatch):
+    """A host's set-up is one line for its Mininet shell, whose terminal cuts lines at 4095
+    characters; a longer one (a router with many ends) goes through a process of its own.
+    With the limit at 1 character every host takes that way: shaping is in place on its
+    end, and hosts reach each other."""
+    from testbed import linkbatch
+    monkeypatch.setattr(linkbatch, "SHELL_LINE", 1)
+    exp = small_experiment(peers=[{"name": "leecher", "count": 2, "client": "transmission",
+                                   "access": {"up": "3mbit", "down": "6mbit"}}])
+    p = plan(exp, "net-20261124-000000-0c0ff1")
+    imgs = images.require(docker_client, {h.image for h in p.hosts})
+    hosts = runtime.start_containers(docker_client, p, imgs, tmp_path)
+    mn = None
+    try:
+        mn = network.build(p, {n: h.pid for n, h in hosts.items()}, HtbShaper())
+        _, up = hosts["leecher1"].exec(["tc", "class", "show", "dev", "eth0"])
+        assert "rate 3Mbit ceil 3Mbit" in up
+        _, out = hosts["leecher1"].exec(["ip", "-4", "-br", "addr", "show", "eth0"])
+        assert p.host("leecher1").data_ip in out and "UP" in out
+        out = mn.get("origin").cmd("ping -c 1 -W 2", p.host("leecher1").data_ip)
+        assert " 0% packet loss" in out, out
+    finally:
+        if mn is not None:
+            mn.stop()
+        cleanup.clean(docker_client, p.run_id)
+        assert nothing_left(docker_client, p.run_id)
