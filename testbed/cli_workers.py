@@ -58,6 +58,17 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    """An experiment run whole on one worker; its results come back as if run here."""
+    from testbed.workers.remote import run_on_worker
+    rc, run_dir = run_on_worker(Path(args.file), Path(args.inventory), args.worker, Path(args.results),
+                                progress=lambda line: err.print(f"  {line}", markup=False, highlight=False))
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    console.print(f"{summary.get('status', 'unknown')}: {summary.get('leechers_completed', '?')}/"
+                  f"{summary.get('leechers', '?')} leechers completed; results: {run_dir}")
+    return rc
+
+
 def cmd_harness(args) -> int:
     from testbed.workers import harness
     directory = Path(args.dir)
@@ -87,6 +98,12 @@ def add_parsers(sub) -> None:
     b.add_argument("--clock", metavar="ADDRESS", help="also measure each worker's clock offset against a responder on "
                    "this machine's underlay ADDRESS (default: the inventory's testbed_coordinator, if set)")
     b.set_defaults(func=cmd_check)
+    b = wsub.add_parser("run", help="run an experiment whole on one worker; its results come back here")
+    b.add_argument("file")
+    b.add_argument("--inventory", required=True, help="an inventory in Ansible's format (its group `workers`)")
+    b.add_argument("--worker", help="which worker (default: the inventory's first)")
+    b.add_argument("--results", default="results", help="where the run directory goes (default: ./results)")
+    b.set_defaults(func=cmd_run)
     b = wsub.add_parser("harness", help="workers on this machine: namespaces with their own sshd")
     hsub = b.add_subparsers(dest="harness_command", required=True)
     h = hsub.add_parser("up", help="make COUNT workers and write DIR/inventory.yaml")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +84,16 @@ def run_playbook(name: str, inventory: Path, extravars: dict | None = None,
     ansible_binary()     # on PATH (ansible-runner's `binary` drops the playbook from the command)
     say = progress or (lambda _line: None)
     workers: dict[str, WorkerOutcome] = {}
+    started = [time.monotonic()]
 
     def on_event(ev: dict) -> bool:
         kind, data = ev.get("event", ""), ev.get("event_data", {})
         host, task = data.get("host"), data.get("task", "")
         if kind == "playbook_on_task_start":
             say(f"task: {data.get('name') or task}")
+            started[0] = time.monotonic()
+        elif kind == "runner_on_async_poll" and host:
+            say(f"{host}: still running ({time.monotonic() - started[0]:.0f} s)")
         elif host and kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             w = workers.setdefault(host, WorkerOutcome(host))
             res = data.get("res", {}) or {}

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +138,8 @@ class Harness:
                  f"    ansible_ssh_common_args: -o UserKnownHostsFile={self.dir / 'known_hosts'} "
                  "-o StrictHostKeyChecking=yes -o ConnectTimeout=5",
                  "    ansible_python_interpreter: /usr/bin/python3",
+                 # the workers share this machine's files: the testbed beside this interpreter
+                 f"    testbed_exe: {Path(sys.executable).parent / 'testbed'}",
                  f"    testbed_harness: {self.tag}",
                  f"    testbed_coordinator: {self.gateway}       # this machine's underlay address",
                  "  hosts:"]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,45 @@ def test_a_segment_joined_over_vxlan_carries_shaped_traffic_with_its_overhead(tw
     assert r.problems == []
     for ns in h.netns:
         assert seg.bridge not in subprocess.run(["ip", "-n", ns, "-br", "link"], capture_output=True, text=True).stdout
+
+
+def test_an_experiment_runs_whole_on_a_worker_and_its_results_come_back(tmp_path):
+    """`testbed workers run`: Ansible copies the experiment to the worker, the worker's own
+    testbed runs it in the worker's namespace, and the run directory comes back here. The
+    run's own record says where it ran (its run directory on the worker); the worker keeps
+    no copy."""
+    import yaml
+
+    from tests.conftest import experiment_dict
+    h = harness.Harness(1, tmp_path / "harness")
+    h.up()
+    try:
+        exp = tmp_path / "exp" / "small.yaml"
+        exp.parent.mkdir()
+        exp.write_text(yaml.safe_dump(experiment_dict(name="remote", content={"size": "2MiB"},
+                                                      peers=[{"name": "leecher", "count": 2, "client": "aria2",
+                                                              "access": {"up": "4mbit", "down": "16mbit"}}])))
+        r = cli("workers", "run", str(exp), "--inventory", str(h.inventory_path()), "--results",
+                str(tmp_path / "results"), timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "still running" in r.stderr                 # progress while the worker runs it
+        run_dir = next((tmp_path / "results").iterdir())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "complete" and summary["leechers_completed"] == 2
+        assert all(p["sha256_ok"] for p in summary["peers"] if p["role"] == "leecher")
+        start = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
+        assert start["run_dir"].startswith("/var/tmp/testbed/remote-")
+        assert not os.path.exists(str(Path(start["run_dir"]).parent.parent))
+    finally:
+        h.down()
+
+
+def test_a_bad_experiment_never_reaches_a_worker(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("workers:\n  hosts:\n    w1: {ansible_host: 198.19.252.60}\n")     # nobody there
+    exp = tmp_path / "bad.yaml"
+    exp.write_text("name: x\ncontent: {size: 16}\n")
+    r = cli("workers", "run", str(exp), "--inventory", str(inv))
+    assert r.returncode == 2 and "size" in r.stderr and "unreachable" not in r.stderr
+    r = cli("workers", "run", str(exp.with_name("none.yaml")), "--inventory", str(inv))
+    assert r.returncode == 2

@@ -1,0 +1,63 @@
+"""One experiment run whole on one worker of an inventory, through Ansible (playbooks/run.yml):
+the experiment's directory goes there, the worker's own `testbed run` carries it out, and
+its results directory comes back into the coordinator's results, as if run here.
+
+The experiment is read and checked here first, so bad input is refused (exit 2) before
+anything reaches a worker. The worker needs the testbed installed (`testbed_exe` in the
+inventory names its command, default `testbed` on PATH), as `testbed workers check` shows.
+"""
+from __future__ import annotations
+
+import secrets
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from testbed.errors import InputError, RunError
+
+MARGIN_S = 900      # bring-up, teardown and the report on top of the experiment's own timeout
+
+
+def run_on_worker(experiment: Path, inventory: Path, worker: str | None, results_root: Path,
+                  progress: Callable[[str], None] | None = None) -> tuple[int, Path]:
+    """(the worker's exit status for the run, the run directory now under results_root)."""
+    from testbed.model import load_experiment
+    from testbed.workers.ansible import run_playbook
+    from testbed.workers.inventory import load_inventory
+    exp = load_experiment(experiment)                   # InputError: nothing has started
+    workers = load_inventory(inventory)
+    names = [w.name for w in workers]
+    chosen = worker or names[0]
+    if chosen not in names:
+        raise InputError(f"--worker {chosen}: {inventory} has no such worker (it has {', '.join(names)})")
+    job = f"{exp.name}-{secrets.token_hex(3)}"
+    results_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="testbed-fetch-") as local:
+        # the experiment's directory (the files it names are relative to it) in one archive:
+        # Ansible's copy module costs a round trip per file
+        with tarfile.open(Path(local) / "experiment.tgz", "w:gz") as tar:
+            tar.add(experiment.resolve().parent, arcname=".")
+        r = run_playbook("run", inventory, {
+            "testbed_worker": chosen, "testbed_job": job,
+            "testbed_file": experiment.name, "testbed_seconds": int(exp.timeout + MARGIN_S), "testbed_local": local},
+            progress, limit=chosen)
+        if r.problems:
+            raise RunError("; ".join(r.problems))
+        outcome = r.workers.get(chosen)
+        packed = Path(local) / "results.tgz"
+        if outcome is None or not packed.exists():
+            raise RunError(f"worker {chosen}: the run brought no results back (Ansible: {r.status})")
+        with tarfile.open(packed) as tar:
+            tops = {Path(m.name).parts[0] for m in tar.getmembers() if Path(m.name).parts}
+            if len(tops) != 1:
+                raise RunError(f"worker {chosen}: expected one run directory in its results, found {sorted(tops)}")
+            members = tar.getmembers()
+            # only plain files and directories inside the run directory (what `testbed run`
+            # writes): Python 3.11.2's tarfile has no extraction filter to say so
+            bad = [m.name for m in members if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute()
+                   or ".." in Path(m.name).parts]
+            if bad:
+                raise RunError(f"worker {chosen}: its results hold unexpected entries ({bad[0]!r})")
+            tar.extractall(results_root, members=members)
+    return int(outcome.report.get("rc", 1)), results_root / tops.pop()
