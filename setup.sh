@@ -37,12 +37,17 @@ if [ -n "$missing" ]; then
   apt-get update -qq
   # no package may start a service of its own here (openssh-server would start an sshd on
   # the machine): Debian's policy-rc.d says no while the install runs, unless one exists
-  policy=""
+  made_policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT     # ours: gone however the install ends
   fi
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
-  [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
+  # nor start one at the next boot: the testbed starts its own sshd where it needs one
+  case " $missing " in *" openssh-server "*)
+    [ -d /run/systemd/system ] && systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true ;;
+  esac
 fi
 #    Debian ships chromium as a package; Ubuntu only as a snap. Where apt has no chromium,
 #    everything but the test that opens report.html in a browser works: say so, go on.

@@ -8,9 +8,7 @@ orchestrator dies; a container's namespaces die with the container.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import shutil
 import subprocess
 
@@ -67,15 +65,9 @@ def remove_netns(tag: str | None) -> int:
     are ended first, found by the namespace they run in, never by name."""
     match = (lambda n: n.startswith(f"tb{tag}-")) if tag else LINK_ANY.match
     names = [n for n in _netns() if match(n)]
+    from testbed.workers.harness import stop_namespace
     for name in names:
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                              start_new_session=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, start_new_session=True)
+        stop_namespace(name)
     return len(names)
 
 

@@ -19,14 +19,15 @@ def cmd_check(args) -> int:
     inventory = Path(args.inventory)
     workers = load_inventory(inventory)
     err.print(f"{len(workers)} worker(s) in {inventory}: " + ", ".join(w.name for w in workers))
+    names = [w.name for w in workers]
     result = run_playbook("check", inventory, progress=lambda line: err.print(f"  {line}", markup=False,
-                                                                                highlight=False))
+                                                                                highlight=False), workers_named=names)
     coordinator = args.clock or next((w.vars["testbed_coordinator"] for w in workers
                                       if "testbed_coordinator" in w.vars), None)
     offsets = {}
     if coordinator:
         err.print(f"  clocks: probing {coordinator} from each worker")
-        offsets, clock_problems = clock_offsets(inventory, str(coordinator))
+        offsets, clock_problems = clock_offsets(inventory, str(coordinator), names)
         result_problems = clock_problems
     else:
         result_problems = []
@@ -75,6 +76,8 @@ def cmd_harness(args) -> int:
     if args.harness_command == "up":
         if (directory / "harness.json").exists():
             raise InputError(f"{directory}: a harness is already there (`testbed workers harness down {directory}`)")
+        if not 1 <= args.count <= 61:
+            raise InputError(f"count: a harness has 1 to 61 workers, not {args.count}")
         h = harness.Harness(args.count, directory)
         path = h.up()
         console.print(f"{args.count} worker(s) up, harness {h.tag}: inventory {path}")
@@ -84,7 +87,6 @@ def cmd_harness(args) -> int:
         raise InputError(f"{directory}: no harness there (no harness.json)")
     h = harness.from_directory(directory)
     h.down()
-    (directory / "harness.json").unlink()
     console.print(f"harness {h.tag} removed")
     return 0
 

@@ -127,3 +127,33 @@ def test_clock_offset_from_the_shortest_round_trip():
     assert parse("[[1.0, 1.0, 1.002]]").probes == parse([[1.0, 1.0, 1.002]]).probes == 1
     with pytest.raises(ValueError):
         estimate([])
+
+
+def test_vxlan_names_go_into_commands_only_when_plain():
+    from testbed.workers.vxlan import Segment, join_lines
+    with pytest.raises(ValueError):
+        join_lines([Segment(5, "tb;reboot")], "198.19.252.2")
+
+
+def test_the_experiment_goes_to_a_worker_without_results_or_hidden_files(tmp_path):
+    import tarfile
+
+    from testbed.workers.remote import pack_experiment
+    (tmp_path / "exp.yaml").write_text("name: x\n")
+    (tmp_path / "traces").mkdir()
+    (tmp_path / "traces" / "a.csv").write_text("0,1mbit\n")
+    for junk in ("results/run/summary.json", ".git/HEAD", "traces/.swp"):
+        (tmp_path / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / junk).write_text("x")
+    out = tmp_path.parent / f"{tmp_path.name}.tgz"
+    pack_experiment(tmp_path, out)
+    with tarfile.open(out) as tar:
+        names = {n.lstrip("./") for n in tar.getnames()} - {""}
+    assert names == {"exp.yaml", "traces", "traces/a.csv"}
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "198.18.0.1", "nonsense"])
+def test_the_clock_responder_address_must_be_on_the_underlay(address):
+    from testbed.workers.ansible import clock_offsets
+    with pytest.raises(InputError, match="--clock"):
+        clock_offsets(Path("inventory.yaml"), address)

@@ -78,8 +78,9 @@ def _message(res: dict) -> str:
 
 def run_playbook(name: str, inventory: Path, extravars: dict | None = None,
                  progress: Callable[[str], None] | None = None, limit: str | None = None,
-                 timeout: int | None = None) -> PlaybookResult:
-    """Runs playbooks/<name>.yml against `inventory`; returns each worker's outcome."""
+                 timeout: int | None = None, workers_named: list[str] | None = None) -> PlaybookResult:
+    """Runs playbooks/<name>.yml against `inventory` (on `workers_named`, the workers the
+    testbed read from it, else on its group `workers`); returns each worker's outcome."""
     import ansible_runner
     ansible_binary()     # on PATH (ansible-runner's `binary` drops the playbook from the command)
     say = progress or (lambda _line: None)
@@ -114,7 +115,8 @@ def run_playbook(name: str, inventory: Path, extravars: dict | None = None,
         try:
             r = ansible_runner.run(
                 private_data_dir=private, playbook=str(PLAYBOOKS / f"{name}.yml"),
-                inventory=str(inventory.resolve()), extravars=extravars or {}, limit=limit, quiet=True,
+                inventory=str(inventory.resolve()), quiet=True, limit=limit,
+                extravars={**({"testbed_workers": ",".join(workers_named)} if workers_named else {}), **(extravars or {})},
                 event_handler=on_event, timeout=timeout, envvars=ansible_env(private))
         finally:
             close_masters(Path(private) / "cp")
@@ -137,19 +139,38 @@ def ansible_env(private: str) -> dict[str, str]:
 def close_masters(directory: Path) -> None:
     """Asks each SSH connection Ansible kept open (a control socket in `directory`) to exit."""
     for sock in directory.glob("*") if directory.is_dir() else ():
-        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "worker"], capture_output=True,
-                       timeout=10, start_new_session=True)
+        try:
+            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={sock}", "worker"], capture_output=True,
+                           timeout=10, start_new_session=True)
+        except subprocess.TimeoutExpired:   # never hide what the playbook raised
+            pass
 
 
-def clock_offsets(inventory: Path, coordinator: str, progress: Callable[[str], None] | None = None) -> dict:
-    """{worker: clock.Offset} for each worker that answered, measured against a responder on
-    `coordinator` (this machine's underlay address); a worker that did not is left out and
-    named in the result's problems (returned as the second element)."""
+def clock_offsets(inventory: Path, coordinator: str, workers_named: list[str] | None = None,
+                  progress: Callable[[str], None] | None = None) -> tuple[dict, list[str]]:
+    """({worker: clock.Offset} for each worker that answered, the problems of the others),
+    measured against a responder on `coordinator`, this machine's underlay address (checked:
+    InputError if it is not one in the underlay block, RunError if it cannot be bound here)."""
+    import ipaddress
+
+    from testbed.errors import InputError, RunError
+    from testbed.plan.build import WORKER_UNDERLAY
     from testbed.workers import clock
-    with clock.Responder(coordinator):
+    try:
+        inside = ipaddress.IPv4Address(coordinator) in WORKER_UNDERLAY
+    except ValueError:
+        inside = False
+    if not inside:
+        raise InputError(f"--clock (or testbed_coordinator in the inventory): {coordinator[:40]!r} is not an "
+                         f"address in {WORKER_UNDERLAY}, the workers' underlay")
+    try:
+        responder = clock.Responder(coordinator)
+    except OSError as exc:
+        raise RunError(f"clock: cannot answer probes on {coordinator}:{clock.PORT} here ({exc.strerror})") from None
+    with responder:
         r = run_playbook("clock", inventory, {"testbed_clock_script": clock.WORKER_SCRIPT,
                                               "testbed_coordinator": coordinator, "testbed_clock_port": clock.PORT},
-                         progress)
+                         progress, workers_named=workers_named)
     out, problems = {}, list(r.problems)
     for name, w in r.workers.items():
         if w.good and "clock_probes" in w.report:

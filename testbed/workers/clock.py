@@ -33,13 +33,15 @@ out = []
 for k in range(int(sys.argv[3])):
     t1 = time.time()
     s.sendto(struct.pack("!I", k), (sys.argv[1], int(sys.argv[2])))
-    try:
-        data = s.recv(64)
-    except OSError:
-        continue
-    t4 = time.time()
-    if len(data) == 12 and struct.unpack("!I", data[:4])[0] == k:
-        out.append([t1, struct.unpack("!d", data[4:])[0], t4])
+    while time.time() < t1 + 0.5:       # a late answer to an earlier probe is read and passed over
+        try:
+            data = s.recv(64)
+        except OSError:
+            break
+        t4 = time.time()
+        if len(data) == 12 and struct.unpack("!I", data[:4])[0] == k:
+            out.append([t1, struct.unpack("!d", data[4:])[0], t4])
+            break
     time.sleep(0.01)
 print(json.dumps(out))
 """

@@ -13,6 +13,8 @@ ones): up to 16 at once, 61 workers each.
 """
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import json
 import os
 import secrets
@@ -23,12 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.errors import PreflightError, RunError
+from testbed.errors import InputError, PreflightError, RunError
 from testbed.plan.build import WORKER_UNDERLAY
 
 SSHD = "/usr/sbin/sshd"
 UNDERLAY_MTU = 1550     # VXLAN's 50 bytes on top of the emulated hosts' 1500 (testbed.workers.vxlan)
 SLOTS = list(WORKER_UNDERLAY.subnets(new_prefix=26))
+HARNESS_LOCK = "/run/lock/testbed-harness.lock" if os.path.isdir("/run/lock") else "/tmp/testbed-harness.lock"
 SSHD_CONFIG = """\
 ListenAddress {address}:22
 HostKey {dir}/hostkey
@@ -54,10 +57,21 @@ def sh(*args: str, input: str | None = None) -> str:
 
 
 def free_slot() -> int:
+    """The first /26 of the underlay that no route of this machine overlaps (another harness,
+    or an underlay address given to a real interface). Call it under HARNESS_LOCK."""
+    routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True,
+                                       text=True).stdout or "[]")
+    used = []
+    for r in routes:
+        dst = r.get("dst", "")
+        try:
+            used.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
+        except ValueError:
+            continue            # "default", multicast and the like
     for k, net in enumerate(SLOTS):
-        if not subprocess.run(["ip", "route", "show", str(net)], capture_output=True, text=True).stdout.strip():
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
             return k
-    raise RunError(f"every underlay block of {WORKER_UNDERLAY} is in use by other harnesses")
+    raise RunError(f"every /26 of {WORKER_UNDERLAY} overlaps a route of this machine (other harnesses?)")
 
 
 class Harness:
@@ -82,11 +96,13 @@ class Harness:
 
     def up(self) -> Path:
         """Makes the workers; on any failure removes what it made, then raises."""
-        try:
-            return self._up()
-        except BaseException:
-            self.down()
-            raise
+        with open(HARNESS_LOCK, "a") as lock:      # two harnesses never pick one slot
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._up()
+            except BaseException:
+                self.down()
+                raise
 
     def _up(self) -> Path:
         if not os.path.exists(SSHD):
@@ -168,29 +184,43 @@ class Harness:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         for veth in self.veths:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        (self.dir / "harness.json").unlink(missing_ok=True)
 
 
 def from_directory(directory: Path) -> Harness:
     """The harness whose files are in `directory` (made by up())."""
-    state = json.loads((Path(directory) / "harness.json").read_text())
-    return Harness(state["count"], Path(directory), state["tag"])
+    try:
+        state = json.loads((Path(directory) / "harness.json").read_text())
+        return Harness(int(state["count"]), Path(directory), str(state["tag"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{Path(directory) / 'harness.json'}: not a harness's record ({exc.__class__.__name__})") from None
 
 
-def stop_namespace(ns: str) -> None:
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_namespace(ns: str, grace: float = 5.0) -> None:
     """Ends the processes running in the named namespace this testbed made (found by the
-    namespace, not by name), then deletes it."""
-    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    namespace, never by name): SIGTERM, SIGKILL for any left after `grace`; then deletes it."""
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, start_new_session=True)
     pids = [int(p) for p in r.stdout.split() if p.isdigit()]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    end = time.monotonic() + 5
-    for pid in pids:        # gone before the namespace is: nothing of the harness outlives down()
-        while time.monotonic() < end and os.path.exists(f"/proc/{pid}"):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(_running(p) for p in pids):
             time.sleep(0.02)
-    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if not any(_running(p) for p in pids):
+            break
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, start_new_session=True)
 
 
 def have_sshd() -> bool:

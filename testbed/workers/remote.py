@@ -5,6 +5,13 @@ its results directory comes back into the coordinator's results, as if run here.
 The experiment is read and checked here first, so bad input is refused (exit 2) before
 anything reaches a worker. The worker needs the testbed installed (`testbed_exe` in the
 inventory names its command, default `testbed` on PATH), as `testbed workers check` shows.
+Files the experiment names outside its own directory are not sent: the worker's testbed
+then refuses the experiment, which comes back as a failure of the task that ran it.
+
+The worker's copy is removed when the playbook ends, failed or not. A coordinator that is
+interrupted, or a worker lost meanwhile, leaves the worker's run going until its own
+timeout ends it (it tears itself down as any run does); `testbed clean` on the worker
+removes what a run killed there left.
 """
 from __future__ import annotations
 
@@ -17,6 +24,28 @@ from pathlib import Path
 from testbed.errors import InputError, RunError
 
 MARGIN_S = 900      # bring-up, teardown and the report on top of the experiment's own timeout
+MAX_PACKED = 256 * 1024 * 1024      # an experiment's directory bigger than this is not one
+
+
+def pack_experiment(directory: Path, out: Path) -> None:
+    """The experiment's directory (the files it names are relative to it) in one archive, as
+    Ansible's copy module costs a round trip per file; without results directories and hidden
+    entries (.git, say). Refused (exit 2) when it is too big to be an experiment's."""
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if any(p.startswith(".") for p in parts) or parts[:1] == ("results",):
+            return None
+        return info
+    size = 0
+    for p in directory.rglob("*"):
+        rel = p.relative_to(directory).parts
+        if p.is_file() and not any(x.startswith(".") for x in rel) and rel[0] != "results":
+            size += p.stat().st_size
+    if size > MAX_PACKED:
+        raise InputError(f"{directory}: the experiment's directory holds {size / 2**20:.0f} MiB; an experiment "
+                         f"sent to a worker goes with its directory: keep it in one of its own")
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(directory, arcname=".", filter=keep)
 
 
 def run_on_worker(experiment: Path, inventory: Path, worker: str | None, results_root: Path,
@@ -36,8 +65,7 @@ def run_on_worker(experiment: Path, inventory: Path, worker: str | None, results
     with tempfile.TemporaryDirectory(prefix="testbed-fetch-") as local:
         # the experiment's directory (the files it names are relative to it) in one archive:
         # Ansible's copy module costs a round trip per file
-        with tarfile.open(Path(local) / "experiment.tgz", "w:gz") as tar:
-            tar.add(experiment.resolve().parent, arcname=".")
+        pack_experiment(experiment.resolve().parent, Path(local) / "experiment.tgz")
         r = run_playbook("run", inventory, {
             "testbed_worker": chosen, "testbed_job": job,
             "testbed_file": experiment.name, "testbed_seconds": int(exp.timeout + MARGIN_S), "testbed_local": local},
@@ -48,7 +76,11 @@ def run_on_worker(experiment: Path, inventory: Path, worker: str | None, results
         packed = Path(local) / "results.tgz"
         if outcome is None or not packed.exists():
             raise RunError(f"worker {chosen}: the run brought no results back (Ansible: {r.status})")
-        with tarfile.open(packed) as tar:
+        try:
+            tar = tarfile.open(packed)
+        except tarfile.TarError as exc:
+            raise RunError(f"worker {chosen}: its results archive cannot be read ({exc})") from None
+        with tar:
             tops = {Path(m.name).parts[0] for m in tar.getmembers() if Path(m.name).parts}
             if len(tops) != 1:
                 raise RunError(f"worker {chosen}: expected one run directory in its results, found {sorted(tops)}")
@@ -59,5 +91,9 @@ def run_on_worker(experiment: Path, inventory: Path, worker: str | None, results
                    or ".." in Path(m.name).parts]
             if bad:
                 raise RunError(f"worker {chosen}: its results hold unexpected entries ({bad[0]!r})")
+            for m in members:       # ours, and never setuid or writable by others
+                m.uid = m.gid = 0
+                m.uname = m.gname = "root"
+                m.mode &= 0o755
             tar.extractall(results_root, members=members)
     return int(outcome.report.get("rc", 1)), results_root / tops.pop()

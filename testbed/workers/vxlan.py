@@ -19,12 +19,14 @@ packet, is at least that.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 OVERHEAD = 50           # bytes a VXLAN packet adds on the underlay (IPv4 outer) to the inner frame
 ETHERNET = 14           # the inner frame's own header, which the tunnel device's counters leave out
 PORT = 4789             # IANA's VXLAN port
 ZERO_MAC = "00:00:00:00:00:00"
+NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")     # what goes into ip, bridge and sysctl lines as it is
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def join_lines(segments: list[Segment], local: str, underlay_mtu: int = 1550) ->
     for s in segments:
         if not 1 <= s.vni < 1 << 24:
             raise ValueError(f"VNI {s.vni} is not in 1..16777215")
-        if len(s.device()) > 15:
-            raise ValueError(f"bridge name {s.bridge!r} leaves no room for its tunnel's (15 characters)")
+        if not NAME.fullmatch(s.device()):
+            raise ValueError(f"bridge name {s.bridge!r}: its tunnel's name must be 1 to 15 letters, digits, _ or -")
         dev = s.device()
         out += [f"link add {s.bridge} type bridge",
                 f"link add {dev} type vxlan id {s.vni} local {local} dstport {PORT} nolearning",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -39,11 +38,12 @@ def test_check_reaches_each_worker_in_its_namespace_and_names_a_lost_one(two_wor
     for name, address in zip(h.names, h.addresses):
         # the worker's own facts: it sees its underlay address and nothing of this machine's
         assert rows[name]["ok"] and rows[name]["addresses"] == [address]
-        assert int(rows[name]["cores"]) == os.cpu_count()
+        assert int(rows[name]["cores"]) == len(os.sched_getaffinity(0))
     assert "task: gather facts" in r.stderr                    # ansible-runner's events, as progress
     # clocks: each worker probed this machine's responder over the underlay; they share one
-    # clock, so a sound exchange finds no offset beyond its own error, and the underlay's
-    # round trip is well under 10 ms
+    # clock, so a sound exchange finds no offset beyond its own error, and the best of 20
+    # round trips over the underlay is well under 10 ms (measured: 0.1 ms; a false failure
+    # needs all 20 probes delayed 100 times that, not seen in any run here)
     for name in h.names:
         assert abs(rows[name]["clock_offset_s"]) <= rows[name]["clock_error_s"] < 0.005
 
@@ -71,12 +71,12 @@ def test_down_and_clean_leave_nothing(tmp_path):
     # a harness whose owner died: `testbed clean` finds it by its tag, sshd included
     h = harness.Harness(1, tmp_path / "b")
     h.up()
-    sshd = pids_in(h.netns[0])
-    assert cleanup.remove_netns(h.tag) == 1 and cleanup.remove_links(h.tag) >= 1
-    end = time.monotonic() + 5      # remove_netns signals them; they end on their own
-    while time.monotonic() < end and any(os.path.exists(f"/proc/{p}") for p in sshd):
-        time.sleep(0.05)
-    assert all(not os.path.exists(f"/proc/{p}") for p in sshd)
+    try:
+        sshd = pids_in(h.netns[0])
+        assert cleanup.remove_netns(h.tag) == 1 and cleanup.remove_links(h.tag) >= 1
+        assert all(not os.path.exists(f"/proc/{p}") for p in sshd)
+    finally:
+        h.down()
     assert not any(n.startswith(f"tb{h.tag}") for n in cleanup._links() + cleanup._netns())
 
 
