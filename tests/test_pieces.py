@@ -439,6 +439,9 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
             self.closed, self.fail = False, None
             made.append(self)
 
+        def connect(self):
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+
         def request(self, *a, **kw):
             if self.fail:
                 raise self.fail

@@ -23,9 +23,13 @@ def test_halved_upload_caps_are_a_regression(docker_client, tmp_path):
     r = cli("regress", str(path), "--baseline", str(CI / "small.baseline.json"), "--repetitions", "2",
             "--results", str(tmp_path / "runs"), "--junit", str(tmp_path / "junit.xml"), "--json", timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "regression: completion_median_s worse by" in r.stderr
+    # slower completion, named: the median or the 95th percentile (with two repetitions one
+    # of them may miss significance: seen once in CI, the median 19.6 % worse at p = 0.051
+    # while the 95th percentile was 22.4 % worse at p = 0.004)
+    named = [m for m in ("completion_median_s", "completion_p95_s") if f"regression: {m} worse by" in r.stderr]
+    assert named, r.stderr
     assert "warning: the experiment differs from the baseline's" in r.stderr
     report = json.loads(r.stdout)
-    assert "completion_median_s" in report["regressed"] and len(report["runs"]) == 2
+    assert set(named) <= set(report["regressed"]) and len(report["runs"]) == 2
     schema = xmlschema.XMLSchema(str(ROOT / "tests" / "data" / "junit-10.xsd"))
     schema.validate(str(tmp_path / "junit.xml"))
