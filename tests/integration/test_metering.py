@@ -161,6 +161,11 @@ def test_traced_links_follow_their_trace_in_a_swarm_and_a_cut_line_departs(docke
     cut = next(p for p in summary["peers"] if p["name"] == "cut")
     assert cut["line_cut_s"] is not None and not cut["completed"]
     # the line went down within the sample that saw the cap, after that sample's counters were
-    # read: every interval that starts after the cut carries nothing up
-    after = [b for t0, _, b in per_interval_upload(run)["cut"] if t0 >= cut["line_cut_s"]]
-    assert len(after) >= 2 and all(b == 0 for b in after), after
+    # read: every interval that ends after the cut carries nothing up, but for the one it
+    # began in, which may hold a frame sent in the milliseconds before. There is at least that
+    # one: the run samples once more after the peer departs, even when its departure ends
+    # the run (seen once in CI: the cut peer got no peer until its second announce, 30 s in,
+    # and was cut at 37 s, after every other leecher had completed)
+    after = [(t0, b) for t0, t1, b in per_interval_upload(run)["cut"] if t1 > cut["line_cut_s"] + 0.5]
+    assert after, per_interval_upload(run)["cut"][-3:]
+    assert all(b == 0 if t0 >= cut["line_cut_s"] else b <= 1514 for t0, b in after), after
