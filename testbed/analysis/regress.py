@@ -74,7 +74,19 @@ def experiment_hash(run_dir: Path) -> str:
     data = yaml.safe_load((run_dir / "experiment.yaml").read_text())
     for key in ("repetitions", "description"):
         data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_set(data), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set(value):
+    """Without keys left unset (null, or holding only unset keys): a key the schema gained
+    since the baseline, at its unset default, changes the resolved file's text, not the swarm
+    (`limits` and `capture` did)."""
+    if isinstance(value, dict):
+        kept = {k: _set(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in kept.items() if v != {}}
+    if isinstance(value, list):
+        return [_set(v) for v in value]
+    return value
 
 
 def measure(run_dirs: list[Path]) -> dict:
