@@ -8,9 +8,13 @@ orchestrator dies; a container's namespaces die with the container.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 from testbed.plan import run_tag
 from testbed.runtime import remove_run_containers
@@ -65,10 +69,36 @@ def remove_netns(tag: str | None) -> int:
     are ended first, found by the namespace they run in, never by name."""
     match = (lambda n: n.startswith(f"tb{tag}-")) if tag else LINK_ANY.match
     names = [n for n in _netns() if match(n)]
-    from testbed.workers.harness import stop_namespace
     for name in names:
         stop_namespace(name)
     return len(names)
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_namespace(ns: str, grace: float = 5.0) -> None:
+    """Ends the processes running in the named namespace this testbed made (found by the
+    namespace, never by name): SIGTERM, SIGKILL for any left after `grace`; then deletes it."""
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, start_new_session=True)
+    pids = [int(p) for p in r.stdout.split() if p.isdigit()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + grace
+        while time.monotonic() < end and any(process_running(p) for p in pids):
+            time.sleep(0.02)
+        if not any(process_running(p) for p in pids):
+            break
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, start_new_session=True)
 
 
 def find(client, run_id: str) -> dict[str, list[str]]:

@@ -6,7 +6,7 @@ as it reaches real machines; they share this machine's file system and Docker da
 Everything carries a harness identity, a run-style tag (6 hex digits): the namespaces are
 tb<tag>-w<k>, the bridge tb<tag>ul and the root ends of the veths tb<tag>w<k>, so `testbed
 clean` finds them. The sshd processes are ended by the namespace they run in (`ip netns
-pids`), never by name.
+pids`, cleanup.stop_namespace), never by name.
 
 One harness takes a /26 of the underlay (the bridge its first address, the workers the next
 ones): up to 16 at once, 61 workers each.
@@ -18,13 +18,12 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from testbed import cleanup
 from testbed.errors import InputError, PreflightError, RunError
 from testbed.plan.build import WORKER_UNDERLAY
 
@@ -180,7 +179,7 @@ class Harness:
 
     def down(self) -> None:
         for ns in self.netns:
-            stop_namespace(ns)
+            cleanup.stop_namespace(ns)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         for veth in self.veths:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
@@ -194,34 +193,3 @@ def from_directory(directory: Path) -> Harness:
         return Harness(int(state["count"]), Path(directory), str(state["tag"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{Path(directory) / 'harness.json'}: not a harness's record ({exc.__class__.__name__})") from None
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for its parent."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def stop_namespace(ns: str, grace: float = 5.0) -> None:
-    """Ends the processes running in the named namespace this testbed made (found by the
-    namespace, never by name): SIGTERM, SIGKILL for any left after `grace`; then deletes it."""
-    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, start_new_session=True)
-    pids = [int(p) for p in r.stdout.split() if p.isdigit()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(_running(p) for p in pids):
-            time.sleep(0.02)
-        if not any(_running(p) for p in pids):
-            break
-    subprocess.run(["ip", "netns", "del", ns], capture_output=True, start_new_session=True)
-
-
-def have_sshd() -> bool:
-    return os.path.exists(SSHD) and shutil.which("ssh") is not None

@@ -65,7 +65,7 @@ def test_down_and_clean_leave_nothing(tmp_path):
     sshd = [p for ns in h.netns for p in pids_in(ns)]
     assert len(sshd) >= 2
     h.down()
-    assert not any(harness._running(p) for p in sshd)        # gone, or a zombie left to its reaper
+    assert not any(cleanup.process_running(p) for p in sshd)        # gone, or a zombie left to its reaper
     assert not any(n.startswith(f"tb{h.tag}") for n in cleanup._links() + cleanup._netns())
 
     # a harness whose owner died: `testbed clean` finds it by its tag, sshd included
@@ -74,7 +74,7 @@ def test_down_and_clean_leave_nothing(tmp_path):
     try:
         sshd = pids_in(h.netns[0])
         assert cleanup.remove_netns(h.tag) == 1 and cleanup.remove_links(h.tag) >= 1
-        assert not any(harness._running(p) for p in sshd)
+        assert not any(cleanup.process_running(p) for p in sshd)
     finally:
         h.down()
     assert not any(n.startswith(f"tb{h.tag}") for n in cleanup._links() + cleanup._netns())
