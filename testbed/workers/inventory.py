@@ -17,7 +17,6 @@ the variable (exit 2).
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +117,3 @@ def load_inventory(path: str | Path) -> list[WorkerSpec]:
     source = Path(path)
     return workers_of(read_inventory(source), source)
 
-
-def dumps(workers: list[WorkerSpec]) -> str:
-    """The workers as results record them (no connection secrets: only what placement used)."""
-    return json.dumps([{"name": w.name, "address": w.address, "underlay": w.underlay, "cores": w.cores}
-                       for w in workers], indent=1)
