@@ -7,9 +7,10 @@ replaced; the unit tests encode kernel replies with pyroute2 to check these agai
 """
 from __future__ import annotations
 
+import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 # From linux/netlink.h, sock_diag.h, inet_diag.h, tcp.h, rtnetlink.h, if_addr.h, netfilter/nfnetlink*.h
@@ -126,6 +127,74 @@ def tcp_rows(sockets: Iterable[Socket], peer_port: int) -> dict[tuple, TcpRow]:
     port: a connection to that remote port was dialed, one from another remote port accepted."""
     return {(s.local_port, s.remote, s.remote_port): (s.remote_port != peer_port, s.bytes_acked, s.bytes_received, s.send_queue)
             for s in sockets if s.inode and peer_port in (s.local_port, s.remote_port) and s.remote != s.local}
+
+
+Ident = tuple[tuple, bool] | None       # (row key, inbound), or None: not a row of the table
+DIAG_ID, DIAG_TAIL = struct.Struct(">HH"), struct.Struct("=I4xI")   # ports; wqueue, (uid skipped) inode
+BYTES = struct.Struct("=QQ")
+
+
+def ident(payload: bytes, at: int, peer_port: int) -> Ident:
+    """What `tcp_rows` makes of a socket's addresses and ports (a diag reply's payload at `at`)."""
+    size = 4 if payload[at] == socket.AF_INET else 16
+    sport, dport = DIAG_ID.unpack_from(payload, at + 4)
+    local, remote = address(payload[at + 8:at + 8 + size]), address(payload[at + 24:at + 24 + size])
+    if peer_port not in (sport, dport) or remote == local:
+        return None
+    return (sport, remote, dport), dport != peer_port
+
+
+def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: dict[bytes, Ident]) -> dict[tuple, TcpRow]:
+    """`tcp_rows(map(parse_socket, replies))` straight from the datagrams of one sock_diag dump
+    (sequence number `seq`; `recv` gives the next datagram), for the sampler's hot path: each
+    peer's table is read every second, and a peer of a large swarm has ~50 connections. A
+    socket's addresses and ports are decoded once per connection (`known`: family and id bytes
+    -> Ident; it keeps those seen in this dump); after that only its queue, inode and byte
+    counts are unpacked, in place, with no message copied. Raises OSError on an error reply."""
+    rows: dict[tuple, TcpRow] = {}
+    seen: dict[bytes, Ident] = {}
+    head, attr = HEADER.unpack_from, ATTR.unpack_from
+    while True:
+        chunk = recv()
+        at, end = 0, len(chunk)
+        while at + HEADER.size <= end:
+            length, kind, _, got, _ = head(chunk, at)
+            if length < HEADER.size:
+                break
+            body, stop = at + HEADER.size, at + length
+            at += (length + 3) & ~3
+            if got != seq:
+                continue
+            if kind == NLMSG_DONE:
+                known.clear()
+                known.update(seen)
+                return rows
+            if kind == NLMSG_ERROR:
+                if err := -struct.unpack_from("=i", chunk, body)[0]:
+                    raise OSError(err, os.strerror(err))
+                known.clear()
+                known.update(seen)
+                return rows
+            # family and the socket's id (ports, addresses): not the timer and retransmit bytes between
+            key = chunk[body:body + 1] + chunk[body + 4:body + 40]
+            if (it := known.get(key, 0)) == 0:
+                it = ident(chunk, body, peer_port)
+            seen[key] = it
+            wqueue, inode = DIAG_TAIL.unpack_from(chunk, body + 60)
+            if it is None or not inode:
+                continue
+            acked = received = 0
+            a = body + DIAG_MSG_SIZE
+            while a + ATTR.size <= stop:
+                alen, akind = attr(chunk, a)
+                if alen < ATTR.size:
+                    break
+                if akind & NLA_TYPE_MASK == INET_DIAG_INFO:
+                    if alen - ATTR.size >= TCP_INFO_BYTES_AT + 16:
+                        acked, received = BYTES.unpack_from(chunk, a + ATTR.size + TCP_INFO_BYTES_AT)
+                    break
+                a += (alen + 3) & ~3
+            rows[it[0]] = (it[1], acked, received, wqueue)
 
 
 def parse_tuple(payload: bytes) -> Tuple | None:

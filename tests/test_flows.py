@@ -6,6 +6,10 @@ their own, so these tests check flows.py's hand-written decoding against a secon
 import socket
 import struct
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pyroute2.netlink.diag import inet_diag_msg
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -80,6 +84,48 @@ def test_tcp_rows_keep_wire_tcp_table_rules():
                Socket(HOST, 6666, HOST, 40001, 104, 0, 5, 5)]              # to itself
     assert flows.tcp_rows(sockets, 6666) == {(40000, OTHER, 6666): (False, 80000, 20, 3000),
                                              (6666, THIRD, 50000): (True, 1, 200000, 0)}
+
+
+def dump_chunks(payloads: list[bytes], seq: int, per_chunk: int) -> list[bytes]:
+    """A sock_diag dump as the kernel sends it: replies packed several to a datagram, a stray
+    reply to an abandoned request first, NLMSG_DONE at the end."""
+    msgs = [flows.request(0, b"x" * 80, seq - 1, flags=0)] + \
+        [flows.request(flows.TCPDIAG_GETSOCK, p, seq, flags=0) + bytes(-len(p) % 4) for p in payloads]
+    msgs.append(flows.request(flows.NLMSG_DONE, bytes(4), seq, flags=0))
+    return [b"".join(msgs[i:i + per_chunk]) for i in range(0, len(msgs), per_chunk)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([HOST, "::ffff:" + HOST, "fe80::1"]), st.sampled_from([6666, 40001, 40002]),
+                          st.sampled_from([OTHER, THIRD, HOST, "fe80::2"]), st.sampled_from([6666, 50000, 6969]),
+                          st.integers(0, 3), st.integers(0, 2**40), st.booleans()), max_size=12),
+       st.integers(1, 5))
+def test_the_fast_table_is_tcp_rows_of_parse_socket_on_every_dump(socks, per_chunk):
+    """The sampler's path (tcp_rows_from, decoding each connection's addresses once) gives the
+    table of the reference decoding, datagram boundaries and a cache from an earlier dump
+    included; and a short tcp_info counts no bytes."""
+    payloads = []
+    for local, lport, remote, rport, inode, nbytes, short in socks:
+        family = socket.AF_INET6 if ":" in local or ":" in remote else socket.AF_INET
+        if family == socket.AF_INET6 and ":" not in remote:
+            remote = "::ffff:" + remote
+        if family == socket.AF_INET6 and ":" not in local:
+            local = "::ffff:" + local
+        p = diag(local, lport, remote, rport, family=family, inode=inode, wqueue=nbytes % 5000,
+                 info=None if short else {"tcpi_bytes_acked": nbytes, "tcpi_bytes_received": nbytes // 3})
+        payloads.append(p)
+    want = flows.tcp_rows(map(flows.parse_socket, payloads), 6666)
+    known: dict = {}
+    for _ in range(2):              # the second dump reads through the cache the first filled
+        chunks = iter(dump_chunks(payloads, 9, per_chunk))
+        assert flows.tcp_rows_from(chunks.__next__, 9, 6666, known) == want
+    assert len(known) == len({p[:1] + p[4:40] for p in payloads})
+
+
+def test_an_error_reply_to_the_dump_is_raised():
+    err = flows.request(flows.NLMSG_ERROR, struct.pack("=i", -1) + bytes(16), 4, flags=0)
+    with pytest.raises(OSError):
+        flows.tcp_rows_from(iter([err]).__next__, 4, 6666, {})
 
 
 def test_netlink_messages_and_attributes_are_split_at_their_padded_lengths():
