@@ -465,3 +465,94 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
     client._used -= aria2.IDLE_S + 1
     client.post('{"method": "aria2.tellStatus"}')
     assert len(made) == 4 and made[2].closed                                       # idle: replaced
+
+
+def test_aria2_s_sample_call_is_sent_first_and_read_later_and_survives_a_closed_connection(monkeypatch):
+    """The sampler's split call: begin() sends the request (with the secret) and reads nothing;
+    the answer is read when asked for. A kept connection aria2 had closed, found at either
+    half, costs one new connection and the same request again."""
+    import http.client
+    import json
+
+    from testbed.clients import aria2
+
+    made, log = [], []
+
+    class Conn:
+        def __init__(self, *a, **kw):
+            self.fail_send = self.fail_read = None
+            made.append(self)
+
+        def connect(self):
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+
+        def request(self, method, path, body, headers):
+            if self.fail_send:
+                raise self.fail_send
+            log.append(("sent", made.index(self), json.loads(body)))
+
+        def getresponse(self):
+            if self.fail_read:
+                raise self.fail_read
+            log.append(("read", made.index(self)))
+            return types.SimpleNamespace(read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": {"n": "1"}}')
+
+        def close(self):
+            pass
+    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    client = aria2.kept_alive_client("http://198.19.0.6", 6800, "s", 5)
+    finish = client.begin("aria2.tellStatus", ["gid", ["n"]])
+    assert [e[0] for e in log] == ["sent"] and log[0][2]["params"] == ["token:s", "gid", ["n"]]
+    assert finish() == {"n": "1"} and log[-1] == ("read", 0)
+    made[0].fail_read = http.client.RemoteDisconnected("closed")
+    assert client.begin("aria2.tellStatus", ["gid", ["n"]])() == {"n": "1"}
+    assert log[-2:] == [("sent", 1, log[0][2] | {"id": log[-2][2]["id"]}), ("read", 1)]
+    made[1].fail_send = BrokenPipeError()
+    assert client.begin("aria2.tellStatus", ["gid", ["n"]])() == {"n": "1"} and log[-1] == ("read", 2)
+    made[2].fail_read = TimeoutError("timed out")
+    finish = client.begin("aria2.tellStatus", ["gid", ["n"]])
+    with pytest.raises(TimeoutError):
+        finish()
+    assert len(made) == 3                                                          # a hung aria2: not asked twice
+
+
+def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample(tmp_path, monkeypatch):
+    """libtorrent's split call: the status request goes out at sample_begin over the
+    sampler's own connection, the answer is read when asked for and decoded as sample()
+    decodes it; a kept connection found closed is replaced and the request sent again."""
+    import http.client
+    import json
+
+    made, log = [], []
+    status = {"progress": 0.5, "rate_up": 7, "rate_down": 9, "bytes_up": 70, "bytes_down": 600, "peers": 3,
+              "state": "downloading", "pieces": {"bitfield": encode(HAVE).hex(), "num_pieces": len(HAVE)}}
+
+    class Conn:
+        def __init__(self, *a, **kw):
+            self.fail_read = None
+            made.append(self)
+
+        def connect(self):
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+
+        def request(self, method, path, body, headers):
+            log.append(("sent", made.index(self), json.loads(body)))
+
+        def getresponse(self):
+            if self.fail_read:
+                raise self.fail_read
+            log.append(("read", made.index(self)))
+            return types.SimpleNamespace(read=lambda: json.dumps({"result": status}).encode())
+
+        def close(self):
+            pass
+    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    d = driver("libtorrent", tmp_path, INFOHASH)
+    d.host.ctl_ip = "198.19.0.6"
+    read = d.sample_begin(True)
+    assert log == [("sent", 0, {"method": "status", "params": {"pieces": True}})]
+    split = read()
+    assert log[-1] == ("read", 0) and split[1] == HAVE and split == d.sample(True)
+    assert len(made) == 2           # sample() went over the driver's other connection
+    made[0].fail_read = ConnectionResetError()
+    assert d.sample_begin(False)()[0] == split[0] and log[-2:] == [("sent", 2, log[-2][2]), ("read", 2)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces, http_connection
@@ -31,32 +32,49 @@ def kept_alive_client(host: str, port: int, secret: str, timeout: float):
 
         def post(self, payload: str) -> dict:
             with self._lock:
-                # aria2 closes a connection idle for 30 s (HttpServerCommand): one idle for
-                # IDLE_S is not reused
-                if self._conn is not None and time.monotonic() - self._used > IDLE_S:
-                    self._conn.close()
-                    self._conn = None
-                for attempt in (1, 2):
-                    reused = self._conn is not None
-                    try:
-                        if self._conn is None:
-                            self._conn = http_connection(host.removeprefix("http://"), port, timeout)
-                        self._conn.request("POST", "/jsonrpc", payload.encode(), {"Content-Type": "application/json"})
-                        answer = json.loads(self._conn.getresponse().read())
-                        self._used = time.monotonic()
-                        return answer
-                    except (OSError, http.client.HTTPException) as exc:
-                        if self._conn is not None:      # None: the connection itself failed
-                            self._conn.close()
-                            self._conn = None
-                        # a kept connection that aria2 had closed: it answered nothing and read
-                        # nothing, so the call goes once more on a new one (not a timeout: a
-                        # hung aria2 is not asked twice)
-                        closed = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,
-                                                  ConnectionResetError))
-                        if attempt == 2 or not (reused and closed):
-                            raise
-            raise AssertionError("unreachable")
+                return self._send(payload.encode())()
+
+        def begin(self, method: str, params: list) -> Callable[[], object]:
+            """call(method, params) in two halves: the request is sent now, and what is returned
+            reads the answer. Not locked: for a client object only the sampler uses."""
+            params = self.get_params(*params)
+            params.insert(0, f"token:{self.secret}")
+            finish = self._send(self.get_payload(method, params).encode())
+            return lambda: self.res_or_raise(finish())
+
+        def _send(self, body: bytes, retry: bool = True) -> Callable[[], dict]:
+            # aria2 closes a connection idle for 30 s (HttpServerCommand): one idle for IDLE_S
+            # is not reused
+            if self._conn is not None and time.monotonic() - self._used > IDLE_S:
+                self._conn.close()
+                self._conn = None
+            reused = self._conn is not None
+            try:
+                if self._conn is None:
+                    self._conn = http_connection(host.removeprefix("http://"), port, timeout)
+                self._conn.request("POST", "/jsonrpc", body, {"Content-Type": "application/json"})
+            except (OSError, http.client.HTTPException) as exc:
+                return self._failed(exc, reused and retry, body)
+            conn = self._conn
+
+            def answer() -> dict:
+                try:
+                    got = json.loads(conn.getresponse().read())
+                except (OSError, http.client.HTTPException) as exc:
+                    return self._failed(exc, reused and retry, body)()
+                self._used = time.monotonic()
+                return got
+            return answer
+
+        def _failed(self, exc: Exception, again: bool, body: bytes) -> Callable[[], dict]:
+            if self._conn is not None:      # None: the connection itself failed
+                self._conn.close()
+                self._conn = None
+            # a kept connection that aria2 had closed: it answered nothing and read nothing, so
+            # the call goes once more on a new one (not a timeout: a hung aria2 is not asked twice)
+            if again and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
+                return self._send(body, retry=False)
+            raise exc
 
     return Client(host=host, port=port, secret=secret, timeout=timeout)
 
@@ -65,6 +83,7 @@ class Aria2Driver(ClientDriver):
     name = "aria2"
     rpc_port = 6800
     _seed = False           # set when the torrent is added as a seeder
+    _sampling = None        # the sampler's own RPC client (sample_begin)
 
     def options(self) -> dict:
         """aria2c options that differ from aria2 1.36's defaults, and why."""
@@ -158,8 +177,22 @@ class Aria2Driver(ClientDriver):
 
     def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
         # one tellStatus with only the keys read (aria2p's get_download asks for all of them,
-        # file lists and torrent info included); aria2 answers numbers as strings
-        d = self._client().client.tell_status(self._torrent, [*STATS_KEYS, *(PIECE_KEYS if want_pieces else ())])
+        # file lists and torrent info included)
+        return self._sampled(self._client().client.tell_status(self._torrent, self._keys(want_pieces)), want_pieces)
+
+    def sample_begin(self, want_pieces: bool) -> Callable[[], tuple[PeerStats, list[bool] | None]]:
+        # over a connection of the sampler's own, so that no lock is held between the halves
+        if self._sampling is None:
+            self._sampling = kept_alive_client(f"http://{self.host.ctl_ip}", self.rpc_port, SECRET, 5)
+        finish = self._sampling.begin("aria2.tellStatus", [self._torrent, self._keys(want_pieces)])
+        return lambda: self._sampled(finish(), want_pieces)
+
+    @staticmethod
+    def _keys(want_pieces: bool) -> list[str]:
+        return [*STATS_KEYS, *(PIECE_KEYS if want_pieces else ())]
+
+    def _sampled(self, d: dict, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
+        # aria2 answers numbers as strings
         done, total = int(d["completedLength"]), int(d["totalLength"])
         # a finished BitTorrent download stays the same gid while it seeds
         stats = PeerStats(progress=done / total if total else 0.0, rate_up=int(d["uploadSpeed"]),

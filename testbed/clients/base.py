@@ -10,6 +10,7 @@ import http.client
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -187,6 +188,14 @@ class ClientDriver(ABC):
         this (each request costs the testbed about a millisecond of CPU, and a 100-peer
         swarm is sampled 100 times a second)."""
         return self.stats(), (self.pieces() if want_pieces else None)
+
+    def sample_begin(self, want_pieces: bool) -> Callable[[], tuple[PeerStats, list[bool] | None]] | None:
+        """sample() in two halves, for a client whose API allows it: the request is sent now,
+        and what is returned reads the answer. The sampler sends every such peer's request,
+        then reads the answers, all in its own thread: no thread of a pool handed each call
+        and the interpreter's lock back and forth. None (the default): the sampler calls
+        sample() from its pool."""
+        return None
 
     @abstractmethod
     def stop_torrent(self) -> None:

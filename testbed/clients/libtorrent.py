@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces, http_connection
@@ -68,24 +69,42 @@ class LibtorrentDriver(ClientDriver):
     def call(self, method: str, **params):
         """One JSON call over a kept-alive HTTP connection (a new connection per call cost
         the sampler more CPU than the call itself); a restarted daemon gets a new one."""
-        body = json.dumps({"method": method, "params": params}).encode()
         with self._rpc_lock:
-            for attempt in (1, 2):
+            return self._begin(method, params, "_conn")()
+
+    def _begin(self, method: str, params: dict, slot: str) -> Callable[[], object]:
+        """A call in two halves over the connection kept in attribute `slot`: the request is sent
+        now, and what is returned reads the answer. A kept connection found closed at either
+        half costs a new one and the request again, for an idempotent call."""
+        body = json.dumps({"method": method, "params": params}).encode()
+
+        def send(attempt: int) -> Callable[[], object]:
+            try:
+                if getattr(self, slot) is None:
+                    setattr(self, slot, http_connection(self.host.ctl_ip, self.rpc_port, 5))
+                conn = getattr(self, slot)
+                conn.request("POST", "/", body, {"Content-Type": "application/json"})
+            except (OSError, http.client.HTTPException):
+                return failed(attempt)
+
+            def read() -> object:
                 try:
-                    if self._conn is None:
-                        self._conn = http_connection(self.host.ctl_ip, self.rpc_port, 5)
-                    self._conn.request("POST", "/", body, {"Content-Type": "application/json"})
-                    answer = json.loads(self._conn.getresponse().read())
-                    break
+                    answer = json.loads(conn.getresponse().read())
                 except (OSError, http.client.HTTPException):
-                    if self._conn is not None:      # None: the connection itself failed
-                        self._conn.close()
-                        self._conn = None
-                    if attempt == 2 or method not in self.IDEMPOTENT:
-                        raise
-        if "error" in answer:
-            raise RunError(f"{self.host.name}: lt-client {method}: {answer['error']}")
-        return answer["result"]
+                    return failed(attempt)()
+                if "error" in answer:
+                    raise RunError(f"{self.host.name}: lt-client {method}: {answer['error']}")
+                return answer["result"]
+            return read
+
+        def failed(attempt: int) -> Callable[[], object]:
+            if (conn := getattr(self, slot)) is not None:      # None: the connection itself failed
+                conn.close()
+                setattr(self, slot, None)
+            if attempt == 2 or method not in self.IDEMPOTENT:
+                raise
+            return send(2)
+        return send(1)
 
     def ready(self) -> bool:
         try:
@@ -115,6 +134,7 @@ class LibtorrentDriver(ClientDriver):
         super().__init__(host, behaviour, rpc_port)
         self._rpc_lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
+        self._sampling: http.client.HTTPConnection | None = None     # the sampler's own (sample_begin)
 
     def stats(self) -> PeerStats:
         return self.sample(False)[0]
@@ -126,7 +146,14 @@ class LibtorrentDriver(ClientDriver):
 
     def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
         # the have-bitfield comes in the same call when asked
-        s = self.call("status", pieces=want_pieces)
+        return self._sampled(self.call("status", pieces=want_pieces), want_pieces)
+
+    def sample_begin(self, want_pieces: bool) -> Callable[[], tuple[PeerStats, list[bool] | None]]:
+        # over a connection of the sampler's own, so that no lock is held between the halves
+        read = self._begin("status", {"pieces": want_pieces}, "_sampling")
+        return lambda: self._sampled(read(), want_pieces)
+
+    def _sampled(self, s: dict, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
         # while libtorrent checks, its progress is the check's, not verified bytes
         progress = 0.0 if s.get("state") in CHECKING else s["progress"]
         stats = PeerStats(progress=progress, rate_up=s["rate_up"], rate_down=s["rate_down"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +133,10 @@ class Sampler:
         self.segments = {f"{lk.node1}-{lk.node2}": lk.intf1 for lk in plan_.links if lk.kind == "core"}
         self.seg_baseline: dict[str, Counters] = {}
         self.tracker_dev = self.access_dev.get("tracker")
-        # control calls in 4 threads: in a 100-peer aria2 swarm a call took 0.39 ms of CPU with 8
-        # (threads handing the interpreter lock around) and 0.32 ms with 2; 4 leaves room for a
-        # hung client's 5 s timeout without stalling every tick
+        # control calls of clients that cannot split them (no sample_begin) in 4 threads: in a
+        # 100-peer aria2 swarm a call took 0.39 ms of CPU with 8 (threads handing the
+        # interpreter lock around) and 0.32 ms with 2; 4 leaves room for a hung client's 5 s
+        # timeout without stalling every tick
         self.pool = ThreadPoolExecutor(4)
         # long-lived netlink handles in each peer's namespace: no process per peer per tick
         self.handles = {n: flows.NamespaceFlows(f"/proc/{pid}/ns/net") for n, pid in pids.items() if n in drivers}
@@ -171,22 +173,45 @@ class Sampler:
         for h in self.handles.values():     # they keep the namespace alive
             h.close()
 
-    def _stats(self, name: str) -> tuple[PeerStats | None, float]:
+    def _want_pieces(self, name: str) -> bool:
+        # its pieces while it lacks some (a peer that completed has them all), in the same
+        # request where its client allows
+        last = self.seen.last.get(name)
+        return last is None or last.progress < 1.0 or name not in self.seen.pieces
+
+    def _answered(self, name: str, read: Callable[[], tuple[PeerStats, list[bool] | None]]) -> PeerStats | None:
+        """Its stats from `read` (a control call, or the second half of one), pieces kept; a
+        crashed or hung client's error recorded once, and the run goes on."""
         since = time.thread_time()
         try:
-            # its pieces while it lacks some (a peer that completed has them all), in the same
-            # request where its client allows
-            last = self.seen.last.get(name)
-            s, have = self.drivers[name].sample(last is None or last.progress < 1.0 or name not in self.seen.pieces)
+            s, have = read()
             if have is not None:
                 self.seen.pieces[name] = have
-        except Exception as exc:  # a crashed or hung client: recorded, the run goes on
+        except Exception as exc:
             if name not in self.seen.errors:
                 self.seen.errors[name] = f"{exc.__class__.__name__}: {exc}"
                 self.emit(self.rd.event("client_error", host=name, error=self.seen.errors[name]))
             s = None
         self.cpu.add(self.client_part[name], since)
-        return s, self.now()
+        return s
+
+    def _stats(self, name: str) -> tuple[PeerStats | None, float]:
+        return self._answered(name, lambda: self.drivers[name].sample(self._want_pieces(name))), self.now()
+
+    def _ask(self, name: str) -> Callable[[], tuple[PeerStats | None, float]]:
+        """Asks a peer's client for its sample; what is returned gives the answer and when it
+        came. A client that can take the request and give the answer apart (sample_begin) is
+        asked here, in this thread; any other is called from the pool meanwhile."""
+        since = time.thread_time()
+        try:
+            finish = self.drivers[name].sample_begin(self._want_pieces(name))
+        except Exception as exc:    # the request could not be sent: recorded when read
+            def finish(exc=exc):
+                raise exc
+        self.cpu.add(self.client_part[name], since)
+        if finish is None:
+            return self.pool.submit(self._stats, name).result
+        return lambda: (self._answered(name, finish), self.now())
 
     def _table(self, name: str, tcp_flows: bool) -> tuple[dict | None, flows.Entries | None]:
         h, port, since = self.handles[name], self.drivers[name].peer_port, time.thread_time()
@@ -216,10 +241,11 @@ class Sampler:
         frozen, not crashed, not yet arrived). Returns their stats, each with the swarm time
         its client answered."""
         names = sorted(active)
-        # clients' control calls wait on the clients, so they go to the pool; the netlink
-        # readings are quick system calls, made here meanwhile (in the pool they only add
-        # threads contending for the interpreter)
-        asked = {name: self.pool.submit(self._stats, name) for name in names}
+        # every client is asked first (those that take a request apart from its answer, here;
+        # the others from the pool), the netlink readings are made meanwhile (quick system
+        # calls: in the pool they only add threads contending for the interpreter), then the
+        # answers are read
+        asked = {name: self._ask(name) for name in names}
         # TCP flows' counters every FLOW_TICKS ticks, and one last time for a peer that left
         # (a flow that ends meanwhile gives its last counters anyway); UDP ones (uTP) each tick
         self.ticks += 1
@@ -230,7 +256,7 @@ class Sampler:
         for name in left:
             if (e := self._table(name, True)[1]) is not None:
                 self.seen.add_entries(name, self.drivers[name].peer_port, e)
-        stats = {name: f.result() for name, f in asked.items()}
+        stats = {name: answer() for name, answer in asked.items()}
         t = self.now()          # the counters' own time: read now, after the clients answered
         since = time.thread_time()
         self.meter(t)
