@@ -110,7 +110,9 @@ def attributes(data: bytes, at: int = 0) -> dict[int, bytes]:
 
 
 def parse_socket(payload: bytes) -> Socket:
-    """A sock_diag reply: struct inet_diag_msg, then attributes, tcp_info among them."""
+    """A sock_diag reply: struct inet_diag_msg, then attributes, tcp_info among them. With
+    tcp_rows, the plain statement of the TCP table's reading: the unit tests check it against
+    pyroute2's decoding, and the sampler's tcp_rows_from against it."""
     sport, dport = struct.unpack_from(">HH", payload, 4)
     _, wqueue, _, inode = struct.unpack_from("=IIII", payload, 56)
     size = 4 if payload[0] == socket.AF_INET else 16
