@@ -447,7 +447,7 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
                 raise self.fail
 
         def getresponse(self):
-            return types.SimpleNamespace(read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": "ok"}')
+            return types.SimpleNamespace(status=200, headers={}, read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": "ok"}')
 
         def close(self):
             self.closed = True
@@ -462,7 +462,7 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
         client.post('{"method": "aria2.tellStatus"}')
     assert len(made) == 2                                                          # not asked twice
     client.post('{"method": "aria2.tellStatus"}')                                  # a new one after
-    client._used -= aria2.IDLE_S + 1
+    client._kept._used -= aria2.IDLE_S + 1
     client.post('{"method": "aria2.tellStatus"}')
     assert len(made) == 4 and made[2].closed                                       # idle: replaced
 
@@ -495,7 +495,7 @@ def test_aria2_s_sample_call_is_sent_first_and_read_later_and_survives_a_closed_
             if self.fail_read:
                 raise self.fail_read
             log.append(("read", made.index(self)))
-            return types.SimpleNamespace(read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": {"n": "1"}}')
+            return types.SimpleNamespace(status=200, headers={}, read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": {"n": "1"}}')
 
         def close(self):
             pass
@@ -542,7 +542,7 @@ def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample
             if self.fail_read:
                 raise self.fail_read
             log.append(("read", made.index(self)))
-            return types.SimpleNamespace(read=lambda: json.dumps({"result": status}).encode())
+            return types.SimpleNamespace(status=200, headers={}, read=lambda: json.dumps({"result": status}).encode())
 
         def close(self):
             pass
@@ -556,3 +556,43 @@ def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample
     assert len(made) == 2           # sample() went over the driver's other connection
     made[0].fail_read = ConnectionResetError()
     assert d.sample_begin(False)()[0] == split[0] and log[-2:] == [("sent", 2, log[-2][2]), ("read", 2)]
+
+
+def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(tmp_path, monkeypatch):
+    """transmission's split call: torrent-get goes out at sample_begin; the 409 transmission
+    answers to a request without its session id is answered by the same request with it, and
+    the torrent is decoded as sample() decodes transmission-rpc's."""
+    import http.client
+    import json
+
+    fields = {"id": 1, "pieces": base64.b64encode(encode(HAVE)).decode(), "pieceCount": len(HAVE),
+              "percentDone": 0.5, "haveValid": 500, "sizeWhenDone": 1000, "rateUpload": 7, "rateDownload": 9,
+              "uploadedEver": 70, "downloadedEver": 600, "peersConnected": 3, "status": 4, "recheckProgress": 0}
+    sent = []
+
+    class Conn:
+        def __init__(self, *a, **kw):
+            pass
+
+        def connect(self):
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+
+        def request(self, method, path, body, headers):
+            sent.append((path, json.loads(body), headers["X-Transmission-Session-Id"]))
+
+        def getresponse(self):
+            if sent[-1][2] != "abc":
+                return types.SimpleNamespace(status=409, headers={"X-Transmission-Session-Id": "abc"}, read=lambda: b"")
+            body = json.dumps({"result": "success", "arguments": {"torrents": [fields]}}).encode()
+            return types.SimpleNamespace(status=200, headers={}, read=lambda: body)
+
+        def close(self):
+            pass
+    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    d, _ = transmission(tmp_path, monkeypatch, HAVE)
+    d.host.ctl_ip = "198.19.0.6"
+    read = d.sample_begin(True)
+    assert len(sent) == 1 and sent[0][1]["method"] == "torrent-get" and sent[0][1]["arguments"]["ids"] == [1]
+    assert read() == d.sample(True)
+    assert [s[2] for s in sent] == ["", "abc"]
+    assert d.sample_begin(False)()[1] is None and sent[-1][2] == "abc" and len(sent) == 3     # the id kept

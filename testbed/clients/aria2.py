@@ -5,12 +5,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces, http_connection
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
+from testbed.clients.kept import KeptConnection
 
 SECRET = "testbed"
 STATS_KEYS = ("completedLength", "totalLength", "uploadSpeed", "downloadSpeed", "uploadLength", "connections")
 PIECE_KEYS = ("bitfield", "numPieces")
 IDLE_S = 20.0           # a kept RPC connection idle longer than this is replaced (aria2 closes it at 30 s)
+HEADERS = {"Content-Type": "application/json"}
 
 
 def kept_alive_client(host: str, port: int, secret: str, timeout: float):
@@ -18,63 +20,28 @@ def kept_alive_client(host: str, port: int, secret: str, timeout: float):
     requests.post: a new session and connection each time, which also reads the environment's
     proxy and netrc settings. That was most of the sampler's CPU in an aria2 swarm (3.3 ms a
     call; requests.Session 1.2 ms; http.client under 0.5 ms). aria2p has no option for it, so
-    the transport is replaced here: a few lines over the standard library."""
-    import http.client
+    the transport is replaced here (testbed.clients.kept)."""
     import threading
-    import time
 
     import aria2p
 
     class Client(aria2p.Client):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            self._lock, self._conn, self._used = threading.Lock(), None, 0.0
+            self._lock = threading.Lock()
+            self._kept = KeptConnection(host.removeprefix("http://"), port, timeout, idle_s=IDLE_S)
 
         def post(self, payload: str) -> dict:
             with self._lock:
-                return self._send(payload.encode())()
+                return json.loads(self._kept.call("/jsonrpc", payload.encode(), HEADERS).body)
 
         def begin(self, method: str, params: list) -> Callable[[], object]:
             """call(method, params) in two halves: the request is sent now, and what is returned
             reads the answer. Not locked: for a client object only the sampler uses."""
             params = self.get_params(*params)
             params.insert(0, f"token:{self.secret}")
-            finish = self._send(self.get_payload(method, params).encode())
-            return lambda: self.res_or_raise(finish())
-
-        def _send(self, body: bytes, retry: bool = True) -> Callable[[], dict]:
-            # aria2 closes a connection idle for 30 s (HttpServerCommand): one idle for IDLE_S
-            # is not reused
-            if self._conn is not None and time.monotonic() - self._used > IDLE_S:
-                self._conn.close()
-                self._conn = None
-            reused = self._conn is not None
-            try:
-                if self._conn is None:
-                    self._conn = http_connection(host.removeprefix("http://"), port, timeout)
-                self._conn.request("POST", "/jsonrpc", body, {"Content-Type": "application/json"})
-            except (OSError, http.client.HTTPException) as exc:
-                return self._failed(exc, reused and retry, body)
-            conn = self._conn
-
-            def answer() -> dict:
-                try:
-                    got = json.loads(conn.getresponse().read())
-                except (OSError, http.client.HTTPException) as exc:
-                    return self._failed(exc, reused and retry, body)()
-                self._used = time.monotonic()
-                return got
-            return answer
-
-        def _failed(self, exc: Exception, again: bool, body: bytes) -> Callable[[], dict]:
-            if self._conn is not None:      # None: the connection itself failed
-                self._conn.close()
-                self._conn = None
-            # a kept connection that aria2 had closed: it answered nothing and read nothing, so
-            # the call goes once more on a new one (not a timeout: a hung aria2 is not asked twice)
-            if again and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)):
-                return self._send(body, retry=False)
-            raise exc
+            read = self._kept.begin("/jsonrpc", self.get_payload(method, params).encode(), HEADERS)
+            return lambda: self.res_or_raise(json.loads(read().body))
 
     return Client(host=host, port=port, secret=secret, timeout=timeout)
 

@@ -6,8 +6,6 @@ and starts processes through the host runtime (HostHandle.exec).
 """
 from __future__ import annotations
 
-import http.client
-import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -42,18 +40,6 @@ class PeerStats:
     bytes_up: int          # payload bytes uploaded since added
     bytes_down: int
     peers: int             # connected peers
-
-
-def http_connection(host: str, port: int, timeout: float) -> http.client.HTTPConnection:
-    """An HTTP connection to a client's control API, connected, with Nagle's algorithm off.
-    http.client sends a request's headers and body in two writes; with Nagle on, the body
-    waits for the ACK of the headers, which the client's kernel delays by 40 ms. Measured
-    against aria2 in its namespace: 44 ms and 400 us of the sampler's CPU per call with Nagle,
-    0.15 ms and 95 us without (the waiting costs CPU too: timers and wake-ups)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    conn.connect()
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return conn
 
 
 def bitfield_pieces(field: bytes | str, num_pieces: int, encoding: str = "bytes") -> list[bool]:

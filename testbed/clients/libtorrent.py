@@ -3,13 +3,13 @@ ships in its image (images/libtorrent/lt-client.py): JSON over HTTP on the contr
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces, http_connection
+from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
+from testbed.clients.kept import KeptConnection
 from testbed.errors import RunError
 
 # libtorrent's enc_policy values (pe_forced, pe_enabled, pe_disabled); deluge and
@@ -73,38 +73,20 @@ class LibtorrentDriver(ClientDriver):
             return self._begin(method, params, "_conn")()
 
     def _begin(self, method: str, params: dict, slot: str) -> Callable[[], object]:
-        """A call in two halves over the connection kept in attribute `slot`: the request is sent
-        now, and what is returned reads the answer. A kept connection found closed at either
-        half costs a new one and the request again, for an idempotent call."""
+        """A call in two halves over the kept connection in attribute `slot`: the request is
+        sent now, and what is returned reads the answer."""
+        if getattr(self, slot) is None:
+            setattr(self, slot, KeptConnection(self.host.ctl_ip, self.rpc_port, 5))
         body = json.dumps({"method": method, "params": params}).encode()
+        read = getattr(self, slot).begin("/", body, {"Content-Type": "application/json"},
+                                         again=method in self.IDEMPOTENT)
 
-        def send(attempt: int) -> Callable[[], object]:
-            try:
-                if getattr(self, slot) is None:
-                    setattr(self, slot, http_connection(self.host.ctl_ip, self.rpc_port, 5))
-                conn = getattr(self, slot)
-                conn.request("POST", "/", body, {"Content-Type": "application/json"})
-            except (OSError, http.client.HTTPException):
-                return failed(attempt)
-
-            def read() -> object:
-                try:
-                    answer = json.loads(conn.getresponse().read())
-                except (OSError, http.client.HTTPException):
-                    return failed(attempt)()
-                if "error" in answer:
-                    raise RunError(f"{self.host.name}: lt-client {method}: {answer['error']}")
-                return answer["result"]
-            return read
-
-        def failed(attempt: int) -> Callable[[], object]:
-            if (conn := getattr(self, slot)) is not None:      # None: the connection itself failed
-                conn.close()
-                setattr(self, slot, None)
-            if attempt == 2 or method not in self.IDEMPOTENT:
-                raise
-            return send(2)
-        return send(1)
+        def answer() -> object:
+            got = json.loads(read().body)
+            if "error" in got:
+                raise RunError(f"{self.host.name}: lt-client {method}: {got['error']}")
+            return got["result"]
+        return answer
 
     def ready(self) -> bool:
         try:
@@ -133,8 +115,8 @@ class LibtorrentDriver(ClientDriver):
     def __init__(self, host, behaviour=None, rpc_port=None):
         super().__init__(host, behaviour, rpc_port)
         self._rpc_lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
-        self._sampling: http.client.HTTPConnection | None = None     # the sampler's own (sample_begin)
+        self._conn: KeptConnection | None = None
+        self._sampling: KeptConnection | None = None     # the sampler's own (sample_begin)
 
     def stats(self) -> PeerStats:
         return self.sample(False)[0]
