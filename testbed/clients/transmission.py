@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed.clients.base import ClientDriver, PeerStats, bitfield_pieces
+from testbed.clients.kept import KeptConnection
+from testbed.errors import RunError
 
 
 STATS_FIELDS = ["id", "percentDone", "rateUpload", "rateDownload", "uploadedEver", "downloadedEver",
                 "peersConnected", "status", "haveValid", "sizeWhenDone", "recheckProgress"]
 PIECE_FIELDS = ["pieces", "pieceCount"]
+SESSION = "X-Transmission-Session-Id"
 
 
 class TransmissionDriver(ClientDriver):
     name = "transmission"
     rpc_port = 9091
+    _sampling: KeptConnection | None = None     # the sampler's own connection (sample_begin)
+    _session_id = ""
 
     def settings(self) -> dict:
         """Settings that differ from transmission 3.00's defaults, and why."""
@@ -114,6 +120,42 @@ class TransmissionDriver(ClientDriver):
     def sample(self, want_pieces: bool) -> tuple[PeerStats, list[bool] | None]:
         t = self._client().get_torrent(self._torrent, arguments=STATS_FIELDS + (PIECE_FIELDS if want_pieces else []))
         return self._stats_of(t), (self._pieces_of(t) if want_pieces else None)
+
+    def sample_begin(self, want_pieces: bool) -> Callable[[], tuple[PeerStats, list[bool] | None]]:
+        """The same torrent-get, over a kept connection of the sampler's own: transmission-rpc
+        sends each call through urllib3's pool and decodes it with its own machinery (1.2 ms
+        of the sampler's CPU a call in a 150-peer swarm). Its Torrent still reads the answer."""
+        from transmission_rpc import Torrent
+        if self._sampling is None:
+            self._sampling = KeptConnection(self.host.ctl_ip, self.rpc_port, 5)
+        body = json.dumps({"method": "torrent-get", "arguments": {
+            "ids": [self._torrent], "fields": STATS_FIELDS + (PIECE_FIELDS if want_pieces else [])}}).encode()
+        read = self._rpc(body)
+
+        def answer() -> tuple[PeerStats, list[bool] | None]:
+            got = read()
+            if got.get("result") != "success" or not got.get("arguments", {}).get("torrents"):
+                raise RunError(f"{self.host.name}: transmission's torrent-get: {str(got.get('result'))[:100]}")
+            t = Torrent(fields=got["arguments"]["torrents"][0])
+            return self._stats_of(t), (self._pieces_of(t) if want_pieces else None)
+        return answer
+
+    def _rpc(self, body: bytes, session_again: bool = True) -> Callable[[], dict]:
+        """A call over the sampler's connection. Transmission answers 409 with the session id
+        to send (its guard against cross-site requests) to a request without the current one:
+        the request goes again with it."""
+        read = self._sampling.begin("/transmission/rpc", body, {"Content-Type": "application/json",
+                                                                 SESSION: self._session_id})
+
+        def answer() -> dict:
+            got = read()
+            if got.status == 409 and session_again:
+                self._session_id = got.headers.get(SESSION, "")
+                return self._rpc(body, session_again=False)()
+            if got.status != 200:
+                raise RunError(f"{self.host.name}: transmission's RPC answered HTTP {got.status}")
+            return json.loads(got.body)
+        return answer
 
     @staticmethod
     def _stats_of(t) -> PeerStats:
