@@ -108,11 +108,13 @@ class CpuLedger:
     def __init__(self):
         self._lock, self.seconds, self.calls = threading.Lock(), {}, {}
 
-    def add(self, part: str, since: float) -> None:
+    def add(self, part: str, since: float, calls: int = 1) -> None:
+        """The CPU this thread used since `since`, for `calls` calls (0: a call's first half,
+        counted with its second)."""
         used = time.thread_time() - since
         with self._lock:
             self.seconds[part] = self.seconds.get(part, 0.0) + used
-            self.calls[part] = self.calls.get(part, 0) + 1
+            self.calls[part] = self.calls.get(part, 0) + calls
 
     def as_dict(self) -> dict:
         return {part: {"cpu_s": round(s, 3), "calls": self.calls[part],
@@ -208,7 +210,7 @@ class Sampler:
         except Exception as exc:    # the request could not be sent: recorded when read
             def finish(exc=exc):
                 raise exc
-        self.cpu.add(self.client_part[name], since)
+        self.cpu.add(self.client_part[name], since, calls=0)
         if finish is None:
             return self.pool.submit(self._stats, name).result
         return lambda: (self._answered(name, finish), self.now())
