@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mininet.link import Intf, Link
@@ -114,8 +115,40 @@ class PremadeLink(Link):
 SWITCHES = {"linuxbridge": QuietBridge, "ovs": OVSBridge}
 
 
-def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
-    """Create bridges, veths and shaping for the plan; hosts are the given containers."""
+def host_node(name: str, pid: int) -> DockerHost:
+    """A host's Mininet node: its shell, started in the container's namespaces (a process, and
+    two round trips to it: its prompt and one command). No address: Mininet would set it (and
+    lo) with a process each; linkbatch does it."""
+    return DockerHost(name, container_pid=pid, ip=None)
+
+
+def add_hosts(net: Mininet, hosts: list[tuple[str, int]], premade: dict[str, DockerHost] | None = None,
+              workers: int = 8) -> dict[str, DockerHost]:
+    """What net.addHost does for each (name, container PID), in order: with the nodes in
+    `premade` (made as each container came up), and the others made `workers` at a time,
+    where Mininet makes them one after another (0.70 s for 100 hosts, 0.42 s 8 at a time)."""
+    premade = premade or {}
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(host_node, name, pid) for name, pid in hosts if name not in premade}
+    made, failed = {}, None
+    for name, _ in hosts:
+        try:
+            node = premade[name] if name in premade else futures[name].result()
+        except Exception as exc:   # the first failure is raised once every node made is Mininet's
+            failed = failed or exc
+            continue
+        net.hosts.append(node)
+        net.nameToNode[name] = node
+        made[name] = node
+    if failed is not None:
+        raise failed
+    return made
+
+
+def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper,
+          premade: dict[str, DockerHost] | None = None) -> Mininet:
+    """Create bridges, veths and shaping for the plan; hosts are the given containers (their
+    nodes taken from `premade` where made already: the caller ends those if this fails)."""
     net = Mininet(topo=None, build=False, controller=None, switch=SWITCHES[plan.switch],
                   host=DockerHost, link=PremadeLink, intf=Intf,
                   autoSetMacs=False, autoStaticArp=False, waitConnected=False)
@@ -123,9 +156,7 @@ def build(plan: Plan, pids: dict[str, int], shaper: LinkShaper) -> Mininet:
     for i, sw in enumerate(plan.switches, 1):
         nodes[sw.name] = net.addSwitch(sw.device, dpid=f"{i:016x}")
     own = [h for h in plan.hosts if h.shares_netns is None]    # one-PC clients share their first's
-    for h in own:
-        # no address here: Mininet would set it (and lo) with a process each; linkbatch does it
-        nodes[h.name] = net.addHost(h.name, cls=DockerHost, container_pid=pids[h.name], ip=None)
+    nodes.update(add_hosts(net, [(h.name, pids[h.name]) for h in own], premade))
     linkbatch.make_pairs(plan, pids)
     for link in plan.links:
         net.addLink(nodes[link.node1], nodes[link.node2], intfName1=link.intf1, intfName2=link.intf2,

@@ -8,6 +8,7 @@ with `docker exec` by their drivers.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,9 @@ def container_spec(plan: Plan, host: HostPlan, image: Image, host_dir: Path) -> 
 
 
 def start_containers(client, plan: Plan, images: dict[str, Image], hosts_root: Path,
-                     workers: int = 8) -> dict[str, ContainerHost]:
+                     workers: int = 8, then: Callable[[ContainerHost], None] | None = None) -> dict[str, ContainerHost]:
+    """Every host's container, `workers` at a time; `then(host)`, if given, runs in the thread
+    that started a container as soon as it is up, while the daemon works on the others."""
     def one(h: HostPlan) -> ContainerHost:
         host_dir = hosts_root / h.name
         for sub in ("config", "log", "run", "data"):
@@ -136,7 +139,10 @@ def start_containers(client, plan: Plan, images: dict[str, Image], hosts_root: P
             c.reload()
         except docker.errors.APIError as exc:
             raise RunError(f"starting container for {h.name}: {exc.explanation or exc}") from None
-        return ContainerHost(h, c, host_dir)
+        host = ContainerHost(h, c, host_dir)
+        if then is not None:
+            then(host)
+        return host
 
     with ThreadPoolExecutor(workers) as pool:
         # hosts with their own namespace first: a one-PC client joins another's
@@ -148,7 +154,9 @@ def start_containers(client, plan: Plan, images: dict[str, Image], hosts_root: P
 def remove_run_containers(client, run_id: str | None = None) -> int:
     """Remove every container of one run (or of all runs), found by label."""
     flt = {"label": f"{LABEL_RUN}={run_id}" if run_id else LABEL_RUN}
-    found = client.containers.list(all=True, filters=flt)
+    # sparse: the list alone; without it the SDK inspects each container, one after another
+    # (about 0.3 s of a 100-peer teardown), for nothing removal needs but its id
+    found = client.containers.list(all=True, filters=flt, sparse=True)
 
     def rm(c):
         try:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from testbed import capture, cgroups, cleanup, content, households, images, runtime, shaping, wire
 from testbed.clients import DRIVERS, ClientDriver
 from testbed.errors import RunError
-from testbed.plan import Plan
+from testbed.plan import HostPlan, Plan
 from testbed.results import RunDir, write_json
 from testbed.run.segments import CongestionManager
 from testbed.shaping import LinkShaper
@@ -32,6 +32,21 @@ DEATH_SETTLE_S = 3.0     # after containers died, how long teardown waits to lea
 DAEMON_WAIT_S = 30.0     # teardown waits this long for a Docker daemon that went away (a restart)
 
 
+def prepare_host(hp: HostPlan, pid: int):
+    """What a host needs once its container is up and before its network: the guard that keeps
+    its packets inside, before it has an interface (its first IGMP report goes when eth0 comes
+    up), a client's wire counters and per-remote flow accounting (on before the client makes
+    its first flow), and its Mininet node. None for a client sharing another's PC: its
+    namespace is set up once, with that host's."""
+    from testbed import network
+    if hp.shares_netns is not None:
+        return None
+    wire.install(pid, hp.name, "eth0" if hp.client else None, hp.behaviour.connectable)
+    if hp.client:
+        wire.enable_accounting(f"/proc/{pid}/ns/net")
+    return network.host_node(hp.name, pid)
+
+
 class Swarm:
     def __init__(self, plan_: Plan, rd: RunDir, emit, docker_client, imgs: dict[str, images.Image],
                  keep_data: bool, shaper: LinkShaper):
@@ -40,6 +55,7 @@ class Swarm:
         self.hosts: dict[str, runtime.ContainerHost] = {}
         self.drivers: dict[str, ClientDriver] = {}
         self.net = None
+        self.nodes: dict = {}                     # each host's Mininet node, made as its container came up
         self.links = None                         # network.LinkControl, once the network exists
         self.element = None                       # the userspace delay element, if used
         self.element_stats: dict = {}
@@ -68,21 +84,19 @@ class Swarm:
     def start_hosts(self) -> None:
         from testbed import network
         t = time.monotonic()
-        self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts)
+
+        def prepare(host: runtime.ContainerHost) -> None:
+            # as each container comes up, in the thread that started it, while the daemon
+            # starts the others: its packet guard and accounting and its Mininet shell (for
+            # 100 peers about 3 s of processes, one host after another, once all were up)
+            if (node := prepare_host(host.plan, host.pid)) is not None:
+                self.nodes[host.name] = node
+        self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts, then=prepare)
         self.watch = runtime.DeathWatch(self.docker, self.plan.run_id, {h.container.id: n for n, h in self.hosts.items()})
         self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
         t = time.monotonic()
         pids = {n: h.pid for n, h in self.hosts.items()}
-        for hp in self.plan.hosts:
-            if hp.shares_netns is not None:     # one PC: its namespace is set up once
-                continue
-            # every host: the guard that keeps its packets inside, before it has an interface
-            # (its first IGMP report goes when eth0 comes up); a client's host: its wire counters too
-            wire.install(pids[hp.name], hp.name, "eth0" if hp.client else None, hp.behaviour.connectable)
-            if hp.client:
-                # per-remote flow accounting must be on before the client makes its first flow
-                wire.enable_accounting(f"/proc/{pids[hp.name]}/ns/net")
-        self.net = network.build(self.plan, pids, self.shaper)
+        self.net = network.build(self.plan, pids, self.shaper, self.nodes)
         self.links = network.LinkControl(self.plan, pids, self.shaper)
         self.emit(self.rd.event("network", links=len(self.plan.links), shaper=self.shaper.name,
                                 seconds=round(time.monotonic() - t, 3)))
@@ -318,10 +332,13 @@ class Swarm:
     def close(self) -> dict:
         """Remove everything of this run; returns what was removed and what is left (nothing)."""
         self.stop_element()
-        if self.net is not None:
+        if self.net is not None or self.nodes:
             from testbed import network
             try:
-                network.release(self.net)
+                if self.net is not None:
+                    network.release(self.net)
+                for node in list(self.nodes.values()):   # shells made before a build that failed
+                    node.terminate()
             except Exception as exc:
                 self.rd.event("teardown_error", step="mininet", error=str(exc))
         if not runtime.wait_for_daemon(self.docker, DAEMON_WAIT_S):
