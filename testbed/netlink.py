@@ -146,16 +146,18 @@ def ident(payload: bytes, at: int, peer_port: int) -> Ident:
     return (sport, remote, dport), dport != peer_port
 
 
-def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: dict[bytes, Ident]) -> dict[tuple, TcpRow]:
+def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: dict[int, Ident]) -> dict[tuple, TcpRow]:
     """`tcp_rows(map(parse_socket, replies))` straight from the datagrams of one sock_diag dump
     (sequence number `seq`; `recv` gives the next datagram), for the sampler's hot path: each
     peer's table is read every second, and a peer of a large swarm has ~50 connections. A
-    socket's addresses and ports are decoded once per connection (`known`: family and id bytes
-    -> Ident; it keeps those seen in this dump); after that only its queue, inode and byte
-    counts are unpacked, in place, with no message copied. Raises OSError on an error reply."""
+    socket's addresses and ports are decoded once (`known`: its inode -> Ident, keeping those
+    seen in this dump); after that only its queue, inode and byte counts are unpacked, in
+    place, with no message copied, and tcp_info is looked for where the last reply had it.
+    Raises OSError on an error reply."""
     rows: dict[tuple, TcpRow] = {}
-    seen: dict[bytes, Ident] = {}
-    head, attr = HEADER.unpack_from, ATTR.unpack_from
+    seen: dict[int, Ident] = {}
+    head, attr, tail, counts = HEADER.unpack_from, ATTR.unpack_from, DIAG_TAIL.unpack_from, BYTES.unpack_from
+    info_at = 0                     # tcp_info's attribute, from the start of the last reply's body
     while True:
         chunk = recv()
         at, end = 0, len(chunk)
@@ -167,35 +169,34 @@ def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: di
             at += (length + 3) & ~3
             if got != seq:
                 continue
-            if kind == NLMSG_DONE:
-                known.clear()
-                known.update(seen)
-                return rows
-            if kind == NLMSG_ERROR:
-                if err := -struct.unpack_from("=i", chunk, body)[0]:
+            if kind == NLMSG_DONE or kind == NLMSG_ERROR:
+                if kind == NLMSG_ERROR and (err := -struct.unpack_from("=i", chunk, body)[0]):
                     raise OSError(err, os.strerror(err))
                 known.clear()
                 known.update(seen)
                 return rows
-            # family and the socket's id (ports, addresses): not the timer and retransmit bytes between
-            key = chunk[body:body + 1] + chunk[body + 4:body + 40]
-            if (it := known.get(key, 0)) == 0:
+            wqueue, inode = tail(chunk, body + 60)
+            if not inode:
+                continue            # not the client's: completed in a listen backlog, never accepted
+            if (it := known.get(inode, 0)) == 0:
                 it = ident(chunk, body, peer_port)
-            seen[key] = it
-            wqueue, inode = DIAG_TAIL.unpack_from(chunk, body + 60)
-            if it is None or not inode:
+            seen[inode] = it
+            if it is None:
                 continue
-            acked = received = 0
-            a = body + DIAG_MSG_SIZE
-            while a + ATTR.size <= stop:
-                alen, akind = attr(chunk, a)
-                if alen < ATTR.size:
-                    break
-                if akind & NLA_TYPE_MASK == INET_DIAG_INFO:
-                    if alen - ATTR.size >= TCP_INFO_BYTES_AT + 16:
-                        acked, received = BYTES.unpack_from(chunk, a + ATTR.size + TCP_INFO_BYTES_AT)
-                    break
-                a += (alen + 3) & ~3
+            a = body + info_at
+            if not info_at or a + ATTR.size > stop or attr(chunk, a)[1] & NLA_TYPE_MASK != INET_DIAG_INFO:
+                a = body + DIAG_MSG_SIZE
+                while a + ATTR.size <= stop:
+                    alen, akind = attr(chunk, a)
+                    if alen < ATTR.size or akind & NLA_TYPE_MASK == INET_DIAG_INFO:
+                        break
+                    a += (alen + 3) & ~3
+                info_at = a - body
+            if a + ATTR.size <= stop and (alen := attr(chunk, a)[0]) - ATTR.size >= TCP_INFO_BYTES_AT + 16 \
+                    and attr(chunk, a)[1] & NLA_TYPE_MASK == INET_DIAG_INFO:
+                acked, received = counts(chunk, a + ATTR.size + TCP_INFO_BYTES_AT)
+            else:
+                acked = received = 0    # no tcp_info, or an old kernel's without byte counts
             rows[it[0]] = (it[1], acked, received, wqueue)
 
 
