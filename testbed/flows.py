@@ -95,6 +95,8 @@ class NamespaceFlows:
         self._missed: set[bytes] = set()                # tracked flows a lookup did not find once
         self._stale = True              # read the whole conntrack table at the first call
         self._known: tuple[int, dict] = (0, {})     # tcp_table's decoded sockets, for one peer port
+        self._version = 0                           # of the tracked flows: one more at each change
+        self._wanted: tuple[tuple, list[bytes]] = ((), [])    # the flows entries() looks up, for that version
         self._socks: list[socket.socket] | None = in_namespace(ns_path, lambda: [
             socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, p)
             for p in (NETLINK_SOCK_DIAG, NETLINK_NETFILTER, NETLINK_NETFILTER, NETLINK_ROUTE)])
@@ -168,6 +170,7 @@ class NamespaceFlows:
                             # missed twice, it was lost
                             if raw in self._missed:
                                 self._tracked.pop(raw, None)
+                                self._version += 1
                                 self._missed.discard(raw)
                             else:
                                 self._missed.add(raw)
@@ -189,6 +192,7 @@ class NamespaceFlows:
                     raise
                 self._stale = True
                 continue
+            self._version += 1
             for kind, _, payload in messages(chunk):
                 # a destroy event carries the flow's last counters (accounting is on)
                 if kind & 0xFF == CT_DELETE and (raw := attributes(payload, 4).get(CTA_TUPLE_ORIG)) in self._tracked \
@@ -198,6 +202,7 @@ class NamespaceFlows:
                 track(self._tracked, kind, payload)
         if self._stale:
             self._stale = False
+            self._version += 1
             self._tracked.clear()
             self._missed.clear()
             for payload in self._dump(self._ct, CTNETLINK | CT_GET, bytes(4)):
@@ -238,8 +243,13 @@ class NamespaceFlows:
             if not self._open():
                 return None
             self._learn()
-            wanted = [raw for raw, (_, t) in self._tracked.items()
-                      if peer_port in (t.src_port, t.dst_port) and (tcp or t.proto == socket.IPPROTO_UDP)]
+            # the flows to look up change only with the tracked ones (each tick reads UDP's, and
+            # every FLOW_TICKS-th TCP's too): a list of ~50 TCP flows is not filtered again each tick
+            if self._wanted[0] != (peer_port, tcp, self._version):
+                self._wanted = ((peer_port, tcp, self._version), [
+                    raw for raw, (_, t) in self._tracked.items()
+                    if peer_port in (t.src_port, t.dst_port) and (tcp or t.proto == socket.IPPROTO_UDP)])
+            wanted = self._wanted[1]
             live = {raw: Conn(self._tracked[raw][1], *c) for raw, payload in self._lookup(wanted)
                     if raw in self._tracked and (c := counters(payload))}
             finished, self._finished = self._finished, []
