@@ -201,10 +201,13 @@ class Sampler:
         return self._answered(name, lambda: self.drivers[name].sample(self._want_pieces(name))), self.now()
 
     def _ask(self, name: str) -> Callable[[], tuple[PeerStats | None, float]]:
-        """Asks a peer's client for its sample; what is returned gives the answer and when it
-        came. A client that can take the request and give the answer apart (sample_begin) is
-        asked here, in this thread; any other is called from the pool meanwhile."""
-        since = time.thread_time()
+        """Asks a peer's client for its sample; what is returned gives the answer and its swarm
+        time. A client that can take the request and give the answer apart (sample_begin) is
+        asked here, in this thread, and its answer is timed when it was asked: the client
+        answers at once, while the answer is read only after the netlink readings and the
+        answers before it (tens of ms later in a 100-peer swarm). Any other client is called
+        from the pool meanwhile, and timed when its call returned."""
+        since, asked_at = time.thread_time(), self.now()
         try:
             finish = self.drivers[name].sample_begin(self._want_pieces(name))
         except Exception as exc:    # the request could not be sent: recorded when read
@@ -213,7 +216,7 @@ class Sampler:
         self.cpu.add(self.client_part[name], since, calls=0)
         if finish is None:
             return self.pool.submit(self._stats, name).result
-        return lambda: (self._answered(name, finish), self.now())
+        return lambda: (self._answered(name, finish), asked_at)
 
     def _table(self, name: str, tcp_flows: bool) -> tuple[dict | None, flows.Entries | None]:
         h, port, since = self.handles[name], self.drivers[name].peer_port, time.thread_time()
@@ -248,17 +251,21 @@ class Sampler:
         # calls: in the pool they only add threads contending for the interpreter), then the
         # answers are read
         asked = {name: self._ask(name) for name in names}
-        # TCP flows' counters every FLOW_TICKS ticks, and one last time for a peer that left
-        # (a flow that ends meanwhile gives its last counters anyway); UDP ones (uTP) each tick
-        self.ticks += 1
-        full = (self.ticks - 1) % FLOW_TICKS == 0
-        left = [n for n in self.active_before - active if n in self.handles]
-        self.active_before = set(active)
-        tables = {name: self._table(name, full) for name in names}
-        for name in left:
-            if (e := self._table(name, True)[1]) is not None:
-                self.seen.add_entries(name, self.drivers[name].peer_port, e)
-        stats = {name: answer() for name, answer in asked.items()}
+        try:
+            # TCP flows' counters every FLOW_TICKS ticks, and one last time for a peer that left
+            # (a flow that ends meanwhile gives its last counters anyway); UDP ones (uTP) each tick
+            self.ticks += 1
+            full = (self.ticks - 1) % FLOW_TICKS == 0
+            left = [n for n in self.active_before - active if n in self.handles]
+            self.active_before = set(active)
+            tables = {name: self._table(name, full) for name in names}
+            for name in left:
+                if (e := self._table(name, True)[1]) is not None:
+                    self.seen.add_entries(name, self.drivers[name].peer_port, e)
+        finally:
+            # every answer is read, whatever happened meanwhile: a request left unread would
+            # make the next one on its connection fail
+            stats = {name: answer() for name, answer in asked.items()}
         t = self.now()          # the counters' own time: read now, after the clients answered
         since = time.thread_time()
         self.meter(t)
