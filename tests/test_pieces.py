@@ -440,7 +440,7 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
             made.append(self)
 
         def connect(self):
-            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None, settimeout=lambda t: None)
 
         def request(self, *a, **kw):
             if self.fail:
@@ -484,7 +484,7 @@ def test_aria2_s_sample_call_is_sent_first_and_read_later_and_survives_a_closed_
             made.append(self)
 
         def connect(self):
-            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None, settimeout=lambda t: None)
 
         def request(self, method, path, body, headers):
             if self.fail_send:
@@ -533,7 +533,7 @@ def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample
             made.append(self)
 
         def connect(self):
-            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None, settimeout=lambda t: None)
 
         def request(self, method, path, body, headers):
             log.append(("sent", made.index(self), json.loads(body)))
@@ -575,7 +575,7 @@ def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(
             pass
 
         def connect(self):
-            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None)
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None, settimeout=lambda t: None)
 
         def request(self, method, path, body, headers):
             sent.append((path, json.loads(body), headers["X-Transmission-Session-Id"]))
@@ -596,3 +596,36 @@ def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(
     assert read() == d.sample(True)
     assert [s[2] for s in sent] == ["", "abc"]
     assert d.sample_begin(False)()[1] is None and sent[-1][2] == "abc" and len(sent) == 3     # the id kept
+
+
+def test_a_kept_connection_s_read_waits_only_what_is_left_of_its_timeout(monkeypatch):
+    """Answers read one after another (the sampler reads every peer's after sending all) wait
+    at most the timeout counted from their request, not a full timeout each."""
+    import http.client
+
+    from testbed.clients import kept
+
+    timeouts, clock = [], [100.0]
+
+    class Conn:
+        def __init__(self, *a, **kw):
+            pass
+
+        def connect(self):
+            self.sock = types.SimpleNamespace(setsockopt=lambda *a: None, settimeout=timeouts.append)
+
+        def request(self, *a):
+            pass
+
+        def getresponse(self):
+            return types.SimpleNamespace(status=200, headers={}, read=lambda: b"{}")
+    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    monkeypatch.setattr(kept.time, "monotonic", lambda: clock[0])
+    read = kept.KeptConnection("198.19.0.6", 1, timeout=5.0).begin("/", b"", {})
+    clock[0] += 3.0
+    read()
+    assert timeouts == [2.0, 5.0]           # 2 s left while reading, then the full timeout again
+    late = kept.KeptConnection("198.19.0.6", 1, timeout=5.0).begin("/", b"", {})
+    clock[0] += 9.0
+    late()
+    assert timeouts[-2] == 0.05             # past its time: a last short wait, not a negative one

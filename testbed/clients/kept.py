@@ -73,10 +73,14 @@ class KeptConnection:
             if retry and isinstance(exc, CLOSED):
                 return self.begin(path, body, headers, again=False)
             raise
-        conn = self._conn
+        conn, sent = self._conn, time.monotonic()
 
         def read() -> Answer:
             try:
+                # the timeout counts from the request: answers read one after another (the
+                # sampler's) wait at most `timeout` in all, not `timeout` each
+                if conn.sock is not None:
+                    conn.sock.settimeout(max(0.05, self.timeout - (time.monotonic() - sent)))
                 r = conn.getresponse()
                 answer = Answer(r.status, r.headers, r.read())
             except (OSError, http.client.HTTPException) as exc:
@@ -85,6 +89,8 @@ class KeptConnection:
                 if retry and isinstance(exc, CLOSED):
                     return self.begin(path, body, headers, again=False)()
                 raise
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout)
             self._used = time.monotonic()
             return answer
         return read
