@@ -226,6 +226,8 @@ class NamespaceFlows:
             try:
                 return tcp_rows_from(lambda: self._diag.recv(65536), seq, peer_port, self._known[1])
             except OSError as exc:
+                if exc.errno is None or type(exc) is not OSError:
+                    raise                   # a timeout, or the socket's own failure: as it is
                 raise OSError(exc.errno, f"netlink dump in {self.ns_path}: {exc.strerror}") from None
 
     def flows(self, peer_port: int) -> dict[tuple, dict[str, int]] | None:

@@ -193,7 +193,7 @@ def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: di
                     a += (alen + 3) & ~3
                 info_at = a - body
             if a + ATTR.size <= stop and (alen := attr(chunk, a)[0]) - ATTR.size >= TCP_INFO_BYTES_AT + 16 \
-                    and attr(chunk, a)[1] & NLA_TYPE_MASK == INET_DIAG_INFO:
+                    and a + alen <= stop and attr(chunk, a)[1] & NLA_TYPE_MASK == INET_DIAG_INFO:
                 acked, received = counts(chunk, a + ATTR.size + TCP_INFO_BYTES_AT)
             else:
                 acked = received = 0    # no tcp_info, or an old kernel's without byte counts

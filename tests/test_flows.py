@@ -101,9 +101,11 @@ def dump_chunks(payloads: list[bytes], seq: int, per_chunk: int) -> list[bytes]:
                           st.integers(0, 3).map(bool), st.integers(0, 2**40), st.booleans()), max_size=12),
        st.integers(1, 5))
 def test_the_fast_table_is_tcp_rows_of_parse_socket_on_every_dump(socks, per_chunk):
-    """The sampler's path (tcp_rows_from, decoding each connection's addresses once) gives the
-    table of the reference decoding, datagram boundaries and a cache from an earlier dump
-    included; and a short tcp_info counts no bytes."""
+    """The sampler's path (tcp_rows_from, decoding each connection's addresses once and
+    looking for tcp_info where the last reply had it) gives the table of the reference
+    decoding: datagram boundaries, attributes before tcp_info on some sockets and not others,
+    a tcp_info too short for byte counts or none, and a cache filled by an earlier dump in
+    another order included."""
     payloads = []
     for k, (local, lport, remote, rport, accepted, nbytes, short) in enumerate(socks):
         inode = 100 + k if accepted else 0          # each socket's own, 0: never accepted
@@ -112,14 +114,25 @@ def test_the_fast_table_is_tcp_rows_of_parse_socket_on_every_dump(socks, per_chu
             remote = "::ffff:" + remote
         if family == socket.AF_INET6 and ":" not in local:
             local = "::ffff:" + local
-        p = diag(local, lport, remote, rport, family=family, inode=inode, wqueue=nbytes % 5000,
-                 info=None if short else {"tcpi_bytes_acked": nbytes, "tcpi_bytes_received": nbytes // 3})
+        p = diag(local, lport, remote, rport, family=family, inode=inode, wqueue=nbytes % 5000)
+        # attributes before tcp_info as the kernel sends them (INET_DIAG_SHUTDOWN, u8, and the
+        # cgroup id, u64), on some sockets only, so that tcp_info moves between replies; tcp_info
+        # itself full, too short for byte counts, or absent
+        if k % 3:
+            p += struct.pack("=HH", 5, 8) + b"\0\0\0\0"
+        if k % 2:
+            p += struct.pack("=HHQ", 12, 21, 77)
+        if short:
+            p += struct.pack("=HH", 4 + 104, flows.INET_DIAG_INFO) + bytes(104) if nbytes % 2 else b""
+        else:
+            info = bytearray(232)
+            struct.pack_into("=QQ", info, flows.TCP_INFO_BYTES_AT, nbytes, nbytes // 3)
+            p += struct.pack("=HH", 4 + len(info), flows.INET_DIAG_INFO) + bytes(info)
         payloads.append(p)
-    want = flows.tcp_rows(map(flows.parse_socket, payloads), 6666)
     known: dict = {}
-    for _ in range(2):              # the second dump reads through the cache the first filled
-        chunks = iter(dump_chunks(payloads, 9, per_chunk))
-        assert flows.tcp_rows_from(chunks.__next__, 9, 6666, known) == want
+    for order in (payloads, payloads[::-1]):    # the second dump reads through the cache the first filled
+        chunks = iter(dump_chunks(order, 9, per_chunk))
+        assert flows.tcp_rows_from(chunks.__next__, 9, 6666, known) == flows.tcp_rows(map(flows.parse_socket, order), 6666)
     assert len(known) == sum(1 for s in socks if s[4])
 
 
