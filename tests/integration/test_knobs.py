@@ -185,6 +185,14 @@ class Run:
         return sum(f[key] for f in self.peers[peer]["flows"] if f["remote"] == remote)
 
 
+# Swarms run on their own, not three at a time: transmission 3.00 kept its one upload slot
+# once settled in 16 runs, and in 3 of 3 run alone on 2026-11-26, but with two other swarms
+# on the 2-core machine it carried blocks to 3 peers at once for seconds on end in 3 of 4
+# runs that day (its median over the active period 3 in one of them), with this stop's
+# code and the code before it alike
+ALONE = ("upload_slots",)
+
+
 def _run(key: str, out: Path) -> Run:
     path = out / f"{key}.yaml"
     path.write_text(yaml.safe_dump(SWARMS[key]))
@@ -197,8 +205,10 @@ def _run(key: str, out: Path) -> Run:
 @pytest.fixture(scope="module")
 def runs(docker_client, tmp_path_factory):
     out = tmp_path_factory.mktemp("knobs")
+    together = [k for k in SWARMS if k not in ALONE]
     with ThreadPoolExecutor(3) as pool:
-        result = dict(zip(SWARMS, pool.map(lambda k: _run(k, out), SWARMS)))
+        result = dict(zip(together, pool.map(lambda k: _run(k, out), together)))
+    result.update({k: _run(k, out) for k in ALONE})
     for r in result.values():
         assert nothing_left(docker_client, r.summary["run_id"])
     return result
