@@ -3,6 +3,7 @@ what the testbed takes from it, and each mistake refused in one sentence naming 
 the worker and the variable."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,18 @@ other:
     assert (ws[1].cores, ws[1].underlay, ws[1].address) == (1.0, "198.19.252.21", "somewhere.example")
     assert ws[1].vars["ansible_user"] == "root"               # group vars as Ansible resolves them
     assert ws[0].worker().cores == 8.0
+
+
+def test_reading_an_inventory_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    # ansible-runner makes a private directory in the temp dir unless given one: 68 of them
+    # were found in /tmp after one CI run
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)      # read TMPDIR again
+    inv = write(tmp_path, "workers:\n  hosts:\n    a: {ansible_host: 198.19.252.20}\n")
+    assert [w.name for w in load_inventory(inv)] == ["a"]
+    assert list(scratch.iterdir()) == []
 
 
 def test_ini_inventory_with_children(tmp_path):

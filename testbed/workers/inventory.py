@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +55,11 @@ def read_inventory(path: Path) -> dict:
     ansible_binary("ansible-inventory")
     if not path.exists():
         raise InputError(f"{path}: no such inventory file or directory")
-    out, error = ansible_runner.get_inventory(action="list", inventories=[str(path.resolve())],
-                                              response_format="json", quiet=True)
+    # in a directory of ours, removed after: left to itself, ansible-runner makes one in /tmp
+    # (.ansible-runner-*, its artifacts) at every call and never removes it
+    with tempfile.TemporaryDirectory(prefix="tb-inventory-") as private:
+        out, error = ansible_runner.get_inventory(action="list", inventories=[str(path.resolve())],
+                                                  response_format="json", quiet=True, private_data_dir=private)
     if not isinstance(out, dict):
         first = next((line.strip() for line in str(error or out or "").splitlines() if line.strip()), "no answer")
         raise InputError(f"{path}: Ansible could not read it as an inventory ({first[:200]})")
