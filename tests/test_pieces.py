@@ -428,7 +428,7 @@ def test_deluge_s_downloading_mark_does_not_hide_a_piece_it_had():
 def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
     """aria2 closes an RPC connection idle for 30 s; a call on it fails before aria2 reads it,
     and goes once more on a new connection. A timeout is not retried."""
-    import http.client
+    from testbed.clients import kept
 
     from testbed.clients import aria2
 
@@ -451,10 +451,10 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
 
         def close(self):
             self.closed = True
-    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    monkeypatch.setattr(kept, "Connection", Conn)
     client = aria2.kept_alive_client("http://198.19.0.6", 6800, "s", 5)
     assert client.post('{"method": "aria2.addTorrent"}')["result"] == "ok"
-    made[0].fail = http.client.RemoteDisconnected("closed")
+    made[0].fail = kept.Closed("closed")
     assert client.post('{"method": "aria2.addTorrent"}')["result"] == "ok"      # not lost: sent again
     assert len(made) == 2 and made[0].closed
     made[1].fail = TimeoutError("timed out")
@@ -471,7 +471,7 @@ def test_aria2_s_sample_call_is_sent_first_and_read_later_and_survives_a_closed_
     """The sampler's split call: begin() sends the request (with the secret) and reads nothing;
     the answer is read when asked for. A kept connection aria2 had closed, found at either
     half, costs one new connection and the same request again."""
-    import http.client
+    from testbed.clients import kept
     import json
 
     from testbed.clients import aria2
@@ -499,12 +499,12 @@ def test_aria2_s_sample_call_is_sent_first_and_read_later_and_survives_a_closed_
 
         def close(self):
             pass
-    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    monkeypatch.setattr(kept, "Connection", Conn)
     client = aria2.kept_alive_client("http://198.19.0.6", 6800, "s", 5)
     finish = client.begin("aria2.tellStatus", ["gid", ["n"]])
     assert [e[0] for e in log] == ["sent"] and log[0][2]["params"] == ["token:s", "gid", ["n"]]
     assert finish() == {"n": "1"} and log[-1] == ("read", 0)
-    made[0].fail_read = http.client.RemoteDisconnected("closed")
+    made[0].fail_read = kept.Closed("closed")
     assert client.begin("aria2.tellStatus", ["gid", ["n"]])() == {"n": "1"}
     assert log[-2:] == [("sent", 1, log[0][2] | {"id": log[-2][2]["id"]}), ("read", 1)]
     made[1].fail_send = BrokenPipeError()
@@ -520,7 +520,7 @@ def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample
     """libtorrent's split call: the status request goes out at sample_begin over the
     sampler's own connection, the answer is read when asked for and decoded as sample()
     decodes it; a kept connection found closed is replaced and the request sent again."""
-    import http.client
+    from testbed.clients import kept
     import json
 
     made, log = [], []
@@ -546,7 +546,7 @@ def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample
 
         def close(self):
             pass
-    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    monkeypatch.setattr(kept, "Connection", Conn)
     d = driver("libtorrent", tmp_path, INFOHASH)
     d.host.ctl_ip = "198.19.0.6"
     read = d.sample_begin(True)
@@ -562,7 +562,7 @@ def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(
     """transmission's split call: torrent-get goes out at sample_begin; the 409 transmission
     answers to a request without its session id is answered by the same request with it, and
     the torrent is decoded as sample() decodes transmission-rpc's."""
-    import http.client
+    from testbed.clients import kept
     import json
 
     fields = {"id": 1, "pieces": base64.b64encode(encode(HAVE)).decode(), "pieceCount": len(HAVE),
@@ -582,13 +582,13 @@ def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(
 
         def getresponse(self):
             if sent[-1][2] != "abc":
-                return types.SimpleNamespace(status=409, headers={"X-Transmission-Session-Id": "abc"}, read=lambda: b"")
+                return types.SimpleNamespace(status=409, headers={"x-transmission-session-id": "abc"}, read=lambda: b"")
             body = json.dumps({"result": "success", "arguments": {"torrents": [fields]}}).encode()
             return types.SimpleNamespace(status=200, headers={}, read=lambda: body)
 
         def close(self):
             pass
-    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    monkeypatch.setattr(kept, "Connection", Conn)
     d, _ = transmission(tmp_path, monkeypatch, HAVE)
     d.host.ctl_ip = "198.19.0.6"
     read = d.sample_begin(True)
@@ -601,8 +601,6 @@ def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(
 def test_a_kept_connection_s_read_waits_only_what_is_left_of_its_timeout(monkeypatch):
     """Answers read one after another (the sampler reads every peer's after sending all) wait
     at most the timeout counted from their request, not a full timeout each."""
-    import http.client
-
     from testbed.clients import kept
 
     timeouts, clock = [], [100.0]
@@ -619,7 +617,7 @@ def test_a_kept_connection_s_read_waits_only_what_is_left_of_its_timeout(monkeyp
 
         def getresponse(self):
             return types.SimpleNamespace(status=200, headers={}, read=lambda: b"{}")
-    monkeypatch.setattr(http.client, "HTTPConnection", Conn)
+    monkeypatch.setattr(kept, "Connection", Conn)
     monkeypatch.setattr(kept.time, "monotonic", lambda: clock[0])
     read = kept.KeptConnection("198.19.0.6", 1, timeout=5.0).begin("/", b"", {})
     clock[0] += 3.0

@@ -150,7 +150,7 @@ class TransmissionDriver(ClientDriver):
         def answer() -> dict:
             got = read()
             if got.status == 409 and session_again:
-                self._session_id = got.headers.get(SESSION, "")
+                self._session_id = got.headers.get(SESSION.lower(), "")
                 return self._rpc(body, session_again=False)()
             if got.status != 200:
                 raise RunError(f"{self.host.name}: transmission's RPC answered HTTP {got.status}")
