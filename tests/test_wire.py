@@ -82,3 +82,30 @@ COMMIT
 
 def test_saved_counters_are_read_by_comment():
     assert wire.parse_saved(SAVED) == {"outside_blocked": 2, "inbound_refused": 12, "plain_handshakes_in": 3}
+
+
+def reference_activity(before, now):
+    """tcp_activity as first written, one dict update a connection: what the hot path's
+    version must agree with."""
+    out = {"tcp_in": 0, "tcp_out": 0, "tcp_uploading": 0, "tcp_downloading": 0, "tcp_send_queue_bytes": 0}
+    for key, (inbound, acked, received, send_q) in (now or {}).items():
+        out["tcp_in" if inbound else "tcp_out"] += 1
+        _, acked0, received0, _ = (before or {}).get(key, (inbound, 0, 0, 0))
+        out["tcp_uploading"] += acked - acked0 >= wire.BLOCK
+        out["tcp_downloading"] += received - received0 >= wire.BLOCK
+        out["tcp_send_queue_bytes"] += send_q
+    return out
+
+
+def test_tcp_activity_agrees_with_its_plain_statement():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    count = st.integers(0, 3 * wire.BLOCK)
+    row = st.tuples(st.booleans(), count, count, st.integers(0, 10**6))
+    table = st.dictionaries(st.integers(0, 20), row, max_size=12)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.none(), table), st.one_of(st.none(), table))
+    def check(before, now):
+        assert wire.tcp_activity(before, now) == reference_activity(before, now)
+    check()
