@@ -95,6 +95,7 @@ class NamespaceFlows:
         self._missed: set[bytes] = set()                # tracked flows a lookup did not find once
         self._stale = True              # read the whole conntrack table at the first call
         self._known: tuple[int, dict] = (0, {})     # tcp_table's decoded sockets, for one peer port
+        self._established: dict[tuple, TcpRow] | None = None     # tcp_table's last reading
         self._version = 0                           # of the tracked flows: one more at each change
         self._wanted: tuple[tuple, list[bytes]] = ((), [])    # the flows entries() looks up, for that version
         self._socks: list[socket.socket] | None = in_namespace(ns_path, lambda: [
@@ -224,7 +225,8 @@ class NamespaceFlows:
             if self._known[0] != peer_port:
                 self._known = (peer_port, {})
             try:
-                return tcp_rows_from(lambda: self._diag.recv(65536), seq, peer_port, self._known[1])
+                self._established = tcp_rows_from(lambda: self._diag.recv(65536), seq, peer_port, self._known[1])
+                return self._established
             except OSError as exc:
                 if exc.errno is None or type(exc) is not OSError:
                     raise                   # a timeout, or the socket's own failure: as it is
@@ -237,10 +239,17 @@ class NamespaceFlows:
         e = self.entries(peer_port)
         return None if e is None else flow_rows(e.live.values(), e.local, peer_port)
 
-    def entries(self, peer_port: int, tcp: bool = True) -> Entries | None:
+    def entries(self, peer_port: int, tcp: bool = True, established: bool = False) -> Entries | None:
         """The conntrack entries with the peer port at either end: UDP ones, and TCP ones if
         `tcp`, looked up now; and every one that ended since the last call, with its last
-        counters (from its destroy event). None if the namespace is gone."""
+        counters (from its destroy event). None if the namespace is gone.
+
+        `established`: of the TCP ones, only those with a connection in the last `tcp_table`
+        reading. The others are closing or closed (conntrack keeps a closed connection for up
+        to 2 minutes in TIME_WAIT, and one refused for 10 s): their counters barely move, and
+        their destroy events bring the last ones. In a 100-peer aria2 swarm, where clients
+        dial and drop peers all the time, a namespace tracked hundreds of them, and looking
+        them all up cost 2.9 ms of the sampler's CPU."""
         with self._lock:
             if not self._open():
                 return None
@@ -252,6 +261,10 @@ class NamespaceFlows:
                     raw for raw, (_, t) in self._tracked.items()
                     if peer_port in (t.src_port, t.dst_port) and (tcp or t.proto == socket.IPPROTO_UDP)])
             wanted = self._wanted[1]
+            if tcp and established and self._established is not None:
+                rows = self._established
+                wanted = [raw for raw in wanted if (t := self._tracked[raw][1]).proto == socket.IPPROTO_UDP
+                          or (t.src_port, t.dst, t.dst_port) in rows or (t.dst_port, t.src, t.src_port) in rows]
             live = {raw: Conn(self._tracked[raw][1], *c) for raw, payload in self._lookup(wanted)
                     if raw in self._tracked and (c := counters(payload))}
             finished, self._finished = self._finished, []

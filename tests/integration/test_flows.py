@@ -254,3 +254,26 @@ def test_an_ended_flow_hands_over_its_last_counters(swarm):
     assert raw not in after.live and udp.packets_orig == DGRAMS["A"]
     assert after.finished == [(raw, udp)]
     assert handle.entries(PORT).finished == []                   # handed over once
+
+
+def test_live_lookups_skip_tcp_flows_without_a_connection_in_the_table(swarm):
+    """`established`: TCP flows are looked up only if the last TCP table holds their
+    connection (the sampler's periodic lookups; closing and closed flows bring their last
+    counters in their destroy events). B's second dial, which A never accepted, is tracked
+    by conntrack but is no connection of A's client; UDP flows are looked up regardless."""
+    (a_dialed, _), (b_dialed, b_extra) = swarm["ports"]["A"], swarm["ports"]["B"]
+    handle = flows.NamespaceFlows(ns_path("A"))
+    try:
+        def looked_up(e):
+            return {(c.tuple.proto, c.tuple.src_port, c.tuple.dst_port) for c in e.live.values()}
+        everything = looked_up(handle.entries(PORT, established=True))     # no table read yet: all of them
+        assert (socket.IPPROTO_TCP, b_extra, PORT) in everything
+        handle.tcp_table(PORT)
+        live = looked_up(handle.entries(PORT, established=True))
+        assert everything - live == {(socket.IPPROTO_TCP, b_extra, PORT)}
+        assert {(socket.IPPROTO_TCP, b_dialed, PORT), (socket.IPPROTO_TCP, a_dialed, PORT)} <= live
+        # UDP ones all (A's may have been ended by the test before: any left)
+        assert {f for f in everything if f[0] == socket.IPPROTO_UDP} <= live
+        assert looked_up(handle.entries(PORT)) == everything                # all of them, when asked
+    finally:
+        handle.close()
