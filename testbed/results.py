@@ -68,26 +68,55 @@ def write_json(path: Path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+class RowWriter(csv.DictWriter):
+    """csv.DictWriter whose check for keys not among the fields is a subset test against a
+    frozenset: DictWriter's own builds a set from the field list for every row, about a third
+    of a row's cost, and the sampler writes two rows per peer per second."""
+
+    def __init__(self, f, fieldnames: list[str]):
+        super().__init__(f, fieldnames=fieldnames)
+        self._fields = frozenset(fieldnames)
+
+    def _dict_to_list(self, rowdict):
+        if not rowdict.keys() <= self._fields:
+            raise ValueError(f"dict contains fields not in fieldnames: {sorted(rowdict.keys() - self._fields)}")
+        return [rowdict.get(key, self.restval) for key in self.fieldnames]
+
+
 class RunDir:
+    """The directory being written. samples.csv and the tables are block-buffered and flushed
+    by `flush()`, which the sampler calls once a tick: a line-buffered file made a write
+    system call per row, 200 a second in a 100-peer swarm. A run killed outright loses at
+    most the tick it was in; events.jsonl stays line-buffered."""
+
     def __init__(self, path: Path):
         self.path = path
         path.mkdir(parents=True, exist_ok=False)
         (path / "hosts").mkdir()
         self._events = (path / "events.jsonl").open("a", buffering=1)
         self._event_lock = threading.Lock()
-        self._samples_file = (path / "samples.csv").open("a", newline="", buffering=1)
-        self._samples = csv.DictWriter(self._samples_file, fieldnames=SAMPLE_FIELDS)
+        self._samples_file = (path / "samples.csv").open("a", newline="")
+        self._samples = RowWriter(self._samples_file, SAMPLE_FIELDS)
         self._samples.writeheader()
+        self._samples_file.flush()
         self._tables = {name: self._table(name, fields) for name, fields in
                         (("meter", METER_FIELDS), ("links", LINK_FIELDS), ("swarm", SWARM_FIELDS),
                          ("policy", POLICY_FIELDS), ("probes", PROBE_FIELDS), ("host", HOST_FIELDS))}
         self.t0 = time.time()
 
     def _table(self, name: str, fields: list[str]) -> tuple:
-        f = (self.path / f"{name}.csv").open("a", newline="", buffering=1)
-        w = csv.DictWriter(f, fieldnames=fields)
+        f = (self.path / f"{name}.csv").open("a", newline="")
+        w = RowWriter(f, fields)
         w.writeheader()
+        f.flush()
         return f, w, threading.Lock()
+
+    def flush(self) -> None:
+        """What was written so far, to the files (the sampler's, once a tick)."""
+        self._samples_file.flush()
+        for f, _, lock in self._tables.values():
+            with lock:
+                f.flush()
 
     def row(self, table: str, row: dict) -> None:
         """Append a row to meter.csv or links.csv (safe from several threads)."""

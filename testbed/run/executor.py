@@ -269,6 +269,7 @@ class Executor:
         self.rd.row("swarm", {"t": round(t, 3), **counts, "seeds_online": seeds,
                               "leechers_online": counts["online"] - seeds,
                               "copies": None if copies is None else round(copies, 4)})
+        self.rd.flush()         # the tick's rows on disk: a run killed now loses no more than this tick
         leechers = [h.name for h in self.plan.by_role("leecher")]
         rate = sum(stats[n][0].rate_down for n in leechers if n in stats)
         self.emit({"kind": "progress", "t": t, "done": sum(1 for n in leechers if self.done(n)),
