@@ -146,22 +146,72 @@ def ident(payload: bytes, at: int, peer_port: int) -> Ident:
     return (sport, remote, dport), dport != peer_port
 
 
+_LAYOUTS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _record(length: int, info_at: int) -> struct.Struct | None:
+    """A struct reading, from one sock_diag reply of `length` bytes (header included) whose
+    tcp_info attribute starts `info_at` bytes into its body: its header's length, type and
+    sequence number, its send queue and inode, tcp_info's attribute header and byte counts;
+    padded to the next reply. None if tcp_info's byte counts do not fit."""
+    stride = (length + 3) & ~3
+    used = HEADER.size + info_at + ATTR.size + TCP_INFO_BYTES_AT + BYTES.size
+    if info_at < DIAG_MSG_SIZE or used > length:
+        return None
+    if (rec := _LAYOUTS.get((length, info_at))) is None:
+        rec = _LAYOUTS[length, info_at] = struct.Struct(
+            f"=IH2xI4x60xI4xI{info_at - DIAG_MSG_SIZE}xHH{TCP_INFO_BYTES_AT}xQQ{stride - used}x")
+    return rec
+
+
+def _run_of(chunk: bytes, at: int, seq: int, peer_port: int, known: dict, seen: dict, rows: dict,
+            length: int, info_at: int) -> int:
+    """The replies from `at` on that have the layout of the one before (`length`, tcp_info at
+    `info_at`): a dump's replies are alike, so they are read with one struct.iter_unpack, in C,
+    rather than attribute by attribute. Stops at the first that differs; returns where."""
+    stride = (length + 3) & ~3
+    n = (len(chunk) - at) // stride
+    if n < 2 or (rec := _record(length, info_at)) is None:
+        return at
+    budget = length - HEADER.size - info_at           # tcp_info must end within its reply
+    for got_len, kind, got, wqueue, inode, alen, akind, acked, received in rec.iter_unpack(
+            memoryview(chunk)[at:at + n * stride]):
+        if got_len != length or got != seq or kind in (NLMSG_DONE, NLMSG_ERROR) \
+                or akind & NLA_TYPE_MASK != INET_DIAG_INFO or not TCP_INFO_BYTES_AT + BYTES.size <= alen - ATTR.size \
+                or alen > budget:
+            return at
+        if inode:               # else not the client's: completed in a listen backlog, never accepted
+            if (it := known.get(inode, 0)) == 0:
+                it = ident(chunk, at + HEADER.size, peer_port)
+            seen[inode] = it
+            if it is not None:
+                rows[it[0]] = (it[1], acked, received, wqueue)
+        at += stride
+    return at
+
+
 def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: dict[int, Ident]) -> dict[tuple, TcpRow]:
     """`tcp_rows(map(parse_socket, replies))` straight from the datagrams of one sock_diag dump
     (sequence number `seq`; `recv` gives the next datagram), for the sampler's hot path: each
     peer's table is read every second, and a peer of a large swarm has ~50 connections. A
     socket's addresses and ports are decoded once (`known`: its inode -> Ident, keeping those
     seen in this dump); after that only its queue, inode and byte counts are unpacked, in
-    place, with no message copied, and tcp_info is looked for where the last reply had it.
-    Raises OSError on an error reply."""
+    place, with no message copied, and tcp_info is looked for where the last reply had it;
+    replies laid out as the one before are read as a run (`_run_of`). Raises OSError on an
+    error reply."""
     rows: dict[tuple, TcpRow] = {}
     seen: dict[int, Ident] = {}
     head, attr, tail, counts = HEADER.unpack_from, ATTR.unpack_from, DIAG_TAIL.unpack_from, BYTES.unpack_from
     info_at = 0                     # tcp_info's attribute, from the start of the last reply's body
+    like = None                     # (length, info_at) of the last reply read with its byte counts
     while True:
         chunk = recv()
         at, end = 0, len(chunk)
         while at + HEADER.size <= end:
+            if like is not None and head(chunk, at)[0] == like[0] \
+                    and (after := _run_of(chunk, at, seq, peer_port, known, seen, rows, *like)) > at:
+                at = after
+                continue
             length, kind, _, got, _ = head(chunk, at)
             if length < HEADER.size:
                 break
@@ -195,6 +245,7 @@ def tcp_rows_from(recv: Callable[[], bytes], seq: int, peer_port: int, known: di
             if a + ATTR.size <= stop and (alen := attr(chunk, a)[0]) - ATTR.size >= TCP_INFO_BYTES_AT + 16 \
                     and a + alen <= stop and attr(chunk, a)[1] & NLA_TYPE_MASK == INET_DIAG_INFO:
                 acked, received = counts(chunk, a + ATTR.size + TCP_INFO_BYTES_AT)
+                like = (length, info_at)
             else:
                 acked = received = 0    # no tcp_info, or an old kernel's without byte counts
             rows[it[0]] = (it[1], acked, received, wqueue)

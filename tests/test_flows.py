@@ -136,6 +136,57 @@ def test_the_fast_table_is_tcp_rows_of_parse_socket_on_every_dump(socks, per_chu
     assert len(known) == sum(1 for s in socks if s[4])
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([HOST, "::ffff:" + HOST]), st.sampled_from([6666, 40001]),
+                          st.sampled_from([OTHER, THIRD, HOST]), st.sampled_from([6666, 50000, 6969]),
+                          st.integers(0, 3).map(bool), st.integers(0, 2**40)), min_size=1, max_size=20),
+       st.integers(1, 8), st.integers(-1, 19), st.sampled_from(["short", "moved", "none"]))
+def test_replies_alike_are_read_as_a_run_and_one_that_differs_is_not(socks, per_chunk, odd, how):
+    """A real dump's replies are alike (one family, the same attributes: each peer's table
+    every second), and are read as runs with one struct (netlink._run_of): the table is
+    still the reference decoding's, and a reply unlike the others (tcp_info too short for
+    byte counts, behind one more attribute, or absent) is read on its own, wherever it is."""
+    payloads = []
+    for k, (local, lport, remote, rport, accepted, nbytes) in enumerate(socks):
+        family = socket.AF_INET6 if ":" in local else socket.AF_INET
+        if family == socket.AF_INET6:
+            remote = "::ffff:" + remote
+        p = diag(local, lport, remote, rport, family=family, inode=100 + k if accepted else 0, wqueue=nbytes % 5000)
+        p += struct.pack("=HH", 5, 8) + b"\0\0\0\0" + struct.pack("=HHQ", 12, 21, 77)
+        info = bytearray(232)
+        struct.pack_into("=QQ", info, flows.TCP_INFO_BYTES_AT, nbytes, nbytes // 3)
+        if k == odd and how == "short":
+            info = info[:flows.TCP_INFO_BYTES_AT + 8]
+        if k == odd and how == "moved":
+            p += struct.pack("=HH", 5, 8) + b"\0\0\0\0"
+        if not (k == odd and how == "none"):
+            p += struct.pack("=HH", 4 + len(info), flows.INET_DIAG_INFO) + bytes(info)
+        payloads.append(p)
+    known: dict = {}
+    for order in (payloads, payloads[::-1]):
+        chunks = iter(dump_chunks(order, 9, per_chunk))
+        assert flows.tcp_rows_from(chunks.__next__, 9, 6666, known) == flows.tcp_rows(map(flows.parse_socket, order), 6666)
+    # replies all alike, one with its byte counts read and two more after it in one datagram:
+    # those after it are read as runs
+    first = next((k for k, (local, lport, remote, rport, accepted, _) in enumerate(socks) if accepted
+                  and remote != local.removeprefix("::ffff:") and 6666 in (lport, rport)), len(socks))
+    if first <= len(socks) - 3 and not 0 <= odd < len(socks):
+        import testbed.netlink as netlink
+        runs = []
+        real = netlink._run_of
+
+        def counted(chunk, at, *a):
+            after = real(chunk, at, *a)
+            runs.append(after > at)
+            return after
+        old, netlink._run_of = netlink._run_of, counted
+        try:
+            flows.tcp_rows_from(iter(dump_chunks(payloads, 9, 30)).__next__, 9, 6666, {})
+        finally:
+            netlink._run_of = old
+        assert any(runs)
+
+
 def test_an_error_reply_to_the_dump_is_raised():
     err = flows.request(flows.NLMSG_ERROR, struct.pack("=i", -1) + bytes(16), 4, flags=0)
     with pytest.raises(OSError):
