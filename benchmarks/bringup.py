@@ -2,12 +2,13 @@
 
     sudo .venv/bin/python benchmarks/bringup.py [N ...] [--times K]      (default: 10 50, once)
 
-Testbed bring-up = what a run does: containers (Docker SDK, 8 in parallel, each host's packet
-guard, flow accounting and Mininet shell set up as its container comes up) + the network
-(bridges, veths, addresses, HTB on both ends of every access link); tear-down = what a run does (the node
-shells ended, then removal by run identity). The baseline is as many bare containers
-(`--network none`) created and then removed with the Docker SDK, 8 at a time, as the testbed
-does. The ratios are testbed / baseline, for bring-up and tear-down each.
+Testbed bring-up = what a run does: containers (Docker SDK, 8 in parallel, each host's
+packet guard, flow accounting and Mininet shell set up as its container comes up) + the
+network (bridges, veths, addresses, HTB on both ends of every access link); tear-down =
+what a run does (the node shells ended, every container's first process killed at once,
+then removal by run identity). The baseline is as many bare containers (`--network none`)
+created and then removed with the Docker SDK, 8 at a time, as the testbed does. The ratios
+are testbed / baseline, for bring-up and tear-down each.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def testbed_cycle(client, n: int, workdir: Path) -> tuple[float, float, int]:
     t1 = time.perf_counter()
     NETWORK_S[n] = t1 - tn
     network.release(net)
+    runtime.kill_containers(hosts.values())
     cleanup.clean(client, p.run_id)
     t2 = time.perf_counter()
     assert not any(cleanup.find(client, p.run_id).values())

@@ -345,6 +345,7 @@ class Swarm:
             self.rd.event("teardown_error", step="containers",
                           error=f"the Docker daemon did not answer for {DAEMON_WAIT_S:g} s: the run's containers are "
                                 f"left to `testbed clean`")
+        runtime.kill_containers(self.hosts.values())
         removed = cleanup.clean(self.docker, self.plan.run_id)
         left = cleanup.find(self.docker, self.plan.run_id)
         if not self.keep_data:
