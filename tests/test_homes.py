@@ -263,3 +263,27 @@ def test_rfc6057_defaults_are_the_rfc_s():
     r = Rfc6057()
     assert (r.port_threshold, r.down_port_threshold, r.user_threshold, r.release_threshold, r.window) == \
         (0.70, 0.80, 0.70, 0.50, 900.0)
+
+
+def test_households_json_has_the_rtt_of_probes_written_at_teardown(tmp_path):
+    """The routers' probes are written to probes.csv as the carriers stop, after the last
+    tick flushed the tables: the household summary must still see every one of them."""
+    import types
+
+    from testbed.results import RunDir
+    from testbed.run.homes import home_summary
+    p = plan(parse_experiment(experiment_dict(
+        topology={"generator": "isp", "isps": [{"name": "isp", "homes": 2, "subscribed_up": "2mbit",
+                                                "subscribed_down": "8mbit", "oversubscription": 2}]},
+        households=[{"name": "h", "count": 2, "site": "isp1", "access": {"up": "2mbit", "down": "8mbit"}}],
+        peers=[{"name": "a", "count": 2, "household": "h"}])), RUN)
+    rd = RunDir(tmp_path / "run")
+    try:
+        home = p.homes[0].name
+        for seq in range(40):
+            rd.row("probes", {"t": seq, "home": home, "seq": seq, "rtt_ms": 20 + seq % 5})
+        got = home_summary(types.SimpleNamespace(plan=p, rd=rd), None, {}, 40.0)
+        rtt = next(h for h in got["homes"] if h["name"] == home)["rtt"]
+        assert rtt["answered"] == 40 and rtt["min_ms"] == 20 and rtt["max_ms"] == 24
+    finally:
+        rd.close()

@@ -20,6 +20,7 @@ def _rtt(rows: list[dict]) -> dict | None:
 
 def home_summary(sw, ex, carriers: dict, t_end: float | None) -> dict:
     p = sw.plan
+    sw.rd.flush()       # the probes written at teardown, after the last tick's flush, on disk too
     try:
         with (sw.rd.path / "probes.csv").open() as f:
             probes = list(csv.DictReader(f))
