@@ -56,6 +56,12 @@ def remove_links(tag: str | None) -> int:
                    input="".join(f"link set dev {n} group {group}\n" for n in names) + f"link delete group {group}\n",
                    capture_output=True, text=True, start_new_session=True)
     left = set(_links())
+    if stuck := [n for n in names if n in left]:
+        # the kernel deletes a group all or nothing: one link it cannot delete that way (an
+        # Open vSwitch device that OVSDB still held) kept them all. One by one, then.
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {n}\n" for n in stuck),
+                       capture_output=True, text=True, start_new_session=True)
+        left = set(_links())
     return sum(1 for n in names if n not in left)
 
 
