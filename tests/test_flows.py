@@ -140,19 +140,22 @@ def test_the_fast_table_is_tcp_rows_of_parse_socket_on_every_dump(socks, per_chu
 @given(st.lists(st.tuples(st.sampled_from([HOST, "::ffff:" + HOST]), st.sampled_from([6666, 40001]),
                           st.sampled_from([OTHER, THIRD, HOST]), st.sampled_from([6666, 50000, 6969]),
                           st.integers(0, 3).map(bool), st.integers(0, 2**40)), min_size=1, max_size=20),
-       st.integers(1, 8), st.integers(-1, 19), st.sampled_from(["short", "moved", "none"]))
+       st.integers(1, 8), st.integers(-1, 19), st.sampled_from(["short", "moved", "none", "first"]))
 def test_replies_alike_are_read_as_a_run_and_one_that_differs_is_not(socks, per_chunk, odd, how):
     """A real dump's replies are alike (one family, the same attributes: each peer's table
     every second), and are read as runs with one struct (netlink._run_of): the table is
     still the reference decoding's, and a reply unlike the others (tcp_info too short for
-    byte counts, behind one more attribute, or absent) is read on its own, wherever it is."""
+    byte counts, behind one more attribute, absent, or first among the same attributes, so
+    that the reply is as long as the others) is read on its own, wherever it is."""
     payloads = []
     for k, (local, lport, remote, rport, accepted, nbytes) in enumerate(socks):
         family = socket.AF_INET6 if ":" in local else socket.AF_INET
         if family == socket.AF_INET6:
             remote = "::ffff:" + remote
         p = diag(local, lport, remote, rport, family=family, inode=100 + k if accepted else 0, wqueue=nbytes % 5000)
-        p += struct.pack("=HH", 5, 8) + b"\0\0\0\0" + struct.pack("=HHQ", 12, 21, 77)
+        others = struct.pack("=HH", 5, 8) + b"\0\0\0\0" + struct.pack("=HHQ", 12, 21, 77)
+        if not (k == odd and how == "first"):
+            p += others
         info = bytearray(232)
         struct.pack_into("=QQ", info, flows.TCP_INFO_BYTES_AT, nbytes, nbytes // 3)
         if k == odd and how == "short":
@@ -161,6 +164,8 @@ def test_replies_alike_are_read_as_a_run_and_one_that_differs_is_not(socks, per_
             p += struct.pack("=HH", 5, 8) + b"\0\0\0\0"
         if not (k == odd and how == "none"):
             p += struct.pack("=HH", 4 + len(info), flows.INET_DIAG_INFO) + bytes(info)
+        if k == odd and how == "first":
+            p += others                             # the same length as the others, tcp_info elsewhere
         payloads.append(p)
     known: dict = {}
     for order in (payloads, payloads[::-1]):
