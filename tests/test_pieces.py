@@ -447,7 +447,7 @@ def test_aria2_s_kept_connection_is_replaced_when_aria2_closed_it(monkeypatch):
                 raise self.fail
 
         def getresponse(self):
-            return types.SimpleNamespace(status=200, headers={}, read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": "ok"}')
+            return types.SimpleNamespace(keep_alive=True, status=200, headers={}, read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": "ok"}')
 
         def close(self):
             self.closed = True
@@ -495,7 +495,7 @@ def test_aria2_s_sample_call_is_sent_first_and_read_later_and_survives_a_closed_
             if self.fail_read:
                 raise self.fail_read
             log.append(("read", made.index(self)))
-            return types.SimpleNamespace(status=200, headers={}, read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": {"n": "1"}}')
+            return types.SimpleNamespace(keep_alive=True, status=200, headers={}, read=lambda: b'{"id": "x", "jsonrpc": "2.0", "result": {"n": "1"}}')
 
         def close(self):
             pass
@@ -542,7 +542,7 @@ def test_lt_client_s_sample_call_is_sent_first_read_later_and_agrees_with_sample
             if self.fail_read:
                 raise self.fail_read
             log.append(("read", made.index(self)))
-            return types.SimpleNamespace(status=200, headers={}, read=lambda: json.dumps({"result": status}).encode())
+            return types.SimpleNamespace(keep_alive=True, status=200, headers={}, read=lambda: json.dumps({"result": status}).encode())
 
         def close(self):
             pass
@@ -582,9 +582,9 @@ def test_transmission_s_sample_call_takes_the_session_id_and_agrees_with_sample(
 
         def getresponse(self):
             if sent[-1][2] != "abc":
-                return types.SimpleNamespace(status=409, headers={"x-transmission-session-id": "abc"}, read=lambda: b"")
+                return types.SimpleNamespace(keep_alive=True, status=409, headers={"x-transmission-session-id": "abc"}, read=lambda: b"")
             body = json.dumps({"result": "success", "arguments": {"torrents": [fields]}}).encode()
-            return types.SimpleNamespace(status=200, headers={}, read=lambda: body)
+            return types.SimpleNamespace(keep_alive=True, status=200, headers={}, read=lambda: body)
 
         def close(self):
             pass
@@ -616,7 +616,7 @@ def test_a_kept_connection_s_read_waits_only_what_is_left_of_its_timeout(monkeyp
             pass
 
         def getresponse(self):
-            return types.SimpleNamespace(status=200, headers={}, read=lambda: b"{}")
+            return types.SimpleNamespace(keep_alive=True, status=200, headers={}, read=lambda: b"{}")
     monkeypatch.setattr(kept, "Connection", Conn)
     monkeypatch.setattr(kept.time, "monotonic", lambda: clock[0])
     read = kept.KeptConnection("198.19.0.6", 1, timeout=5.0).begin("/", b"", {})

@@ -90,7 +90,7 @@ class Connection:
 
     def request(self, method: str, path: str, body: bytes, headers: dict) -> None:
         if self.sock is None:
-            self.connect()
+            raise ProtocolError("the connection is not open")
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                           f"Content-Length: {len(body)}\r\n{head}\r\n".encode("latin-1") + body)
@@ -172,7 +172,7 @@ class KeptConnection:
                 if retry and isinstance(exc, CLOSED):
                     return self.begin(path, body, headers, again=False)()
                 raise
-            if not getattr(r, "keep_alive", True):     # the client said it closes it
+            if not r.keep_alive:                        # the client said it closes it
                 if self._conn is conn:
                     self.close()
             elif conn.sock is not None:
