@@ -118,10 +118,10 @@ SWARMS = {
                           [peer("slot" + SHORT[c], c, {"up": "2mbit", "down": "20mbit"}, upload_slots=1)
                            for c in DRIVERS if "upload_slots" not in DRIVERS[c].unsupported]
                           + [peer("ctltr", "transmission", {"up": "2mbit", "down": "20mbit"})],
-                          [group("ltr", "transmission", 3, {"up": "1mbit", "down": "20mbit"}),
+                          # leechers that stay interested in a seeder until they complete (see
+                          # SLOTS_LEECHERS), 6 MiB so that the seeders serve them for 20 s or more
+                          [group("lrt", "rtorrent", 3, {"up": "1mbit", "down": "20mbit"}),
                            group("llt", "libtorrent", 3, {"up": "1mbit", "down": "20mbit"})],
-                          # 6 MiB: with 4 the leechers once completed 19 s after transmission's
-                          # first upload, leaving 4 samples past its 15 s settle (CI, 2026-11-26)
                           size="6MiB"),
     "connectable": swarm("knob-connectable", [peer("origin", "transmission")],
                          [peer("nat" + SHORT[c], c, connectable=False) for c in DRIVERS]
@@ -187,11 +187,9 @@ class Run:
         return sum(f[key] for f in self.peers[peer]["flows"] if f["remote"] == remote)
 
 
-# Swarms run on their own, not three at a time: transmission 3.00 kept its one upload slot
-# once settled in 16 runs, and in 3 of 3 run alone on 2026-11-26, but with two other swarms
-# on the 2-core machine it carried blocks to 3 peers at once for seconds on end in 3 of 4
-# runs that day (its median over the active period 3 in one of them), with this stop's
-# code and the code before it alike
+# Swarms run on their own, after the others, not three at a time: the upload-slot swarm, whose
+# leechers were chosen (SLOTS_LEECHERS) from runs alone or beside one busy core, not beside
+# two other swarms on this 2-core machine
 ALONE = ("upload_slots",)
 
 
@@ -439,41 +437,50 @@ def test_a_non_connectable_peer_never_accepts_a_connection(runs):
     assert r.peers["origin"]["tcp_max"]["tcp_in"] > 0      # connectable peers accept
 
 
-# Seconds from a seeder's first upload that the share of test_upload_slots_are_obeyed leaves
-# out. Transmission, with one slot, uploaded to 3-4 peers at once for the first 10-14 s of its
-# seeding in 5 of 16 runs (12-33 % of its samples), then held the slot: it honours the knob
-# only once it has settled
-SLOTS_SETTLE = {"transmission": 15.0}
+# The upload-slot swarm's leechers are rtorrent and libtorrent, not transmission. A slot counts
+# interested peers only: at each rechoke a seeder unchokes its slots' worth of interested peers
+# and, without counting them, any uninterested peer that ranks above them (the reference
+# choking algorithm; transmission 3.00's rechokeUploads ranks peers of equal rate by a random
+# salt). A transmission leecher shows no interest for its first 10 s or so, and its interest
+# comes and goes (its rechokeDownloads limits how many peers it wants blocks from). So a
+# transmission seeder with one slot unchoked a transmission leecher that was not yet
+# interested; once it was, 3 peers took blocks until the next rechoke 10 s later, or longer
+# (transmission does not change a peer's choke within 10 s of the last change). With 3
+# transmission leechers, 3 or more peers took blocks from it in 4 of 15 judged seconds in CI
+# on 2026-11-26 and in 3 of 4 runs under load that day; with these leechers a transmission
+# seeder had at most 2 (the slot and the optimistic unchoke) in every second of 6 runs (3 of
+# them beside a busy loop on one core), the other clients as before.
+SLOTS_LEECHERS = ("rtorrent", "libtorrent")
 
 
 def test_upload_slots_are_obeyed(runs):
     """One slot, and one optimistic unchoke on top: over the seeder's active period the median
     number of peers that carry a block up in a second, when any does, is at most 1 + 1; and
-    while it seeds and leechers still want blocks (from its first upload, or SLOTS_SETTLE
-    later, to the last leecher's completion), at most 10 % of its samples see more than 1 + 1
-    such peers (BEP 6 allowed-fast pieces, which a seeder serves whatever its slots, make the
-    first one or two seconds exceed it).
+    while it seeds and leechers still want blocks (from its first upload to the last leecher's
+    completion), at most 10 % of its samples see more than 1 + 1 such peers (BEP 6
+    allowed-fast pieces, which a seeder serves whatever its slots, make the first one or two
+    seconds exceed it).
     Expected false failures: below 0.5 % a run. In 16 runs the libtorrent clients and rtorrent
-    had 0-2 such samples of 30-40 (a run fails at 4), all in their first 3 s; transmission, 0
-    after its 15 s in 16 runs."""
+    had 0-2 such samples of 30-40 (a run fails at 4), all in their first 3 s; with the
+    leechers of SLOTS_LEECHERS transmission had none in 6 runs (2 in most seconds)."""
     r = runs["upload_slots"]
     assert r.summary["status"] == "complete", r.summary["error"]
-    demand_until = max(p["completed_at_s"] for p in r.summary["peers"] if p["role"] == "leecher")
+    leechers = [p for p in r.summary["peers"] if p["role"] == "leecher"]
+    assert {p["client"] for p in leechers} == set(SLOTS_LEECHERS)
+    demand_until = max(p["completed_at_s"] for p in leechers)
 
-    def uploading(name, after=0.0):
+    def uploading(name):
         rows = [row for row in r.rows[name] if row["t"] <= demand_until]
         first = next(row["t"] for row in rows if row["tcp_uploading"] + row["utp_uploading"] > 0)
-        return [row["tcp_uploading"] + row["utp_uploading"] for row in rows if row["t"] >= first + after]
+        return [row["tcp_uploading"] + row["utp_uploading"] for row in rows if row["t"] >= first]
 
     for c in DRIVERS:
         if "upload_slots" in DRIVERS[c].unsupported:
             continue
-        name = "slot" + SHORT[c]
-        col = uploading(name)
+        col = uploading("slot" + SHORT[c])
         assert statistics.median([v for v in col if v]) <= 1 + 1, (c, col)
-        judged = uploading(name, after=SLOTS_SETTLE.get(c, 0.0))
-        assert len(judged) >= 5, (c, "the leechers completed too early to judge the seeder")
-        assert sum(v > 1 + 1 for v in judged) <= 0.10 * len(judged), (c, judged)
+        assert len(col) >= 5, (c, "the leechers completed too early to judge the seeder")
+        assert sum(v > 1 + 1 for v in col) <= 0.10 * len(col), (c, col)
     assert max(uploading("ctltr")) >= 3                     # the default lets more peers in at once
 
 
@@ -553,18 +560,32 @@ def prefer_peer(r: Run, client: str) -> dict:
     return p
 
 
+# Clients judged by the plaintext session with the plaintext-only seeder alone, not by blocks
+# over it: transmission connects to that seeder late, after its encrypted attempt failed, and
+# once (CI, 2026-11-26) kept the plaintext session open 20 s, handshakes and messages both
+# ways, without taking a block: the encryption-only seeder had served it all by then.
+SESSION_ONLY = ("transmission",)
+HANDSHAKE = 68      # BitTorrent's handshake, bytes; what a session says past it is its messages
+
+
 @pytest.mark.parametrize("client", per_client())
 def test_preferred_encryption_accepts_plaintext_where_it_must(runs, client):
     """It sent a plaintext handshake and one reached it: a plaintext connection, with the
-    plaintext-only seeder (the only peer that sends one to it), over which it took blocks.
+    plaintext-only seeder (the only peer that sends one to it), over which both sides sent
+    messages past the handshake (a session, not a refusal) and, but for SESSION_ONLY, it took
+    blocks.
     Expected false failures: below 1 % a run. The handshake counts were the same in every one
     of 20 runs; in 6 runs of this swarm the fewest blocks a leecher took from that seeder were
-    9 (transmission, which connects to it late, after its encrypted attempt failed; 9-67),
-    then 24 (aria2). With 2 MiB instead of 4, as few as 2 in 14 runs, none at 0."""
+    9 (transmission; 9-67, and 0 once in CI), then 24 (aria2). With 2 MiB instead of 4, as few
+    as 2 in 14 runs, none at 0."""
     r = runs["prefer"]
     p = prefer_peer(r, client)
     assert p["wire"]["plain_handshakes_in"] >= 1 and p["wire"]["plain_handshakes_out"] >= 1, (p["name"], p["wire"])
-    assert r.flow("plain", p["name"], "bytes_out") >= BLOCK, (p["name"], r.peers["plain"]["flows"])
+    flows = r.peers["plain"]["flows"]
+    assert r.flow("plain", p["name"], "bytes_in") > HANDSHAKE, (p["name"], flows)
+    assert r.flow("plain", p["name"], "bytes_out") > HANDSHAKE, (p["name"], flows)
+    if client not in SESSION_ONLY:
+        assert r.flow("plain", p["name"], "bytes_out") >= BLOCK, (p["name"], flows)
 
 
 PLAINTEXT_FIRST = ("libtorrent's 'prefer' (pe_enabled) opens outgoing connections in plaintext first "
