@@ -141,13 +141,16 @@ class Plan:
     protocol_policies: tuple[ProtocolPolicyPlan, ...] = ()
     segment_sites: tuple[str, ...] = ()     # sites that are ISP segments (generated topologies)
     builds: dict = field(default_factory=dict)   # image name -> a client build it is made from
+    # a shard's plan (plan/shard.py), whose tracker may live on another worker: its address
+    tracker_address: str | None = None
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
 
     @property
     def tracker_url(self) -> str:
-        return f"http://{self.host('tracker').data_ip}:{self.tracker_port}/announce"
+        address = self.tracker_address or self.host("tracker").data_ip
+        return f"http://{address}:{self.tracker_port}/announce"
 
     def by_role(self, role: str) -> list[HostPlan]:
         return [h for h in self.hosts if h.role == role]
