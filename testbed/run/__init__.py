@@ -32,6 +32,7 @@ from testbed.run.summary import cpu_seconds, image_packages, manifest, summarize
 from testbed.run.swarm import Swarm
 
 EventSink = Callable[[dict], None]
+SHARD_WAIT_S = 600.0     # a shard waits this long for the coordinator's next word (the others' bring-up)
 
 
 def memory_and_deaths(p, error: str | None, status: str, deaths: list[dict], ooms: list[str],
@@ -77,32 +78,40 @@ def new_run_id(exp: Experiment, repetition: int = 1) -> str:
 
 
 def run(exp: Experiment, results_root: Path, on_event: EventSink | None = None, *, repetition: int = 1,
-        keep_data: bool = False, sample_interval: float = 1.0, run_id: str | None = None) -> RunResult:
-    """Run one repetition of the experiment; raises only for errors before anything starts."""
+        keep_data: bool = False, sample_interval: float = 1.0, run_id: str | None = None,
+        shard=None) -> RunResult:
+    """Run one repetition of the experiment; raises only for errors before anything starts.
+    `shard` (workers.shard.ShardRun): only this worker's share of a swarm spread over several."""
     emit = on_event or (lambda e: None)
     docker_client = runtime.docker_client()
-    run_id = run_id or new_run_id(exp, repetition)
+    run_id = shard.spec.shard_run_id if shard else (run_id or new_run_id(exp, repetition))
     lock = BringupLock()
     try:
         return _run(exp, Path(results_root), emit, docker_client, run_id, lock, repetition, keep_data,
-                    sample_interval)
+                    sample_interval, shard)
     finally:
         lock.release()
 
 
 def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, run_id: str, lock: BringupLock,
-         repetition: int, keep_data: bool, sample_interval: float) -> RunResult:
-    p = plan(exp, run_id, block=free_control_block(run_tag(run_id)), repetition=repetition)
+         repetition: int, keep_data: bool, sample_interval: float, shard=None) -> RunResult:
+    whole = plan(exp, run_id, block=free_control_block(run_tag(run_id)), repetition=repetition)
+    p = whole
+    if shard is not None:
+        shard.whole, p = whole, shard.spec.cut(whole)
     imgs = preflight(p, docker_client)
     cpu_warning = machine_fits(p, results_root)
 
     rd = RunDir(results_root.resolve() / run_id)   # absolute: it is bind-mounted
     shaper = shaping.choose(p.shaper, facts.traffic_control()["netem"])()
-    written, trace_hashes = written_experiment(exp, p, shaper.name)
+    written, trace_hashes = written_experiment(exp, whole, shaper.name)
     (rd.path / "experiment.yaml").write_text(written)
     write_plan(rd.path, p)
     man = manifest(p, imgs, exp.seed, exp.repetitions)
     man["traces"] = trace_hashes
+    if shard is not None:
+        man["shard"] = {"swarm_run_id": shard.spec.run_id, "worker": shard.spec.worker,
+                        "placement": shard.spec.placement, "underlays": shard.spec.underlays}
     write_json(rd.path / "manifest.json", man)
     emit(rd.event("run_start", run_id=run_id, run_dir=str(rd.path), hosts=len(p.hosts), t_min_s=p.t_min_s,
                   events=len(p.timeline)))
@@ -116,14 +125,24 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
             sw.start_hosts()
         finally:
             lock.release()
+        if shard is not None:
+            emit(rd.event("tunnels", count=shard.joined(p)))
         sw.make_content()
         man["image_packages"] = image_packages(sw)
         write_json(rd.path / "manifest.json", man)
-        sw.start_tracker()
+        if "tracker" in sw.hosts:
+            sw.start_tracker()
+        if shard is not None:
+            shard.sync.mark("ready")
+            shard.sync.wait("go", SHARD_WAIT_S)
+            sw.announced_seeders = len(whole.by_role("seeder"))
         sw.start_clients()
         man["client_versions"] = sw.versions
         write_json(rd.path / "manifest.json", man)
         sw.start_seeders()
+        if shard is not None:
+            shard.sync.mark("seeded")
+            shard.sync.wait("start", SHARD_WAIT_S)
         sampler = Sampler(p, rd, sw.drivers, {n: h.pid for n, h in sw.hosts.items()}, emit, time.monotonic())
         sampler.start()
         # one time origin for every file: events' t counts from the swarm's start as the
@@ -131,6 +150,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         rd.t0 = time.time() - sampler.now()
         sw.start_carriers(sampler.now, time.time() - sampler.now())
         ex = Executor(p, sw, sampler, rd, emit, sample_interval)
+        if shard is not None:
+            ex.barrier = shard.sync
         emit(rd.event("swarm_start", leechers=len(p.by_role("leecher")), t_min_s=p.t_min_s))
         cpu0, wall0 = cpu_seconds(), time.monotonic()
         try:
@@ -190,6 +211,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
                 except Exception as exc:   # the rest of the results and the teardown go on
                     rd.event("teardown_error", step="households.json", error=f"{exc.__class__.__name__}: {exc}")
             write_json(rd.path / "summary.json", summary)
+            if shard is not None and shard.devices:
+                emit(rd.event("tunnels_counted", **shard.tunnel_counters()))
             emit(rd.event("teardown"))
             teardown = sw.close()
             man["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

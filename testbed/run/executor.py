@@ -43,6 +43,7 @@ class Executor:
     def __init__(self, plan_: Plan, swarm: Swarm, sampler: Sampler, rd, emit, interval: float):
         self.plan, self.swarm, self.sampler, self.rd, self.emit = plan_, swarm, sampler, rd, emit
         self.interval = interval
+        self.barrier = None         # a shard's sync (workers/shard.py): its end is the swarm's
         self.peers = {h.name: Peer() for h in plan_.hosts if h.client}
         self.heap: list = []
         self.seq = itertools.count()
@@ -305,7 +306,12 @@ class Executor:
         if self.plan.end == "duration":
             return "duration" if t >= self.plan.horizon_s else None
         leechers = [h.name for h in self.plan.by_role("leecher")]
-        return "all_done" if all(self.done(n) for n in leechers) else None
+        if not all(self.done(n) for n in leechers):
+            return None
+        if self.barrier is not None:        # a shard: its own leechers are done; it seeds on until
+            self.barrier.mark("done")       # every worker's are, and the coordinator says 'end'
+            return "all_done" if self.barrier.arrived("end") else None
+        return "all_done"
 
     def run(self) -> str:
         """Carry the timeline out until the run ends; returns complete or timeout."""

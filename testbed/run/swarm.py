@@ -71,6 +71,7 @@ class Swarm:
         self.infohash = ""
         self.homes = None                         # households.Households, once the network exists
         self.managers: list = []                  # segments.CongestionManager per segment policy
+        self.announced_seeders: int | None = None  # a shard's: every worker's seeders
 
     # ------------------------------------------------------------ bring-up
     def make_content(self) -> None:
@@ -199,7 +200,8 @@ class Swarm:
                 raise RunError(f"seeder(s) {', '.join(sorted(pending))} did not verify the content "
                                f"within {SEED_VERIFY_TIMEOUT:g}s")
             time.sleep(0.2)
-        self.wait_seeders_announced(len(seeders))
+        if "tracker" in self.hosts:         # a shard's tracker may live on another worker
+            self.wait_seeders_announced(self.announced_seeders or len(seeders))
 
     def scrape(self) -> int | None:
         """Peers the tracker lists for the torrent, from its scrape, asked inside the tracker's

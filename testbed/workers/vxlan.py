@@ -43,6 +43,12 @@ class Segment:
 def join_lines(segments: list[Segment], local: str, underlay_mtu: int = 1550) -> list[str]:
     """A worker's `ip -batch` lines: each segment's bridge and its VXLAN device into it, left
     down (IPv6 goes off on them first, see up_lines)."""
+    return [line for s in segments for line in (f"link add {s.bridge} type bridge",
+                                                *attach_lines([s], local, underlay_mtu))]
+
+
+def attach_lines(segments: list[Segment], local: str, underlay_mtu: int = 1550) -> list[str]:
+    """Each segment's VXLAN device into its bridge, which exists (a shard's switch), left down."""
     out = []
     for s in segments:
         if not 1 <= s.vni < 1 << 24:
@@ -50,8 +56,7 @@ def join_lines(segments: list[Segment], local: str, underlay_mtu: int = 1550) ->
         if not NAME.fullmatch(s.device()):
             raise ValueError(f"bridge name {s.bridge!r}: its tunnel's name must be 1 to 15 letters, digits, _ or -")
         dev = s.device()
-        out += [f"link add {s.bridge} type bridge",
-                f"link add {dev} type vxlan id {s.vni} local {local} dstport {PORT} nolearning",
+        out += [f"link add {dev} type vxlan id {s.vni} local {local} dstport {PORT} nolearning",
                 f"link set {dev} mtu {underlay_mtu - OVERHEAD}",
                 f"link set {dev} master {s.bridge}"]
     return out
