@@ -70,6 +70,49 @@ def cmd_run(args) -> int:
     return rc
 
 
+def cmd_shard(args) -> int:
+    """A worker's share of a swarm spread over workers, as the coordinator's playbook starts it.
+    Whatever happens, the sync directory's state says it ended (the playbook waits on it)."""
+    import signal
+    import sys
+
+    from testbed.cli_common import sigterm_as_interrupt
+    from testbed.workers.shard import ShardRun, ShardSpec, Sync
+    sync = Sync(Path(args.sync))
+    status = "failed"
+    try:
+        from testbed.model import load_experiment
+        exp = load_experiment(args.file)
+        spec = ShardSpec.load(Path(args.spec))
+        from mininet.log import setLogLevel
+        setLogLevel("warning")
+        from testbed.run import run as run_experiment
+        signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+
+        def on_event(e: dict) -> None:          # the worker's log: one JSON object a line
+            sys.stdout.write(json.dumps(e, default=str) + "\n")
+            sys.stdout.flush()
+        result = run_experiment(exp, Path(args.results), on_event=on_event, shard=ShardRun(spec, sync))
+        status = result.status
+        return 0 if result.ok else 1
+    finally:
+        sync.mark(f"ended {status}")
+
+
+def cmd_split(args) -> int:
+    """One experiment spread over the inventory's workers; one results directory here."""
+    from testbed.workers.split import split_run
+    run_dir, summary = split_run(Path(args.file), Path(args.inventory), Path(args.results),
+                                 progress=lambda line: err.print(f"  {line}", markup=False, highlight=False))
+    console.print(f"{summary.get('status', 'unknown')}: {summary.get('leechers_completed', '?')}/"
+                  f"{summary.get('leechers', '?')} leechers completed over {len(summary.get('workers', {}))} "
+                  f"worker(s); results: {run_dir}")
+    for w, info in summary.get("workers", {}).items():
+        if info.get("problem"):
+            console.print(f"[yellow]worker {w}: {info['problem']}")
+    return 0 if summary.get("status") == "complete" else 1
+
+
 def cmd_harness(args) -> int:
     from testbed.workers import harness
     directory = Path(args.dir)
@@ -106,6 +149,17 @@ def add_parsers(sub) -> None:
     b.add_argument("--worker", help="which worker (default: the inventory's first)")
     b.add_argument("--results", default="results", help="where the run directory goes (default: ./results)")
     b.set_defaults(func=cmd_run)
+    b = wsub.add_parser("split", help="run one experiment spread over the inventory's workers (VXLAN-joined)")
+    b.add_argument("file")
+    b.add_argument("--inventory", required=True, help="an inventory in Ansible's format (its group `workers`)")
+    b.add_argument("--results", default="results", help="where the run directory goes (default: ./results)")
+    b.set_defaults(func=cmd_split)
+    b = wsub.add_parser("shard", help="(started by `workers split` on each worker) this worker's share of a swarm")
+    b.add_argument("file")
+    b.add_argument("--spec", required=True, help="the shard's spec (JSON, from the coordinator)")
+    b.add_argument("--sync", required=True, help="the directory the coordinator's playbook and the shard keep step in")
+    b.add_argument("--results", required=True)
+    b.set_defaults(func=cmd_shard)
     b = wsub.add_parser("harness", help="workers on this machine: namespaces with their own sshd")
     hsub = b.add_subparsers(dest="harness_command", required=True)
     h = hsub.add_parser("up", help="make COUNT workers and write DIR/inventory.yaml")

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -156,6 +157,9 @@ class Harness:
                  # the workers share this machine's files: the testbed beside this interpreter
                  f"    testbed_exe: {Path(sys.executable).parent / 'testbed'}",
                  f"    testbed_harness: {self.tag}",
+                 # the workers share this machine's files: their copies go in the harness's
+                 # directory, and down() removes what a worker lost kept
+                 f"    testbed_workdir: {self.dir / 'work'}",
                  f"    testbed_coordinator: {self.gateway}       # this machine's underlay address",
                  "  hosts:"]
         for k, (name, address) in enumerate(zip(self.names, self.addresses)):
@@ -183,6 +187,7 @@ class Harness:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         for veth in self.veths:
             subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        shutil.rmtree(self.dir / "work", ignore_errors=True)
         (self.dir / "harness.json").unlink(missing_ok=True)
 
 

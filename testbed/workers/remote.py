@@ -76,24 +76,32 @@ def run_on_worker(experiment: Path, inventory: Path, worker: str | None, results
         packed = Path(local) / "results.tgz"
         if outcome is None or not packed.exists():
             raise RunError(f"worker {chosen}: the run brought no results back (Ansible: {r.status})")
-        try:
-            tar = tarfile.open(packed)
-        except tarfile.TarError as exc:
-            raise RunError(f"worker {chosen}: its results archive cannot be read ({exc})") from None
-        with tar:
-            tops = {Path(m.name).parts[0] for m in tar.getmembers() if Path(m.name).parts}
-            if len(tops) != 1:
-                raise RunError(f"worker {chosen}: expected one run directory in its results, found {sorted(tops)}")
-            members = tar.getmembers()
-            # only plain files and directories inside the run directory (what `testbed run`
-            # writes): Python 3.11.2's tarfile has no extraction filter to say so
-            bad = [m.name for m in members if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute()
-                   or ".." in Path(m.name).parts]
-            if bad:
-                raise RunError(f"worker {chosen}: its results hold unexpected entries ({bad[0]!r})")
-            for m in members:       # ours, and never setuid or writable by others
-                m.uid = m.gid = 0
-                m.uname = m.gname = "root"
-                m.mode &= 0o755
-            tar.extractall(results_root, members=members)
-    return int(outcome.report.get("rc", 1)), results_root / tops.pop()
+        run_dir = extract_run(packed, results_root, chosen)
+    return int(outcome.report.get("rc", 1)), run_dir
+
+
+def extract_run(packed: Path, results_root: Path, worker: str) -> Path:
+    """The one run directory in a worker's results archive, extracted under results_root."""
+    try:
+        tar = tarfile.open(packed)
+    except tarfile.TarError as exc:
+        raise RunError(f"worker {worker}: its results archive cannot be read ({exc})") from None
+    with tar:
+        tops = {Path(m.name).parts[0] for m in tar.getmembers() if Path(m.name).parts and m.name != "."}
+        tops.discard(".")
+        if len(tops) != 1:
+            raise RunError(f"worker {worker}: expected one run directory in its results, found {sorted(tops)}")
+        members = tar.getmembers()
+        # only plain files and directories inside the run directory (what `testbed run`
+        # writes): Python 3.11.2's tarfile has no extraction filter to say so
+        bad = [m.name for m in members if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute()
+               or ".." in Path(m.name).parts]
+        if bad:
+            raise RunError(f"worker {worker}: its results hold unexpected entries ({bad[0]!r})")
+        for m in members:       # ours, and never setuid or writable by others
+            m.uid = m.gid = 0
+            m.uname = m.gname = "root"
+            m.mode &= 0o755
+        results_root.mkdir(parents=True, exist_ok=True)
+        tar.extractall(results_root, members=members)
+    return results_root / tops.pop()

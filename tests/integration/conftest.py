@@ -55,3 +55,15 @@ def small_experiment(**over):
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "testbed"
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    """Two workers of the one-machine harness (namespaces with their own sshd)."""
+    from testbed.workers import harness
+    h = harness.Harness(2, tmp_path / "harness")
+    h.up()
+    try:
+        yield h
+    finally:
+        h.down()

@@ -8,7 +8,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from testbed import cleanup
 from testbed.workers import harness
@@ -18,16 +17,6 @@ from tests.integration.conftest import cli
 def pids_in(ns: str) -> list[int]:
     r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
     return [int(p) for p in r.stdout.split()]
-
-
-@pytest.fixture
-def two_workers(tmp_path):
-    h = harness.Harness(2, tmp_path / "harness")
-    h.up()
-    try:
-        yield h
-    finally:
-        h.down()
 
 
 def test_check_reaches_each_worker_in_its_namespace_and_names_a_lost_one(two_workers):

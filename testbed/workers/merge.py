@@ -1,0 +1,190 @@
+"""The results of a swarm spread over workers, merged into one run directory on the
+coordinator's clock.
+
+Each worker's shard is a run directory of its own (its samples, events and summary, on its
+own clock, from its own t=0, the moment it was told to start). They are kept whole under
+`shards/<worker>/`; the run directory itself gets what the analysis reads for the whole
+swarm:
+
+- samples.csv and events.jsonl: every shard's rows, their times moved onto one time origin;
+- summary.json: every peer, its times moved likewise, the swarm's counts and completion
+  recomputed over all of them, and `workers`: each worker's shard, its clock offset and shift,
+  and what went wrong with it (a worker lost: its peers are missing, and the swarm is
+  not complete);
+- plan.json (the whole plan, each host's worker), manifest.json, experiment.yaml.
+
+The time origin: a shard's start, read on its own clock (its swarm_start event's time less
+its t), minus that worker's clock offset (workers/clock.py), is its start on the
+coordinator's clock; the earliest shard's is the swarm's t=0, and every other shard's times
+move by how much later it started. Reads only results: the coordinator's side, after the fact.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.results import SAMPLE_FIELDS, write_json
+
+PEER_TIMES = ("arrived_s", "completed_at_s", "left_s", "cap_reached_s", "line_cut_s")
+
+
+@dataclass
+class ShardResult:
+    worker: str
+    run_dir: Path | None            # its results, if they came back
+    problem: str | None = None      # what went wrong with the worker, in one sentence
+    offset_s: float = 0.0           # its clock minus the coordinator's
+    offset_error_s: float | None = None     # None: not measured (taken as 0)
+
+
+def swarm_start(run_dir: Path) -> float | None:
+    """When the shard's swarm started, unix seconds on its worker's clock."""
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue        # a line cut short by a worker that died
+            if e.get("kind") == "swarm_start":
+                return float(e["time"]) - float(e["t"])
+    return None
+
+
+def tunnel_counters(run_dir: Path) -> dict | None:
+    """What the shard's VXLAN tunnels carried (its tunnels_counted event), if it had any."""
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return None
+    with path.open() as f:
+        for line in f:
+            if '"tunnels_counted"' in line:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    return None
+                return {k: e[k] for k in ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "underlay_bytes_out")}
+    return None
+
+
+def shifts(shards: list[ShardResult]) -> dict[str, float]:
+    """worker -> seconds to add to its shard's times (0 for the earliest), for the shards that
+    started their swarm."""
+    starts = {s.worker: t - s.offset_s for s in shards if s.run_dir and (t := swarm_start(s.run_dir)) is not None}
+    if not starts:
+        return {}
+    first = min(starts.values())
+    return {w: t - first for w, t in starts.items()}
+
+
+def _moved(peer: dict, by: float, worker: str) -> dict:
+    out = dict(peer, worker=worker)
+    for k in PEER_TIMES:
+        if out.get(k) is not None:
+            out[k] = round(out[k] + by, 3)
+    if isinstance(out.get("seeding"), dict) and out["seeding"].get("stopped_s") is not None:
+        out["seeding"] = dict(out["seeding"], stopped_s=round(out["seeding"]["stopped_s"] + by, 3))
+    return out
+
+
+def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], shards: list[ShardResult]) -> dict:
+    """Writes the merged run directory `out` (shards' directories already under out/shards)
+    and returns its summary."""
+    move = shifts(shards)
+    summaries = {}
+    for s in shards:
+        if s.run_dir and (s.run_dir / "summary.json").exists():
+            summaries[s.worker] = json.loads((s.run_dir / "summary.json").read_text())
+    _merge_rows(out, shards, move)
+    peers = [_moved(p, move.get(w, 0.0), w) for w, sm in summaries.items() for p in sm.get("peers", [])]
+    peers.sort(key=lambda p: [h["name"] for h in whole_plan["hosts"]].index(p["name"])
+               if any(h["name"] == p["name"] for h in whole_plan["hosts"]) else 1 << 30)
+    leechers = [h["name"] for h in whole_plan["hosts"] if h["role"] == "leecher"]
+    done = [p for p in peers if p["role"] == "leecher" and p.get("completed")]
+    workers, problems = {}, []
+    for s in shards:
+        sm = summaries.get(s.worker, {})
+        problem = s.problem or (None if s.worker in summaries else "its results did not come back")
+        if problem is None and sm.get("status") not in ("complete", None):
+            problem = f"its shard ended {sm.get('status')}" + (f": {sm['error']}" if sm.get("error") else "")
+        if problem:
+            problems.append(f"worker {s.worker}: {problem}")
+        workers[s.worker] = {
+            "hosts": sorted(h for h, w in placement.items() if w == s.worker),
+            "shard_run_id": sm.get("run_id"), "status": sm.get("status", "lost"), "problem": problem,
+            "clock_offset_s": s.offset_s, "clock_error_s": s.offset_error_s,
+            "shift_s": None if s.worker not in move else round(move[s.worker], 6),
+            "ended_by": sm.get("ended_by"), "testbed_cpu": sm.get("testbed_cpu"),
+            "tunnel": tunnel_counters(s.run_dir) if s.run_dir else None}
+    statuses = {sm.get("status") for sm in summaries.values()}
+    if not problems and statuses == {"complete"}:
+        status = "complete"
+    elif "timeout" in statuses and not any("lost" in p or "did not come back" in p for p in problems):
+        status = "timeout"
+    else:
+        status = "failed"
+    first = next(iter(summaries.values()), {})
+    summary = {
+        **{k: v for k, v in first.items() if k not in ("peers", "testbed_cpu", "host", "containers", "shaper")},
+        "run_id": run_id, "status": status, "error": "; ".join(problems) or None, "partial": status != "complete",
+        "swarm_completion_s": round(max(p["completed_at_s"] for p in done), 3)
+        if done and len(done) == len(leechers) else None,
+        "leechers": len(leechers), "leechers_completed": len(done),
+        "leechers_arrived": sum(1 for p in peers if p["role"] == "leecher" and p.get("arrived_s") is not None),
+        "t_min_s": whole_plan.get("t_min_s"), "t_min_terms": whole_plan.get("t_min_terms", {}),
+        "shaper": sorted({sm.get("shaper") for sm in summaries.values() if sm.get("shaper")}),
+        "workers": workers, "peers": peers}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _merge_rows(out: Path, shards: list[ShardResult], move: dict[str, float]) -> None:
+    with (out / "samples.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, SAMPLE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        rows = []
+        for s in shards:
+            path = s.run_dir / "samples.csv" if s.run_dir else None
+            if path is None or not path.exists() or s.worker not in move:
+                continue
+            with path.open() as g:
+                for row in csv.DictReader(g):
+                    for k in ("t", "t_if"):
+                        if row.get(k) not in (None, ""):
+                            row[k] = f"{float(row[k]) + move[s.worker]:.3f}"
+                    rows.append(row)
+        rows.sort(key=lambda r: (float(r["t"]), r["peer"]))
+        w.writerows(rows)
+    events = []
+    for s in shards:
+        path = s.run_dir / "events.jsonl" if s.run_dir else None
+        if path is None or not path.exists():
+            continue
+        with path.open() as g:
+            for line in g:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                e["worker"] = s.worker
+                if s.worker in move and isinstance(e.get("t"), (int, float)):
+                    e["t"] = round(e["t"] + move[s.worker], 6)
+                events.append(e)
+    events.sort(key=lambda e: (e.get("t") if isinstance(e.get("t"), (int, float)) else -1e18))
+    with (out / "events.jsonl").open("w") as f:
+        for e in events:
+            f.write(json.dumps(e) + "\n")
+
+
+def copy_common(out: Path, shards: list[ShardResult]) -> None:
+    """The experiment as written and its timeline: the same in every shard; the first's."""
+    for s in shards:
+        if s.run_dir:
+            for name in ("experiment.yaml", "timeline.csv"):
+                if (s.run_dir / name).exists() and not (out / name).exists():
+                    shutil.copyfile(s.run_dir / name, out / name)

@@ -1,0 +1,140 @@
+"""A split swarm's results merged on the coordinator's clock (pure, over files), and a shard's
+spec and sync directory."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from testbed.errors import InputError, RunError
+from testbed.results import SAMPLE_FIELDS
+from testbed.workers.merge import ShardResult, merge, shifts
+from testbed.workers.shard import ShardSpec, Sync
+
+PLAN = {"hosts": [{"name": n, "role": r} for n, r in
+                  [("tracker", "tracker"), ("origin", "seeder"), ("a", "leecher"), ("b", "leecher")]],
+        "t_min_s": 10.0, "t_min_terms": {"seed_upload": 10.0}}
+
+
+def shard(root: Path, worker: str, start: float, peers: list[dict], status="complete") -> Path:
+    d = root / worker / f"run-{worker}"
+    d.mkdir(parents=True)
+    (d / "events.jsonl").write_text("\n".join(json.dumps(e) for e in [
+        {"kind": "run_start", "time": start - 5, "t": -5.0},
+        {"kind": "swarm_start", "time": start + 0.25, "t": 0.25},
+        {"kind": "run_end", "time": start + 30, "t": 30.0}]) + "\n{cut sho")
+    with (d / "samples.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, SAMPLE_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for p in peers:
+            w.writerow({"t": "1.000", "t_if": "1.001", "peer": p["name"]})
+    (d / "summary.json").write_text(json.dumps({"run_id": f"run-{worker}", "status": status, "error": None,
+                                                "shaper": "userspace", "peers": peers}))
+    return d
+
+
+def peer(name, role, arrived, completed=None):
+    return {"name": name, "role": role, "arrived_s": arrived, "completed": completed is not None,
+            "completed_at_s": completed, "completion_s": None if completed is None else completed - arrived,
+            "left_s": None, "seeding": {"stopped_s": None}}
+
+
+def test_shards_are_moved_onto_the_earliest_start_on_the_coordinators_clock(tmp_path):
+    # w2's clock is 2 s ahead; its swarm started 0.5 s after w1's on the coordinator's clock
+    s1 = shard(tmp_path, "w1", 1000.0, [peer("origin", "seeder", 0.0), peer("a", "leecher", 0.1, 20.0)])
+    s2 = shard(tmp_path, "w2", 1002.5, [peer("b", "leecher", 0.1, 22.0)])
+    shards = [ShardResult("w1", s1, offset_s=0.0, offset_error_s=1e-4), ShardResult("w2", s2, offset_s=2.0)]
+    assert shifts(shards) == {"w1": 0.0, "w2": pytest.approx(0.5)}
+    out = tmp_path / "out"
+    out.mkdir()
+    s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"}, shards)
+    assert s["status"] == "complete" and not s["partial"] and s["error"] is None
+    by = {p["name"]: p for p in s["peers"]}
+    assert [p["name"] for p in s["peers"]] == ["origin", "a", "b"]
+    assert by["b"]["completed_at_s"] == 22.5 and by["b"]["arrived_s"] == 0.6 and by["b"]["completion_s"] == 21.9
+    assert by["a"]["completed_at_s"] == 20.0 and by["b"]["worker"] == "w2"
+    assert s["swarm_completion_s"] == 22.5 and s["leechers_completed"] == 2 == s["leechers"]
+    assert s["workers"]["w2"]["shift_s"] == 0.5 and s["workers"]["w2"]["hosts"] == ["b"]
+    rows = list(csv.DictReader((out / "samples.csv").open()))
+    assert [(r["peer"], r["t"], r["t_if"]) for r in rows] == [("a", "1.000", "1.001"), ("origin", "1.000", "1.001"),
+                                                               ("b", "1.500", "1.501")]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [(e["worker"], e["kind"], e["t"]) for e in events if e["kind"] == "swarm_start"] == \
+        [("w1", "swarm_start", 0.25), ("w2", "swarm_start", 0.75)]
+
+
+def test_a_lost_worker_is_named_and_the_others_kept(tmp_path):
+    s1 = shard(tmp_path, "w1", 1000.0, [peer("origin", "seeder", 0.0), peer("a", "leecher", 0.1, 20.0)])
+    shards = [ShardResult("w1", s1), ShardResult("w2", None, problem="lost: worker w2 is unreachable")]
+    out = tmp_path / "out"
+    out.mkdir()
+    s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"}, shards)
+    assert s["status"] == "failed" and s["partial"] and s["error"] == "worker w2: lost: worker w2 is unreachable"
+    assert s["workers"]["w2"]["status"] == "lost" and s["workers"]["w1"]["problem"] is None
+    assert s["swarm_completion_s"] is None and s["leechers_completed"] == 1 and s["leechers"] == 2
+
+
+def test_a_shard_that_timed_out_makes_the_swarm_time_out(tmp_path):
+    s1 = shard(tmp_path, "w1", 1000.0, [peer("a", "leecher", 0.1, None)], status="timeout")
+    s2 = shard(tmp_path, "w2", 1000.0, [peer("b", "leecher", 0.1, 5.0)])
+    out = tmp_path / "out"
+    out.mkdir()
+    s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
+              [ShardResult("w1", s1), ShardResult("w2", s2)])
+    assert s["status"] == "timeout" and "w1: its shard ended timeout" in s["error"]
+
+
+def spec(**over):
+    d = {"run_id": "x-20261126-000000-abcdef", "worker": "w2", "first": "w1", "placement": {"a": "w1", "b": "w2"},
+         "underlays": {"w1": "198.19.252.2", "w2": "198.19.252.3"}}
+    d.update(over)
+    return d
+
+
+def test_a_spec_round_trips_and_bad_ones_are_refused_naming_what(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec()))
+    s = ShardSpec.load(path)
+    assert s.shard_run_id.startswith("x-20261126-000000-w2-") and ShardSpec.load(path) == s
+    path.write_text(s.to_json())
+    assert ShardSpec.load(path) == s
+    for bad, words in [(spec(underlays={"w1": "10.0.0.1", "w2": "198.19.252.3"}), "underlays.w1"),
+                       (spec(placement={"a": "w3"}), "w3"), ({"run_id": 1}, "not a shard's spec")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=words):
+            ShardSpec.load(path)
+    path.write_text("{")
+    with pytest.raises(InputError, match="not a shard's spec"):
+        ShardSpec.load(path)
+
+
+def test_sync_marks_stages_whole_and_waits_for_the_coordinator(tmp_path):
+    s = Sync(tmp_path / "sync")
+    s.mark("ready")
+    assert (tmp_path / "sync" / "state").read_text() == "ready\n"
+    s.mark("seeded")
+    s.mark("ready")                     # a stage is marked once
+    assert (tmp_path / "sync" / "state").read_text() == "seeded\n"
+    (tmp_path / "sync" / "go").touch()
+    s.wait("go", 1.0)
+    with pytest.raises(RunError, match="did not say 'start'"):
+        s.wait("start", 0.05)
+    (tmp_path / "sync" / "abort").touch()
+    with pytest.raises(RunError, match="aborted"):
+        s.wait("start", 1.0)
+
+
+def test_every_playbook_passes_ansibles_syntax_check(tmp_path):
+    """What Ansible itself says of each playbook the testbed runs (a typo in one otherwise
+    shows only when a swarm is spread over workers)."""
+    import subprocess
+
+    from testbed.workers.ansible import PLAYBOOKS, ansible_binary
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("workers:\n  hosts:\n    w1: {ansible_host: 198.19.252.60}\n")
+    books = sorted(PLAYBOOKS.glob("*.yml"))
+    assert {"shard.yml", "shard-end.yml", "run.yml"} <= {b.name for b in books}
+    for book in books:
+        r = subprocess.run([ansible_binary(), "--syntax-check", "-i", str(inv), "-e", "testbed_workers=workers testbed_worker=w1",
+                            str(book)], capture_output=True, text=True, env={"ANSIBLE_NOCOLOR": "1", "PATH": "/usr/bin:/bin"})
+        assert r.returncode == 0, (book.name, r.stderr[-500:])
