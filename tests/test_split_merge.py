@@ -138,3 +138,19 @@ def test_every_playbook_passes_ansibles_syntax_check(tmp_path):
         r = subprocess.run([ansible_binary(), "--syntax-check", "-i", str(inv), "-e", "testbed_workers=workers testbed_worker=w1",
                             str(book)], capture_output=True, text=True, env={"ANSIBLE_NOCOLOR": "1", "PATH": "/usr/bin:/bin"})
         assert r.returncode == 0, (book.name, r.stderr[-500:])
+
+
+def test_each_worker_needs_the_images_of_its_hosts():
+    from testbed.images import load_image
+    from testbed.model import load_experiment
+    from testbed.plan import plan
+    from testbed.plan.placement import Worker, place
+    from testbed.workers.images import archive_name, needed
+    whole = plan(load_experiment(Path(__file__).resolve().parent.parent / "experiments" / "mixed-clients.yaml"),
+                 "t-20261126-000000-abcdef")
+    at = place(whole, [Worker("w1"), Worker("w2")])
+    want = needed(whole, at)
+    for w in ("w1", "w2"):
+        assert want[w] == sorted({load_image(h.image).tag for h in whole.hosts if at[h.name] == w})
+    assert load_image("tracker").tag in want["w1"]
+    assert archive_name("testbed/tracker:ab12") == "testbed_tracker_ab12.tar"

@@ -33,6 +33,7 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
     from testbed.plan import plan
     from testbed.plan.placement import loads, place, with_placement
     from testbed.run import new_run_id
+    from testbed.workers import images as worker_images
     from testbed.workers.ansible import clock_offsets, run_playbook
     from testbed.workers.inventory import load_inventory
     from testbed.workers.merge import ShardResult, copy_common, merge
@@ -51,19 +52,21 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
     names = [w.name for w in used]
     say("placement: " + ", ".join(f"{w}: {sum(1 for v in placement.values() if v == w)} hosts "
                                    f"({load:.0f} CPU s expected)" for w, load in loads(whole, placement).items()))
-    out = results_root.resolve() / run_id
-    (out / "shards").mkdir(parents=True)
-    write_plan(out, with_placement(whole, placement))
-    coordinator = next((w.vars["testbed_coordinator"] for w in workers if "testbed_coordinator" in w.vars), None)
-    offsets, clock_problems = ({}, [])
-    if coordinator:
-        say(f"clocks: probing {coordinator} from each worker")
-        offsets, clock_problems = clock_offsets(inventory, str(coordinator), names)
     job = f"{exp.name}-{run_id.rsplit('-', 1)[-1]}"
-    shards = {w: ShardResult(w, None, offset_s=offsets[w].seconds if w in offsets else 0.0,
-                             offset_error_s=offsets[w].error if w in offsets else None) for w in names}
     with tempfile.TemporaryDirectory(prefix="testbed-split-") as local:
-        pack_experiment(experiment.resolve().parent, Path(local) / "experiment.tgz")
+        pack_experiment(experiment.resolve().parent, Path(local) / "experiment.tgz")    # InputError if too big
+        # before anything starts: a worker that cannot get its images fails the split here
+        copied = worker_images.ensure(inventory, names, worker_images.needed(whole, placement), job, Path(local), say)
+        out = results_root.resolve() / run_id
+        (out / "shards").mkdir(parents=True)
+        write_plan(out, with_placement(whole, placement))
+        coordinator = next((w.vars["testbed_coordinator"] for w in workers if "testbed_coordinator" in w.vars), None)
+        offsets, clock_problems = ({}, [])
+        if coordinator:
+            say(f"clocks: probing {coordinator} from each worker")
+            offsets, clock_problems = clock_offsets(inventory, str(coordinator), names)
+        shards = {w: ShardResult(w, None, offset_s=offsets[w].seconds if w in offsets else 0.0,
+                                 offset_error_s=offsets[w].error if w in offsets else None) for w in names}
         underlays = {w.name: w.underlay for w in used}
         for w in names:
             (Path(local) / f"spec-{w}.json").write_text(
@@ -94,7 +97,7 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
     summary = merge(out, run_id, json.loads((out / "plan.json").read_text()), placement, list(shards.values()))
     write_json(out / "manifest.json", {
         "run_id": run_id, "experiment": exp.name, "inventory": str(inventory), "workers": names,
-        "placement": placement, "clock_problems": clock_problems,
+        "placement": placement, "clock_problems": clock_problems, "images_copied": copied,
         "clock": "each worker's offset measured over the underlay" if coordinator else
                  "not measured (the inventory names no testbed_coordinator): offsets taken as 0"})
     return out, summary
