@@ -101,7 +101,11 @@ def cmd_shard(args) -> int:
 
 def cmd_split(args) -> int:
     """One experiment spread over the inventory's workers; one results directory here."""
+    import signal
+
+    from testbed.cli_common import sigterm_as_interrupt
     from testbed.workers.split import split_run
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)     # as Ctrl-C: every shard is ended, results kept
     run_dir, summary = split_run(Path(args.file), Path(args.inventory), Path(args.results),
                                  progress=lambda line: err.print(f"  {line}", markup=False, highlight=False))
     console.print(f"{summary.get('status', 'unknown')}: {summary.get('leechers_completed', '?')}/"

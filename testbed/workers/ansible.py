@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,16 +114,58 @@ def run_playbook(name: str, inventory: Path, extravars: dict | None = None,
                 say(f"{host}: '{task}' failed: {w.message}")
         return False            # ansible-runner need not keep the event on disk
 
-    with tempfile.TemporaryDirectory(prefix="testbed-ansible-") as private:
+    private = tempfile.mkdtemp(prefix="testbed-ansible-")
+    with cancel_on_signal() as hit:
         try:
             r = ansible_runner.run(
                 private_data_dir=private, playbook=str(PLAYBOOKS / f"{name}.yml"),
                 inventory=str(inventory.resolve()), quiet=True, limit=limit,
                 extravars={**({"testbed_workers": ",".join(workers_named)} if workers_named else {}), **(extravars or {})},
-                event_handler=on_event, timeout=timeout, envvars=ansible_env(private))
+                event_handler=on_event, timeout=timeout, envvars=ansible_env(private),
+                cancel_callback=lambda: bool(hit))
         finally:
             close_masters(Path(private) / "cp")
+            remove_soon(Path(private))
+    if hit:
+        raise KeyboardInterrupt
     return PlaybookResult(r.status, r.rc, workers)
+
+
+def remove_soon(directory: Path, within: float = 10.0) -> None:
+    """Removes the playbook's private directory; a canceled playbook's last processes may still
+    write into it for a moment (seen: 'Directory not empty'), so it tries again until `within`."""
+    end = time.monotonic() + within
+    while True:
+        try:
+            shutil.rmtree(directory)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > end:
+                shutil.rmtree(directory, ignore_errors=True)
+                return
+            time.sleep(0.2)
+
+
+@contextmanager
+def cancel_on_signal():
+    """Ctrl-C or SIGTERM while a playbook runs cancels it through ansible-runner (which ends
+    ansible-playbook within its poll, about 5 s) and is raised as KeyboardInterrupt once it
+    has; raised at once, it would leave ansible-playbook running on its own, writing into a
+    directory being removed. Only the main thread can take signals; elsewhere, nothing."""
+    hit: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda sig, _frame: hit.append(sig))
+    try:
+        yield hit
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def ansible_env(private: str) -> dict[str, str]:
