@@ -7,7 +7,7 @@ import pytest
 from testbed.model import load_experiment
 from testbed.plan import plan
 from testbed.plan.placement import Worker, place
-from testbed.plan.shard import restrict, shard_run_id, sites, stretched, vni
+from testbed.plan.shard import not_splittable, restrict, shard_run_id, sites, stretched, vni
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = "t-20261126-000000-abcdef"
@@ -75,11 +75,21 @@ def test_a_site_on_two_workers_is_stretched_with_one_vni_each():
 
 
 def test_vni_is_the_run_tag_and_the_site():
-    assert vni(RUN, 0) == (0xabcdef & 0xFFFFF) << 4
-    assert vni(RUN, 3) == vni(RUN, 0) | 3
-    assert vni("x-000000", 0) == 1                  # 0 is not a VNI
+    assert vni(RUN, 0) == (0xabcdef & 0xFFFFF) << 4 | 1
+    assert vni(RUN, 3) == (0xabcdef & 0xFFFFF) << 4 | 4
+    # a tag whose 20 bits are 0: still no VNI 0, and every site its own
+    assert [vni("x-000000", k) for k in range(15)] == list(range(1, 16))
     with pytest.raises(ValueError):
-        vni(RUN, 16)
+        vni(RUN, 15)
+
+
+@pytest.mark.parametrize("name, why", [("households/one-pc.yaml", "households"),
+                                       ("segments/seeding-25.yaml", "households"),
+                                       ("quickstart.yaml", None), ("dumbbell.yaml", None)])
+def test_what_cannot_be_split_yet_is_said_before_anything_starts(name, why):
+    p = plan(load_experiment(ROOT / "experiments" / name), RUN)
+    said = not_splittable(p)
+    assert (said is None) if why is None else (why in said)
 
 
 def test_a_host_without_a_worker_is_refused():

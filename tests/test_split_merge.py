@@ -82,6 +82,12 @@ def test_a_shard_that_timed_out_makes_the_swarm_time_out(tmp_path):
     s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
               [ShardResult("w1", s1), ShardResult("w2", s2)])
     assert s["status"] == "timeout" and "w1: its shard ended timeout" in s["error"]
+    assert s["swarm_completion_s"] is None
+    # a failed shard beside a timed-out one: the swarm failed
+    s3 = shard(tmp_path, "w3", 1000.0, [], status="failed")
+    s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w3"},
+              [ShardResult("w1", s1), ShardResult("w3", s3)])
+    assert s["status"] == "failed"
 
 
 def spec(**over):

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from testbed.plan.build import Plan, run_tag
 
-VNI_SITES = 16          # sites a run's VNIs can tell apart (4 bits of the 24)
+VNI_SITES = 15          # sites a run's VNIs can tell apart (4 bits of the 24, 0 left out)
 
 
 def shard_run_id(run_id: str, worker: str) -> str:
@@ -59,7 +59,21 @@ def vni(run_id: str, site_index: int) -> int:
     site's index. Two runs on one underlay collide only if their tags agree in 20 bits."""
     if not 0 <= site_index < VNI_SITES:
         raise ValueError(f"a swarm spread over workers has at most {VNI_SITES} sites")
-    return max(1, (int(run_tag(run_id), 16) & 0xFFFFF) << 4 | site_index)
+    return (int(run_tag(run_id), 16) & 0xFFFFF) << 4 | (site_index + 1)
+
+
+def not_splittable(p: Plan) -> str | None:
+    """Why this plan cannot be spread over workers yet, or None. Households (their routers
+    account and probe against the tracker and the internet server, which live on the first
+    worker) and segments' or households' policies (their rules act on a segment's
+    aggregation link and its subscribers at once) run on one machine only, for now."""
+    if p.homes:
+        return "households run on one machine only, for now (their routers need the tracker and the internet server beside them)"
+    if p.segment_policies or p.protocol_policies:
+        return "congestion and protocol policies run on one machine only, for now"
+    if len(sites(p)) > VNI_SITES:
+        return f"a swarm spread over workers has at most {VNI_SITES} sites (it has {len(sites(p))})"
+    return None
 
 
 def stretched(p: Plan, placement: dict[str, str], first: str, run_id: str) -> dict[str, tuple[int, list[str]]]:

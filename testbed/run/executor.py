@@ -303,6 +303,8 @@ class Executor:
                 "full_copy_back_s": None if back is None else round(back, 3)}
 
     def finished(self, t: float) -> str | None:
+        if self.barrier is not None:
+            self.barrier.arrived("abort")       # a shard told to stop mid-swarm: RunError
         if self.plan.end == "duration":
             return "duration" if t >= self.plan.horizon_s else None
         leechers = [h.name for h in self.plan.by_role("leecher")]

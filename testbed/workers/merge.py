@@ -28,7 +28,13 @@ from pathlib import Path
 
 from testbed.results import SAMPLE_FIELDS, write_json
 
-PEER_TIMES = ("arrived_s", "completed_at_s", "left_s", "cap_reached_s", "line_cut_s")
+PEER_TIMES = ("arrived_s", "planned_arrival_s", "completed_at_s", "left_s", "cap_reached_s", "line_cut_s")
+
+
+# a shard summary's fields that speak of that shard alone (its machine, its containers, its
+# hosts' availability): kept per worker, not taken from one shard for the whole swarm
+SHARD_ONLY = ("peers", "testbed_cpu", "host", "containers", "shaper", "availability", "container_deaths",
+              "out_of_memory", "ended_by", "delay_element", "outside_blocked", "captures", "homes")
 
 
 @dataclass
@@ -114,30 +120,39 @@ def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], s
             problem = f"its shard ended {sm.get('status')}" + (f": {sm['error']}" if sm.get("error") else "")
         if problem:
             problems.append(f"worker {s.worker}: {problem}")
+        lost = s.problem is not None or s.worker not in summaries
         workers[s.worker] = {
             "hosts": sorted(h for h, w in placement.items() if w == s.worker),
             "shard_run_id": sm.get("run_id"), "status": sm.get("status", "lost"), "problem": problem,
             "clock_offset_s": s.offset_s, "clock_error_s": s.offset_error_s,
             "shift_s": None if s.worker not in move else round(move[s.worker], 6),
             "ended_by": sm.get("ended_by"), "testbed_cpu": sm.get("testbed_cpu"),
-            "tunnel": tunnel_counters(s.run_dir) if s.run_dir else None}
+            "tunnel": tunnel_counters(s.run_dir) if s.run_dir else None,
+            # the shard's own (its hosts only, its clock): whole-swarm availability is not merged
+            "availability": sm.get("availability"), "lost": lost}
     statuses = {sm.get("status") for sm in summaries.values()}
-    if not problems and statuses == {"complete"}:
-        status = "complete"
-    elif "timeout" in statuses and not any("lost" in p or "did not come back" in p for p in problems):
+    if any(i["lost"] for i in workers.values()) or "failed" in statuses or not statuses:
+        status = "failed"
+    elif "timeout" in statuses:
         status = "timeout"
     else:
-        status = "failed"
+        status = "complete"
     first = next(iter(summaries.values()), {})
+    arrived = [p for p in peers if p["role"] == "leecher" and p.get("arrived_s") is not None]
+    shapers = sorted({sm.get("shaper") for sm in summaries.values() if sm.get("shaper")})
     summary = {
-        **{k: v for k, v in first.items() if k not in ("peers", "testbed_cpu", "host", "containers", "shaper")},
+        **{k: v for k, v in first.items() if k not in SHARD_ONLY},
         "run_id": run_id, "status": status, "error": "; ".join(problems) or None, "partial": status != "complete",
+        # as a run's summary counts it: every leecher that arrived completed (and none was lost)
         "swarm_completion_s": round(max(p["completed_at_s"] for p in done), 3)
-        if done and len(done) == len(leechers) else None,
-        "leechers": len(leechers), "leechers_completed": len(done),
-        "leechers_arrived": sum(1 for p in peers if p["role"] == "leecher" and p.get("arrived_s") is not None),
+        if done and len(done) == len(arrived) and status == "complete" else None,
+        "leechers": len(leechers), "leechers_completed": len(done), "leechers_arrived": len(arrived),
         "t_min_s": whole_plan.get("t_min_s"), "t_min_terms": whole_plan.get("t_min_terms", {}),
-        "shaper": sorted({sm.get("shaper") for sm in summaries.values() if sm.get("shaper")}),
+        "shaper": shapers[0] if len(shapers) == 1 else "/".join(shapers) or None,
+        "container_deaths": [dict(d, worker=w) for w, sm in summaries.items() for d in sm.get("container_deaths", [])],
+        "out_of_memory": sorted(h for sm in summaries.values() for h in sm.get("out_of_memory", [])),
+        "availability": None,
+        "ended_by": next(iter(ends)) if len(ends := {sm.get("ended_by") for sm in summaries.values()}) == 1 else None,
         "workers": workers, "peers": peers}
     write_json(out / "summary.json", summary)
     return summary

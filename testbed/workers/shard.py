@@ -135,6 +135,7 @@ class Sync:
         self.marked.add(stage)
 
     def arrived(self, name: str) -> bool:
+        """Whether the coordinator created `name`; RunError once it has created `abort`."""
         if (self.dir / "abort").exists():
             raise RunError("the coordinator aborted the swarm (another worker failed, or it was interrupted)")
         return (self.dir / name).exists()

@@ -25,6 +25,10 @@ from testbed.results import write_json, write_plan
 
 READY_S = 600           # each step of bring-up on a worker (images start, seeders verify)
 END_S = 120             # a shard's teardown, once told to end
+# a shard's files kept in its own directory only (shards/<worker>/), not merged: per-worker
+# tables whose rows do not add up across workers without more care (each shard's meters and
+# population count its own hosts)
+NOT_MERGED = ["meter.csv", "swarm.csv", "links.csv", "host.csv", "policy.csv", "probes.csv", "households.json"]
 
 
 def split_run(experiment: Path, inventory: Path, results_root: Path,
@@ -32,6 +36,7 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
     from testbed.model import load_experiment
     from testbed.plan import plan
     from testbed.plan.placement import loads, place, with_placement
+    from testbed.plan.shard import not_splittable
     from testbed.run import new_run_id
     from testbed.workers import images as worker_images
     from testbed.workers.ansible import clock_offsets, run_playbook
@@ -47,6 +52,8 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
     workers = load_inventory(inventory)
     run_id = new_run_id(exp)
     whole = plan(exp, run_id)
+    if (why := not_splittable(whole)) is not None:
+        raise InputError(f"{experiment}: {why}; run it with `testbed run` or `testbed workers run`")
     placement = place(whole, [w.worker() for w in workers])
     used = [w for w in workers if w.name in placement.values()]
     names = [w.name for w in used]
@@ -72,32 +79,39 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
             (Path(local) / f"spec-{w}.json").write_text(
                 ShardSpec(run_id, w, workers[0].name, placement, underlays).to_json())
         common = {"testbed_job": job, "testbed_local": local, "testbed_file": experiment.name}
+        r = end = None
         try:
-            r = run_playbook("shard", inventory, {**common, "testbed_seconds": int(exp.timeout + MARGIN_S),
+            # the shard's own limit: its experiment, its teardown, and its two waits for the others
+            r = run_playbook("shard", inventory, {**common, "testbed_seconds": int(exp.timeout + MARGIN_S + 2 * READY_S),
                                                   "testbed_ready_seconds": READY_S}, say, workers_named=names)
         finally:
+            # interrupted or not: every shard ended, what results came back merged, then the
+            # interrupt (if any) goes on
             fetched = [w for w in names if (Path(local) / f"results-{w}.tgz").exists()]
             end = run_playbook("shard-end", inventory, {**common, "testbed_end_seconds": END_S,
                                                         "testbed_fetched": ",".join(fetched)}, say, workers_named=names)
-        for w in names:
-            outcome = r.workers.get(w)
-            if outcome is not None and not outcome.good:
-                shards[w].problem = ("lost: " if outcome.unreachable else "") + outcome.problem()
-            elif outcome is None:
-                shards[w].problem = f"Ansible reported nothing of it ({r.status})"
-            packed = Path(local) / f"results-{w}.tgz"
-            if packed.exists():
-                try:
-                    shards[w].run_dir = extract_run(packed, out / "shards" / w, w)
-                except RunError as exc:
-                    shards[w].problem = shards[w].problem or str(exc)
-            if w in end.workers and not end.workers[w].good and shards[w].problem is None:
-                shards[w].problem = end.workers[w].problem()
-    copy_common(out, list(shards.values()))
-    summary = merge(out, run_id, json.loads((out / "plan.json").read_text()), placement, list(shards.values()))
-    write_json(out / "manifest.json", {
-        "run_id": run_id, "experiment": exp.name, "inventory": str(inventory), "workers": names,
-        "placement": placement, "clock_problems": clock_problems, "images_copied": copied,
-        "clock": "each worker's offset measured over the underlay" if coordinator else
-                 "not measured (the inventory names no testbed_coordinator): offsets taken as 0"})
+            for w in names:
+                outcome = r.workers.get(w) if r is not None else None
+                if outcome is not None and not outcome.good:
+                    shards[w].problem = ("lost: " if outcome.unreachable else "") + outcome.problem()
+                elif outcome is None:
+                    shards[w].problem = "the coordinator was interrupted" if r is None else \
+                        f"Ansible reported nothing of it ({r.status})"
+                packed = Path(local) / f"results-{w}.tgz"
+                if packed.exists():
+                    try:
+                        shards[w].run_dir = extract_run(packed, out / "shards" / w, w)
+                    except RunError as exc:
+                        shards[w].problem = shards[w].problem or str(exc)
+                if w in end.workers and not end.workers[w].good and shards[w].problem is None:
+                    shards[w].problem = end.workers[w].problem()
+            copy_common(out, list(shards.values()))
+            summary = merge(out, run_id, json.loads((out / "plan.json").read_text()), placement,
+                            list(shards.values()))
+            write_json(out / "manifest.json", {
+                "run_id": run_id, "experiment": exp.name, "inventory": str(inventory), "workers": names,
+                "placement": placement, "clock_problems": clock_problems, "images_copied": copied,
+                "clock": "each worker's offset measured over the underlay" if coordinator else
+                         "not measured (the inventory names no testbed_coordinator): offsets taken as 0",
+                "not_merged": NOT_MERGED})
     return out, summary

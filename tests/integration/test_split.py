@@ -5,6 +5,7 @@ downloaded and verified, on which worker, and what is left on the machine."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from testbed.analysis import stats
+from testbed.plan.shard import shard_run_id
 from tests.conftest import experiment_dict
 from tests.integration.conftest import cli, nothing_left
 
@@ -147,7 +149,8 @@ def test_a_worker_that_cannot_start_its_shard_stops_the_swarm_before_it_starts(t
     assert s["status"] == "failed"
     problem = s["workers"]["w2"]["problem"]
     assert "worker w2" in problem and "the shard ended before it was ready" in problem and "not found" in problem
-    assert nothing_left(docker_client, s["workers"]["w1"]["shard_run_id"] or "x-000000")
+    assert s["workers"]["w1"]["shard_run_id"] == shard_run_id(s["run_id"], "w1")      # its results came back
+    assert nothing_left(docker_client, shard_run_id(s["run_id"], "w1"))
     assert not any((h.dir / "work").iterdir())
 
 
@@ -190,3 +193,33 @@ def test_an_image_a_worker_lacks_is_copied_from_the_coordinator(tmp_path, docker
             docker_client.images.remove(tag)
         except docker.errors.ImageNotFound:
             pass
+
+
+def test_an_interrupted_coordinator_ends_every_shard_and_keeps_their_results(two_workers, tmp_path, docker_client):
+    """SIGINT to `workers split` while the swarm runs: every shard is told to abort, stops at
+    its next tick and tears its swarm down, and what it measured comes back merged, marked
+    as not complete. Nothing of either shard is left, nor the workers' copies."""
+    h, exp = two_workers, experiment(tmp_path)
+    log = tmp_path / "progress.txt"
+    exe = Path(sys.executable).parent / "testbed"
+    with log.open("w") as err:
+        proc = subprocess.Popen([str(exe), "workers", "split", str(exp), "--inventory", str(h.inventory_path()),
+                                 "--results", str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=err, text=True)
+        end = time.monotonic() + 300
+        while "task: its leechers done" not in log.read_text() and time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(5)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=600)
+    assert proc.returncode not in (0, 1), log.read_text()[-2000:]
+    run_dir = next((tmp_path / "r").iterdir())
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "failed" and s["partial"]
+    for w in ("w1", "w2"):
+        info = s["workers"][w]
+        assert info["shard_run_id"] == shard_run_id(s["run_id"], w), info       # its results came back
+        assert "aborted" in info["problem"] or "interrupted" in info["problem"], info
+        assert nothing_left(docker_client, shard_run_id(s["run_id"], w))
+    assert any(p["worker"] == "w2" for p in s["peers"]) and not any(p.get("completed") for p in s["peers"]
+                                                                     if p["role"] == "leecher")
+    assert not (h.dir / "work").exists() or not any((h.dir / "work").iterdir())

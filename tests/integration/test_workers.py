@@ -165,7 +165,7 @@ def test_an_experiment_runs_whole_on_a_worker_and_its_results_come_back(tmp_path
         assert summary["status"] == "complete" and summary["leechers_completed"] == 2
         assert all(p["sha256_ok"] for p in summary["peers"] if p["role"] == "leecher")
         start = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
-        assert start["run_dir"].startswith("/var/tmp/testbed/remote-")
+        assert start["run_dir"].startswith(str(h.dir / "work" / "remote-"))     # the harness's testbed_workdir
         assert not os.path.exists(str(Path(start["run_dir"]).parent.parent))
     finally:
         h.down()
