@@ -21,8 +21,9 @@ def load(run_dir: Path) -> dict:
 def table(summary: dict) -> Table:
     t = Table(title=f"{summary['run_id']}  status: {summary['status']}", title_justify="left")
     churn = not summary.get("flash_crowd", True)
-    cols = ["peer", "group", "client", *(("profile", "arrived", "left") if churn else ()), "done", "completion",
-            "bound", "up", "down", "sha256"]
+    split = bool(summary.get("workers"))          # a swarm spread over workers: which one ran each
+    cols = ["peer", *(("worker",) if split else ()), "group", "client", *(("profile", "arrived", "left") if churn else ()),
+            "done", "completion", "bound", "up", "down", "sha256"]
     for col in cols:
         t.add_column(col, justify="right" if col in ("arrived", "completion", "bound", "up", "down") else "left")
 
@@ -33,7 +34,8 @@ def table(summary: dict) -> Table:
         down = fmt_size(p["if_bytes_down"]) if p.get("if_bytes_down") is not None else "-"
         left = f"{p['left_s']:.0f}s {p['left_reason']}" if p.get("left_s") is not None else "-"
         extra = (p.get("profile") or "-", secs(p.get("arrived_s")), left) if churn else ()
-        t.add_row(p["name"], p["group"], p["client"], *extra, "yes" if p["completed"] else "NO",
+        t.add_row(p["name"], *((p.get("worker") or "-",) if split else ()), p["group"], p["client"], *extra,
+                  "yes" if p["completed"] else "NO",
                   secs(p["completion_s"]), secs(p.get("t_min_s")), up, down,
                   "-" if p["sha256_ok"] is None else "ok" if p["sha256_ok"] else "missing" if not p.get("file_present") else
                   "MISMATCH" if p["completed_at_s"] is not None or p["role"] == "seeder" else "partial")

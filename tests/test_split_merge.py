@@ -160,3 +160,19 @@ def test_each_worker_needs_the_images_of_its_hosts():
         assert want[w] == sorted({load_image(h.image).tag for h in whole.hosts if at[h.name] == w})
     assert load_image("tracker").tag in want["w1"]
     assert archive_name("testbed/tracker:ab12") == "testbed_tracker_ab12.tar"
+
+
+def test_a_signal_during_a_playbook_is_held_and_the_handlers_restored():
+    """What cancels a playbook (ansible-runner polls the flag) instead of interrupting it
+    midway; afterwards the CLI's own handlers are back (ansible-runner's default would have
+    replaced them for good)."""
+    import os
+    import signal
+
+    from testbed.workers.ansible import cancel_on_signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with cancel_on_signal() as hit:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert hit == [signal.SIGTERM, signal.SIGINT]
+    assert {s: signal.getsignal(s) for s in before} == before

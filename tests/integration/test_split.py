@@ -76,6 +76,9 @@ def test_a_swarm_split_over_two_workers_completes_as_on_one(two_workers, tmp_pat
         assert abs(info["clock_offset_s"]) <= info["clock_error_s"] + 1e-4 and 0 <= info["shift_s"] < 1.0
     rows = (run_dir / "samples.csv").read_text().splitlines()
     assert {line.split(",")[2] for line in rows[1:]} == {p["name"] for p in two["peers"] if p["role"] != "tracker"}
+    # the merged directory is a run directory as the analysis knows it
+    rep = cli("report", str(run_dir), timeout=120)
+    assert rep.returncode == 0 and "worker" in rep.stdout and "6/6 leechers completed" in rep.stdout, rep.stderr
     a, b = stats.mean_ci(t_one, 0.99), stats.mean_ci(t_two, 0.99)
     print(f"one worker {a.estimate:.1f} s [{a.low:.1f}, {a.high:.1f}], two {b.estimate:.1f} s [{b.low:.1f}, {b.high:.1f}]")
     assert a.low <= b.high and b.low <= a.high, (t_one, t_two)
