@@ -9,8 +9,9 @@ clients ran and the data did not arrive (the run timed out, or the file differs 
 origin's), "driver" when the testbed or a driver raised (a traceback or client_error in
 events.jsonl, a peer's error, a RunError before the swarm started). A driver-kind failure
 is retried once, the first attempt kept under "first_attempt": a race in a driver cannot
-fail the matrix, while an interoperability failure, or a driver failure that happens
-again, still does.
+fail the matrix, while a driver failure that happens again still does. An interoperability
+failure (not explained) is tried once more too: a pair that fails twice running fails the
+matrix; one that works the second time is marked "intermittent", with the first failure.
 """
 from __future__ import annotations
 
@@ -171,6 +172,14 @@ def run_matrix(clients: list[str], size: str, out: Path, parallel: int = 3,
             entry["without_transmission_utp"] = retry
             if retry.get("ok"):
                 entry["explained"] = TRANSMISSION_UTP
+        if not entry.get("ok") and entry.get("failure") == INTEROP and not entry.get("explained"):
+            # once more: a pair that fails twice running does not interoperate; one that works
+            # the second time failed intermittently, and says so (its first attempt kept).
+            # Seen once in CI (2026-11-26): rtorrent -> aria2, whose one connection carried
+            # 77 % in under a second, then closed, and neither side dialed again in 87 s
+            again = attempt(*pair, size, out)
+            if again.get("ok"):
+                entry = {**again, "intermittent": entry.get("reason"), "first_attempt": entry}
         if on_pair:
             on_pair(entry)
         return entry
@@ -183,7 +192,8 @@ def run_matrix(clients: list[str], size: str, out: Path, parallel: int = 3,
               "explained": sum(1 for e in entries if not e.get("ok") and e.get("explained")),
               "total": len(entries),
               "failures": {kind: sum(1 for e in failed if e.get("failure") == kind) for kind in (INTEROP, DRIVER)},
-              "driver_retries": sum(retries(e) for e in entries)}
+              "driver_retries": sum(retries(e) for e in entries),
+              "intermittent": sum(1 for e in entries if e.get("intermittent"))}
     write_json(out / "matrix.json", result)
     return result
 

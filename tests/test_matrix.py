@@ -127,11 +127,21 @@ def test_a_driver_failure_is_retried_once_and_recorded(monkeypatch, tmp_path):
     assert json.loads((tmp_path / "matrix.json").read_text())["driver_retries"] == 1
 
 
-def test_an_interop_failure_is_not_retried_and_fails_the_matrix(monkeypatch, tmp_path):
-    calls = scripted(monkeypatch, {("rtorrent", "deluge"): ["interop"]})
+def test_an_interop_failure_twice_running_fails_the_matrix(monkeypatch, tmp_path):
+    calls = scripted(monkeypatch, {("rtorrent", "deluge"): ["interop", "interop"]})
     r = matrix.run_matrix(["rtorrent", "deluge"], "2MiB", tmp_path, parallel=1)
-    assert calls.count(("rtorrent", "deluge")) == 1
+    assert calls.count(("rtorrent", "deluge")) == 2
     assert r["passed"] == 3 and r["driver_retries"] == 0 and r["failures"] == {INTEROP: 1, DRIVER: 0}
+    assert r["intermittent"] == 0
+
+
+def test_an_interop_failure_then_a_success_is_intermittent(monkeypatch, tmp_path):
+    calls = scripted(monkeypatch, {("rtorrent", "aria2"): ["interop", "ok"]})
+    r = matrix.run_matrix(["rtorrent", "aria2"], "2MiB", tmp_path, parallel=1)
+    assert calls.count(("rtorrent", "aria2")) == 2
+    (e,) = [e for e in r["pairs"] if (e["seeder"], e["leecher"]) == ("rtorrent", "aria2")]
+    assert e["ok"] and e["intermittent"] == "a interop failure" and e["first_attempt"]["failure"] == INTEROP
+    assert r["passed"] == 4 and r["intermittent"] == 1 and r["failures"] == {INTEROP: 0, DRIVER: 0}
 
 
 def test_a_driver_failure_that_happens_again_still_fails(monkeypatch, tmp_path):
@@ -146,7 +156,7 @@ def test_a_driver_failure_that_happens_again_still_fails(monkeypatch, tmp_path):
 def test_transmission_utp_explains_only_an_interop_failure(monkeypatch, tmp_path, first, explained):
     # a driver failure twice is not transmission's uTP bug, whatever the run without uTP does
     pair = ("transmission", "rtorrent")
-    calls = scripted(monkeypatch, {pair: [first, first], (*pair, "noutp"): ["ok"]})
+    calls = scripted(monkeypatch, {pair: [first, first, first], (*pair, "noutp"): ["ok"]})
     r = matrix.run_matrix(["transmission", "rtorrent"], "2MiB", tmp_path, parallel=1)
     (e,) = [e for e in r["pairs"] if (e["seeder"], e["leecher"]) == pair]
     assert bool(e.get("explained")) is explained

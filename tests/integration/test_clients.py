@@ -41,6 +41,9 @@ def test_interoperability_matrix(docker_client, tmp_path):
             assert "transmission" in (e["seeder"], e["leecher"])
             assert e["without_transmission_utp"]["sha256_ok"]
     assert result["passed"] >= 30
+    # a pair that failed once and then worked is marked so; more than one such would say
+    # something changed (one in all CI runs so far: rtorrent -> aria2, 2026-11-26)
+    assert result["intermittent"] <= 1, [e["first_attempt"] for e in result["pairs"] if e.get("intermittent")]
 
 
 def _capped_seeder(client: str, out: Path) -> Path:
