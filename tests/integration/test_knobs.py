@@ -652,11 +652,14 @@ def test_utp_only_peers_open_no_tcp_connection(runs, client):
 
 
 def test_a_tcp_only_peer_gets_nothing_from_utp_only_peers(runs):
-    """The TCP-only leecher completes from the one peer that speaks both; from the uTP-only
-    origin and leechers it receives less than a block (the SYNs, handshakes and closes of its
-    TCP dials, and their uTP SYNs to its UDP port)."""
+    """The TCP-only leecher completes from the one peer that speaks both; the uTP-only origin
+    and leechers send it less than a block (the SYNs, handshakes and closes of its TCP dials,
+    and their uTP SYNs to its UDP port). Counted at the senders: once (CI, 2026-11-26) the
+    leecher's own count missed its first connection to the relay, 2.1 MB that the relay's
+    count had (the leecher stalled at 99 %, its connection closed, and it dialed again 60 s
+    later); that undercount is not explained yet."""
     r = runs["utp_only"]
     assert r.peers["tcplt"]["sha256_ok"]
     only = ["origin", *("only" + SHORT[c] for c in UTP_ONLY)]
-    assert sum(r.flow("tcplt", o, "bytes_in") for o in only) < BLOCK
-    assert r.flow("tcplt", "bothlt", "bytes_in") > r.summary["content_bytes"]
+    assert sum(r.flow(o, "tcplt", "bytes_out") for o in only) < BLOCK
+    assert r.flow("bothlt", "tcplt", "bytes_out") > r.summary["content_bytes"]
