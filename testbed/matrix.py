@@ -26,7 +26,7 @@ from typing import Callable
 
 import yaml
 
-from testbed.results import read_summary, write_json
+from testbed.results import read_events, read_summary, write_json
 
 INTEROP, DRIVER = "interop", "driver"
 SHA_MISMATCH = "the leecher completed but its file differs from the origin's (sha256)"
@@ -83,18 +83,6 @@ def run_pair(seeder: str, leecher: str, size: str, out: Path, transmission_utp: 
     if not entry.get("ok"):
         entry["failure"], entry["reason"] = classify(entry)
     return entry
-
-
-def read_events(run_dir: Path) -> list[dict]:
-    """events.jsonl, skipping a line cut short by a process that died while writing it."""
-    path = run_dir / "events.jsonl"
-    events = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
 
 
 def leecher_progress(run_dir: Path, leecher: str) -> float | None:

@@ -183,3 +183,15 @@ def write_plan(path: Path, plan) -> None:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """events.jsonl, skipping a line cut short by a process that died while writing it."""
+    path = run_dir / "events.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from testbed.errors import InputError
+from testbed.results import read_events
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -18,23 +19,11 @@ def summary_of(run_dir: Path) -> dict:
     return rebuild(run_dir)
 
 
-def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:      # the last line of a killed run may be cut short
-                pass
-    return out
-
-
 def rebuild(run_dir: Path) -> dict:
     """What the events and samples of an unfinished run hold, in summary.json's shape, marked
     `"status": "killed"` and `"partial": true`; byte counts are the last sample's."""
     plan = json.loads((run_dir / "plan.json").read_text())
-    evs = events(run_dir)
+    evs = read_events(run_dir)
     arrived = {e["host"]: e.get("t_swarm", e["t"]) for e in evs if e["kind"] == "arrive"}
     done = {e["host"]: (e["t_swarm"], e["download_s"]) for e in evs if e["kind"] == "peer_complete"}
     last: dict[str, dict] = {}

@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.results import SAMPLE_FIELDS, write_json
+from testbed.results import SAMPLE_FIELDS, read_events, write_json
 
 PEER_TIMES = ("arrived_s", "planned_arrival_s", "completed_at_s", "left_s", "cap_reached_s", "line_cut_s")
 
@@ -46,36 +46,22 @@ class ShardResult:
     offset_error_s: float | None = None     # None: not measured (taken as 0)
 
 
+def event(run_dir: Path, kind: str) -> dict | None:
+    """The shard's first event of that kind, if it has one."""
+    return next((e for e in read_events(run_dir) if e.get("kind") == kind), None)
+
+
 def swarm_start(run_dir: Path) -> float | None:
     """When the shard's swarm started, unix seconds on its worker's clock."""
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return None
-    with path.open() as f:
-        for line in f:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue        # a line cut short by a worker that died
-            if e.get("kind") == "swarm_start":
-                return float(e["time"]) - float(e["t"])
-    return None
+    e = event(run_dir, "swarm_start")
+    return None if e is None else float(e["time"]) - float(e["t"])
 
 
 def tunnel_counters(run_dir: Path) -> dict | None:
     """What the shard's VXLAN tunnels carried (its tunnels_counted event), if it had any."""
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return None
-    with path.open() as f:
-        for line in f:
-            if '"tunnels_counted"' in line:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    return None
-                return {k: e[k] for k in ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets", "underlay_bytes_out")}
-    return None
+    e = event(run_dir, "tunnels_counted")
+    return None if e is None else {k: e[k] for k in ("tx_bytes", "tx_packets", "rx_bytes", "rx_packets",
+                                                      "underlay_bytes_out")}
 
 
 def shifts(shards: list[ShardResult]) -> dict[str, float]:
@@ -177,19 +163,11 @@ def _merge_rows(out: Path, shards: list[ShardResult], move: dict[str, float]) ->
         w.writerows(rows)
     events = []
     for s in shards:
-        path = s.run_dir / "events.jsonl" if s.run_dir else None
-        if path is None or not path.exists():
-            continue
-        with path.open() as g:
-            for line in g:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                e["worker"] = s.worker
-                if s.worker in move and isinstance(e.get("t"), (int, float)):
-                    e["t"] = round(e["t"] + move[s.worker], 6)
-                events.append(e)
+        for e in read_events(s.run_dir) if s.run_dir else []:
+            e["worker"] = s.worker
+            if s.worker in move and isinstance(e.get("t"), (int, float)):
+                e["t"] = round(e["t"] + move[s.worker], 6)
+            events.append(e)
     events.sort(key=lambda e: (e.get("t") if isinstance(e.get("t"), (int, float)) else -1e18))
     with (out / "events.jsonl").open("w") as f:
         for e in events:
