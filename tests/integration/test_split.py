@@ -226,3 +226,20 @@ def test_an_interrupted_coordinator_ends_every_shard_and_keeps_their_results(two
     assert any(p["worker"] == "w2" for p in s["peers"]) and not any(p.get("completed") for p in s["peers"]
                                                                      if p["role"] == "leecher")
     assert not (h.dir / "work").exists() or not any((h.dir / "work").iterdir())
+
+
+def test_what_cannot_be_split_is_refused_before_any_worker_is_reached(tmp_path):
+    """Bad input and what cannot be spread over workers yet: exit 2, one sentence naming the
+    file and why, and no worker contacted (the inventory's worker does not exist)."""
+    from tests.conftest import ROOT
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("workers:\n  hosts:\n    w1: {ansible_host: 198.19.252.60}\n")
+    r = cli("workers", "split", str(ROOT / "experiments/households/one-pc.yaml"), "--inventory", str(inv),
+            "--results", str(tmp_path / "r"))
+    assert r.returncode == 2 and "households run on one machine only" in r.stderr and "unreachable" not in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.startswith("testbed:")]) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncontent: {size: 16}\n")
+    r = cli("workers", "split", str(bad), "--inventory", str(inv), "--results", str(tmp_path / "r"))
+    assert r.returncode == 2 and "size" in r.stderr and "unreachable" not in r.stderr
+    assert not (tmp_path / "r").exists()
