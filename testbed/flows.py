@@ -21,12 +21,13 @@ replaces, and its sockets belong to the thread that made them, while the sampler
 thread pool. pyroute2 enters the namespace; the unit tests encode kernel replies with it.
 
 Conntrack counts a flow only if, when the flow began, the namespace tracked connections with
-accounting on: `wire.enable_accounting` does both, before the client starts. A flow leaves `flows()`
-when conntrack forgets it (a closed TCP connection after TIME_WAIT, a UDP flow idle past its
-timeout). When two uTP peers send their first datagrams to each other at the same instant,
-both create an entry for one tuple; the kernel merges the loser into the winner
-(nf_ct_resolve_clash), and that one packet is counted in the other direction (the total is
-right; measured: 9 of 200 forced-simultaneous flows off by one packet).
+accounting on: `wire.enable_accounting` (or `wire.install` for a client's host) does both,
+before the client starts. A flow leaves `flows()` when conntrack forgets it (a closed TCP
+connection after TIME_WAIT, a UDP flow idle past its timeout). When two uTP peers send their
+first datagrams to each other at the same instant, both create an entry for one tuple; the
+kernel merges the loser into the winner (nf_ct_resolve_clash), and that one packet is counted in
+the other direction (the total is right; measured: 9 of 200 forced-simultaneous flows off by one
+packet).
 """
 from __future__ import annotations
 

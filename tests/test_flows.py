@@ -5,6 +5,7 @@ their own, so these tests check flows.py's hand-written decoding against a secon
 """
 import socket
 import struct
+import subprocess
 
 import pytest
 from hypothesis import given, settings
@@ -256,9 +257,22 @@ def test_an_interfaces_own_address_is_ifa_local_when_there_is_one():
     assert [flows.parse_address(payload(m)) for m in (ptp, v6)] == [HOST, "fe80::1"]
 
 
-def test_accounting_is_switched_on_before_conntrack_is_hooked_in_for_both_families():
-    cmds = wire.accounting_commands("/proc/42/ns/net")
-    assert all(c[:2] == ["nsenter", "--net=/proc/42/ns/net"] for c in cmds)
-    assert "net.netfilter.nf_conntrack_acct=1" in cmds[0]
-    assert [c[2] for c in cmds[1:]] == [wire.IPTABLES, wire.IP6TABLES]
-    assert all("conntrack" in c and "-j" not in c for c in cmds[1:])    # it only has to be there
+def test_accounting_is_switched_on_before_conntrack_is_hooked_in_with_the_hosts_rules(monkeypatch):
+    done = []
+    monkeypatch.setattr(flows, "in_namespace", lambda path, make: done.append(("sysctl", path)))
+
+    def run(argv, input, **kw):
+        done.append((argv[0], argv[1], argv[2], input))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    monkeypatch.setattr(wire.subprocess, "run", run)
+    wire.install(42, "p1", "eth0", accounting=True)
+    assert done[0] == ("sysctl", "/proc/42/ns/net")
+    assert [(d[0], d[1], d[2]) for d in done[1:]] == [("nsenter", "--net=/proc/42/ns/net", wire.RESTORE)]
+    assert "-A " + " ".join(wire.HOOK_RULE) in done[1][3] and "TB_GUARD" in done[1][3]   # with the other rules
+    done.clear()
+    wire.enable_accounting("/run/netns/x")                      # any namespace: both families hooked
+    assert done[0] == ("sysctl", "/run/netns/x") and [d[2] for d in done[1:]] == [wire.RESTORE, wire.RESTORE6]
+    assert "-j" not in wire.HOOK_RULE and "conntrack" in wire.HOOK_RULE     # it only has to be there
+    done.clear()
+    wire.install(43, "tracker", None)                            # a host without a client: no accounting
+    assert [d[0] for d in done] == ["nsenter"] and "tb_flows" not in done[0][3]

@@ -41,9 +41,7 @@ def prepare_host(hp: HostPlan, pid: int):
     from testbed import network
     if hp.shares_netns is not None:
         return None
-    wire.install(pid, hp.name, "eth0" if hp.client else None, hp.behaviour.connectable)
-    if hp.client:
-        wire.enable_accounting(f"/proc/{pid}/ns/net")
+    wire.install(pid, hp.name, "eth0" if hp.client else None, hp.behaviour.connectable, accounting=bool(hp.client))
     return network.host_node(hp.name, pid)
 
 
