@@ -143,7 +143,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         if shard is not None:
             shard.sync.mark("seeded")
             shard.sync.wait("start", SHARD_WAIT_S)
-        sampler = Sampler(p, rd, sw.drivers, {n: h.pid for n, h in sw.hosts.items()}, emit, time.monotonic())
+        sampler = Sampler(p, rd, sw.drivers, {n: h.pid for n, h in sw.hosts.items()}, emit, time.monotonic(),
+                          sw.flow_handles)
         sampler.start()
         # one time origin for every file: events' t counts from the swarm's start as the
         # samples' does (the bring-up's events before it have negative t)

@@ -132,7 +132,8 @@ class CpuLedger:
 
 
 class Sampler:
-    def __init__(self, plan_: Plan, rd: RunDir, drivers: dict, pids: dict[str, int], emit, t0: float):
+    def __init__(self, plan_: Plan, rd: RunDir, drivers: dict, pids: dict[str, int], emit, t0: float,
+                 handles: dict[str, flows.NamespaceFlows] | None = None):
         self.plan, self.rd, self.drivers, self.pids, self.emit, self.t0 = plan_, rd, drivers, pids, emit, t0
         self.seen = Observed()
         self.tables: dict[str, dict | None] = {}
@@ -150,8 +151,11 @@ class Sampler:
         # interpreter lock around) and 0.32 ms with 2; 4 leaves room for a hung client's 5 s
         # timeout without stalling every tick
         self.pool = ThreadPoolExecutor(4)
-        # long-lived netlink handles in each peer's namespace: no process per peer per tick
-        self.handles = {n: flows.NamespaceFlows(f"/proc/{pid}/ns/net") for n, pid in pids.items() if n in drivers}
+        # long-lived netlink handles in each peer's namespace: no process per peer per tick. The
+        # swarm's, made at set-up (`handles`), have seen every flow; others read the table first
+        handles = handles or {}
+        self.handles = {n: handles.get(n) or flows.NamespaceFlows(f"/proc/{pid}/ns/net")
+                        for n, pid in pids.items() if n in drivers}
         self.udp_before: dict[str, dict[tuple, dict[str, int]]] = {}
         self.cpu = CpuLedger()
         # the ledger's part for each peer's control calls (looked up once: plan.host scans)
@@ -236,13 +240,19 @@ class Sampler:
         h, port, since = self.handles[name], self.drivers[name].peer_port, time.thread_time()
         try:
             table = h.tcp_table(port)
-            if tcp_flows is None and name not in self.utp:
-                return table, None
-            return table, h.entries(port, tcp=tcp_flows is not None, established=tcp_flows == "live")
         except OSError:
             return None, None
         finally:
             self.cpu.add("sockets", since)
+        if tcp_flows is None and name not in self.utp:
+            return table, None
+        since = time.thread_time()
+        try:
+            return table, h.entries(port, tcp=tcp_flows is not None, established=tcp_flows == "live")
+        except OSError:
+            return None, None
+        finally:
+            self.cpu.add("flows", since)
 
     def udp_activity(self, name: str, now: dict | None) -> dict[str, int]:
         """uTP peers (UDP flows on the peer port that the other end answered: conntrack also

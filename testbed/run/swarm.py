@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
-from testbed import capture, cgroups, cleanup, content, households, images, runtime, shaping, wire
+from testbed import capture, cgroups, cleanup, content, flows, households, images, runtime, shaping, wire
 from testbed.clients import DRIVERS, ClientDriver
 from testbed.errors import RunError
 from testbed.plan import HostPlan, Plan
@@ -54,6 +54,7 @@ class Swarm:
         self.drivers: dict[str, ClientDriver] = {}
         self.net = None
         self.nodes: dict = {}                     # each host's Mininet node, made as its container came up
+        self.flow_handles: dict[str, flows.NamespaceFlows] = {}  # each client's netlink handles, for the sampler
         self.links = None                         # network.LinkControl, once the network exists
         self.element = None                       # the userspace delay element, if used
         self.element_stats: dict = {}
@@ -90,6 +91,8 @@ class Swarm:
             # 100 peers about 3 s of processes, one host after another, once all were up)
             if (node := prepare_host(host.plan, host.pid)) is not None:
                 self.nodes[host.name] = node
+            if host.plan.client:    # its flows learnt from the first (flows.NamespaceFlows, fresh)
+                self.flow_handles[host.name] = flows.NamespaceFlows(f"/proc/{host.pid}/ns/net", fresh=True)
         self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts, then=prepare)
         self.watch = runtime.DeathWatch(self.docker, self.plan.run_id, {h.container.id: n for n, h in self.hosts.items()})
         self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
@@ -332,6 +335,8 @@ class Swarm:
     def close(self) -> dict:
         """Remove everything of this run; returns what was removed and what is left (nothing)."""
         self.stop_element()
+        for h in self.flow_handles.values():     # they keep the namespaces alive (closed twice: harmless)
+            h.close()
         if self.net is not None or self.nodes:
             from testbed import network
             try:

@@ -130,8 +130,18 @@ def pair():
 @pytest.fixture(scope="module")
 def swarm(pair):
     """The two peers after their exchange, still holding their connections, with handles opened
-    before the traffic (they follow conntrack events) and after it (they dump)."""
+    before the traffic (they follow conntrack events; `fresh` ones, as a run's, never read the
+    whole table: each conntrack table read they make is listed) and after it (they dump)."""
     early = {role: flows.NamespaceFlows(ns_path(role)) for role in NS}
+    fresh = {role: flows.NamespaceFlows(ns_path(role), fresh=True) for role in NS}
+    table_reads = []
+    for handle in fresh.values():
+        def dump(sock, msg_type, body, real=handle._dump):
+            if msg_type == flows.CTNETLINK | flows.CT_GET:
+                table_reads.append(msg_type)
+            return real(sock, msg_type, body)
+        handle._dump = dump
+    early.update({f"fresh{role}": h for role, h in fresh.items()})
     procs = {}
     try:
         for handle in early.values():
@@ -152,7 +162,7 @@ def swarm(pair):
             ports[role] = (int(dialed), int(extra))
         time.sleep(0.5)                 # the last ACKs arrive
         late = {role: flows.NamespaceFlows(ns_path(role)) for role in NS}
-        yield {"procs": procs, "ports": ports, "early": early, "late": late}
+        yield {"procs": procs, "ports": ports, "early": early, "late": late, "table_reads": table_reads}
         for handle in late.values():
             handle.close()
     finally:
@@ -196,6 +206,8 @@ def test_flows_count_each_remote_peer_over_tcp_and_udp(swarm):
     seen = {role: swarm["late"][role].flows(PORT) for role in NS}
     for role in NS:                     # events and lookups give what a dump gives
         assert swarm["early"][role].flows(PORT) == seen[role]
+        assert swarm["early"][f"fresh{role}"].flows(PORT) == seen[role]
+    assert swarm["table_reads"] == []   # the fresh handles learnt every flow from its events
     a, b = seen["A"], seen["B"]
     assert set(a) == {("tcp", ADDR["B"], b_dialed), ("tcp", ADDR["B"], PORT), ("tcp", ADDR["B"], b_extra),
                       ("udp", ADDR["B"], PORT)}
