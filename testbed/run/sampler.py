@@ -27,8 +27,11 @@ Counters = tuple[int, int, int, int]     # rx_bytes, tx_bytes, rx_packets, tx_pa
 # totals, a flow that ends hands over its last counters in its destroy event, and a peer that
 # leaves, or the run's end, reads its live ones once more. Each lookup is a netlink request and
 # reply, about 10 us of CPU a flow (a 100-peer swarm holds thousands); every 5th tick, they were
-# a third of the socket readings' CPU in a 100-peer aria2 swarm.
-FLOW_TICKS = 30
+# a third of the socket readings' CPU in a 100-peer aria2 swarm, and every 30th, 0.9 s of the
+# testbed's 10.2 s. What the periodic reading guards against is a burst of events lost to a
+# full receive buffer (8 MiB a peer; the whole table is then read again): the counters that
+# flows ending in it had gained since their last lookup, at most this many seconds' worth.
+FLOW_TICKS = 60
 
 
 def speaks_utp(host) -> bool:
