@@ -176,3 +176,40 @@ def test_a_signal_during_a_playbook_is_held_and_the_handlers_restored():
         os.kill(os.getpid(), signal.SIGINT)
         assert hit == [signal.SIGTERM, signal.SIGINT]
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def table(path: Path, fields: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_meters_and_population_are_merged_on_one_clock(tmp_path):
+    from testbed.results import HOST_FIELDS, METER_FIELDS, SWARM_FIELDS
+    s1 = shard(tmp_path, "w1", 1000.0, [peer("origin", "seeder", 0.0), peer("a", "leecher", 0.1, 20.0)])
+    s2 = shard(tmp_path, "w2", 1000.3, [peer("b", "leecher", 0.1, 22.0)])
+    swarm_row = lambda t, online, seeds: {"t": t, "online": online, "seeds_online": seeds,  # noqa: E731
+                                          "leechers_online": online - seeds, "paused": 0, "offline": 0, "crashed": 0,
+                                          "gone": 0, "copies": 1.5}
+    table(s1 / "swarm.csv", SWARM_FIELDS, [swarm_row(1.0, 2, 1), swarm_row(2.0, 2, 2), swarm_row(3.0, 2, 2),
+                                           swarm_row(5.0, 2, 2)])
+    table(s2 / "swarm.csv", SWARM_FIELDS, [swarm_row(1.0, 1, 0), swarm_row(2.0, 1, 1)])
+    table(s1 / "meter.csv", METER_FIELDS, [{"t": 1.0, "scope": "peer", "name": "a", "ip_bytes_up": 10}])
+    table(s2 / "meter.csv", METER_FIELDS, [{"t": 0.5, "scope": "peer", "name": "b", "ip_bytes_up": 20}])
+    table(s1 / "host.csv", HOST_FIELDS, [{"t": 1.0, "cpu_busy": 0.5}])
+    table(s2 / "host.csv", HOST_FIELDS, [{"t": 1.0, "cpu_busy": 0.25}])
+    out = tmp_path / "out"
+    out.mkdir()
+    merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
+          [ShardResult("w1", s1), ShardResult("w2", s2)])
+    read = lambda name: list(csv.DictReader((out / name).open()))  # noqa: E731
+    assert [(r["t"], r["name"], r["ip_bytes_up"], r["worker"]) for r in read("meter.csv")] == \
+        [("0.800", "b", "20", "w2"), ("1.000", "a", "10", "w1")]
+    assert [(r["t"], r["cpu_busy"], r["worker"]) for r in read("host.csv")] == [("1.000", "0.5", "w1"),
+                                                                               ("1.300", "0.25", "w2")]
+    # w2's rows (1.3, 2.3) count at w1's ticks 1 and 2, and at 3 (a tick past its last), not at 5
+    assert [(r["t"], r["online"], r["seeds_online"], r["leechers_online"], r["copies"]) for r in read("swarm.csv")] == \
+        [("1.000", "3", "1", "2", ""), ("2.000", "3", "3", "0", ""), ("3.000", "3", "3", "0", ""),
+         ("5.000", "2", "2", "0", "")]
+    assert not (out / "links.csv").exists()         # no shard had one

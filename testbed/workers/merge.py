@@ -7,6 +7,13 @@ own clock, from its own t=0, the moment it was told to start). They are kept who
 swarm:
 
 - samples.csv and events.jsonl: every shard's rows, their times moved onto one time origin;
+- meter.csv, links.csv, host.csv (and policy.csv, probes.csv where a shard has them): every
+  shard's rows, moved likewise, each with its `worker` (a host's rows come from the worker
+  that ran it; host.csv has one row per worker per tick: each machine's own load);
+- swarm.csv: the whole swarm's population, each shard's counts added up at the earliest
+  shard's ticks (a shard's row taken is its latest one at most half a tick later). `copies`
+  is left empty: the file's availability needs every peer's pieces at one instant, and each
+  shard counted only its own hosts' (kept per worker in `workers`);
 - summary.json: every peer, its times moved likewise, the swarm's counts and completion
   recomputed over all of them, and `workers`: each worker's shard, its clock offset and shift,
   and what went wrong with it (a worker lost: its peers are missing, and the swarm is
@@ -26,7 +33,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.results import SAMPLE_FIELDS, read_events, write_json
+from testbed.results import (HOST_FIELDS, LINK_FIELDS, METER_FIELDS, POLICY_FIELDS, PROBE_FIELDS, SAMPLE_FIELDS,
+                             SWARM_FIELDS, read_events, write_json)
 
 PEER_TIMES = ("arrived_s", "planned_arrival_s", "completed_at_s", "left_s", "cap_reached_s", "line_cut_s")
 
@@ -93,6 +101,7 @@ def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], s
         if s.run_dir and (s.run_dir / "summary.json").exists():
             summaries[s.worker] = json.loads((s.run_dir / "summary.json").read_text())
     _merge_rows(out, shards, move)
+    merge_tables(out, shards, move)
     peers = [_moved(p, move.get(w, 0.0), w) for w, sm in summaries.items() for p in sm.get("peers", [])]
     peers.sort(key=lambda p: [h["name"] for h in whole_plan["hosts"]].index(p["name"])
                if any(h["name"] == p["name"] for h in whole_plan["hosts"]) else 1 << 30)
@@ -172,6 +181,60 @@ def _merge_rows(out: Path, shards: list[ShardResult], move: dict[str, float]) ->
     with (out / "events.jsonl").open("w") as f:
         for e in events:
             f.write(json.dumps(e) + "\n")
+
+
+# tables whose rows are each shard's own, merged by moving their times: name -> fields
+TABLES = {"meter.csv": METER_FIELDS, "links.csv": LINK_FIELDS, "host.csv": HOST_FIELDS,
+          "policy.csv": POLICY_FIELDS, "probes.csv": PROBE_FIELDS}
+COUNTS = [f for f in SWARM_FIELDS if f not in ("t", "copies")]     # swarm.csv's that add up across shards
+
+
+def _rows(s: ShardResult, name: str, move: dict[str, float]) -> list[dict]:
+    """A shard's rows of one table, times moved onto the coordinator's clock ([] if it has none,
+    or never started its swarm)."""
+    path = s.run_dir / name if s.run_dir else None
+    if path is None or not path.exists() or s.worker not in move:
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if row.get("t") not in (None, ""):
+            row["t"] = f"{float(row['t']) + move[s.worker]:.3f}"
+    return [r for r in rows if r.get("t") not in (None, "")]
+
+
+def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -> None:
+    """The per-tick tables of every shard, as the module's docstring says."""
+    for name, fields in TABLES.items():
+        rows = [dict(r, worker=s.worker) for s in shards for r in _rows(s, name, move)]
+        if not rows and not any(s.run_dir and (s.run_dir / name).exists() for s in shards):
+            continue
+        rows.sort(key=lambda r: float(r["t"]))
+        with (out / name).open("w", newline="") as f:
+            w = csv.DictWriter(f, [*fields, "worker"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    per_shard = [rows for s in shards if (rows := _rows(s, "swarm.csv", move))]
+    if not per_shard:
+        return
+    grid = min(per_shard, key=lambda rows: float(rows[0]["t"]))
+    # half the earliest shard's tick: a later shard's row counts at the grid time it is nearest
+    tick = (float(grid[-1]["t"]) - float(grid[0]["t"])) / max(len(grid) - 1, 1)
+    with (out / "swarm.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, SWARM_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        at = [0] * len(per_shard)
+        for g in grid:
+            t, total = float(g["t"]), dict.fromkeys(COUNTS, 0)
+            for k, rows in enumerate(per_shard):
+                while at[k] + 1 < len(rows) and float(rows[at[k] + 1]["t"]) <= t + tick / 2:
+                    at[k] += 1
+                row = rows[at[k]]
+                # a shard counts from its first row to one tick past its last (then it ended)
+                if float(row["t"]) <= t + tick / 2 and t <= float(rows[-1]["t"]) + tick:
+                    for c in COUNTS:
+                        total[c] += int(float(row.get(c) or 0))
+            w.writerow({"t": g["t"], **total, "copies": None})
 
 
 def copy_common(out: Path, shards: list[ShardResult]) -> None:

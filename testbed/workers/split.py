@@ -25,10 +25,9 @@ from testbed.results import write_json, write_plan
 
 READY_S = 600           # each step of bring-up on a worker (images start, seeders verify)
 END_S = 120             # a shard's teardown, once told to end
-# a shard's files kept in its own directory only (shards/<worker>/), not merged: per-worker
-# tables whose rows do not add up across workers without more care (each shard's meters and
-# population count its own hosts)
-NOT_MERGED = ["meter.csv", "swarm.csv", "links.csv", "host.csv", "policy.csv", "probes.csv", "households.json"]
+# a shard's files kept in its own directory only (shards/<worker>/), not merged: the homes'
+# accounting (households are not spread over workers yet)
+NOT_MERGED = ["households.json"]
 
 
 def split_run(experiment: Path, inventory: Path, results_root: Path,

@@ -4,6 +4,8 @@ VXLAN, and the results come back merged. Evidence from the far end: what each pe
 downloaded and verified, on which worker, and what is left on the machine."""
 from __future__ import annotations
 
+import csv
+
 import json
 import signal
 import subprocess
@@ -76,6 +78,14 @@ def test_a_swarm_split_over_two_workers_completes_as_on_one(two_workers, tmp_pat
         assert abs(info["clock_offset_s"]) <= info["clock_error_s"] + 1e-4 and 0 <= info["shift_s"] < 1.0
     rows = (run_dir / "samples.csv").read_text().splitlines()
     assert {line.split(",")[2] for line in rows[1:]} == {p["name"] for p in two["peers"] if p["role"] != "tracker"}
+    # each peer's meters come from the worker that ran it, its counters past the file; the
+    # whole swarm's population adds up both shards' (as many peers online at once as on one)
+    meter = [r for r in csv.DictReader((run_dir / "meter.csv").open()) if r["scope"] == "peer"]
+    assert {(r["name"], r["worker"]) for r in meter} == {(n, w) for n, w in where.items() if n != "tracker"}
+    assert all(max(int(r["ip_bytes_down"]) for r in meter if r["name"] == n) >= SIZE
+               for n, w in where.items() if w == "w2")
+    peak = lambda d: max(int(r["online"]) for r in csv.DictReader((d / "swarm.csv").open()))  # noqa: E731
+    assert peak(run_dir) == peak(next((tmp_path / "one").iterdir())) == 7
     # the merged directory is a run directory as the analysis knows it
     rep = cli("report", str(run_dir), timeout=120)
     assert rep.returncode == 0 and "worker" in rep.stdout and "6/6 leechers completed" in rep.stdout, rep.stderr
