@@ -3,12 +3,12 @@
     sudo .venv/bin/python benchmarks/bringup.py [N ...] [--times K]      (default: 10 50, once)
 
 Testbed bring-up = what a run does: containers (Docker SDK, 8 in parallel, each host's
-packet guard, flow accounting and Mininet shell set up as its container comes up) + the
-network (bridges, veths, addresses, HTB on both ends of every access link); tear-down =
-what a run does (the node shells ended, every container's first process killed at once,
-then removal by run identity). The baseline is as many bare containers (`--network none`)
-created and then removed with the Docker SDK, 8 at a time, as the testbed does. The ratios
-are testbed / baseline, for bring-up and tear-down each.
+packet guard, flow accounting, netlink handles and Mininet shell set up as its container
+comes up) + the network (bridges, veths, addresses, HTB on both ends of every access link);
+tear-down = what a run does (the node shells ended, every container's first process killed
+at once, then removal by run identity). The baseline is as many bare containers (`--network
+none`) created and then removed with the Docker SDK, 8 at a time, as the testbed does. The
+ratios are testbed / baseline, for bring-up and tear-down each.
 """
 from __future__ import annotations
 
@@ -38,16 +38,22 @@ def testbed_cycle(client, n: int, workdir: Path) -> tuple[float, float, int]:
     p = plan(experiment(n), f"bench-20261124-000000-{n:06x}")
     imgs = images.require(client, {h.image for h in p.hosts})
     nodes: dict = {}
+    handles: list = []
 
-    def prepare(host) -> None:      # as a run does: each host's guard, accounting and shell as it comes up
-        if (node := prepare_host(host.plan, host.pid)) is not None:
+    def prepare(host) -> None:      # as a run does: each host's guard, accounting, handles and shell as it comes up
+        node, h = prepare_host(host.plan, host.pid)
+        if node is not None:
             nodes[host.name] = node
+        if h is not None:
+            handles.append(h)
     t0 = time.perf_counter()
     hosts = runtime.start_containers(client, p, imgs, workdir / str(n), then=prepare)
     tn = time.perf_counter()
     net = network.build(p, {k: h.pid for k, h in hosts.items()}, HtbShaper(), nodes)
     t1 = time.perf_counter()
     NETWORK_S[n] = t1 - tn
+    for h in handles:               # as a run's teardown does: they keep the namespaces alive
+        h.close()
     network.release(net)
     runtime.kill_containers(hosts.values())
     cleanup.clean(client, p.run_id)

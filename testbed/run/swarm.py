@@ -36,13 +36,17 @@ def prepare_host(hp: HostPlan, pid: int):
     """What a host needs once its container is up and before its network: the guard that keeps
     its packets inside, before it has an interface (its first IGMP report goes when eth0 comes
     up), a client's wire counters and per-remote flow accounting (on before the client makes
-    its first flow), and its Mininet node. None for a client sharing another's PC: its
-    namespace is set up once, with that host's."""
+    its first flow), and its Mininet node. Returns (its node, a client's netlink handles for
+    the sampler, made now so that they learn every flow from the first: flows.NamespaceFlows,
+    fresh). A client sharing another's PC has no node: its namespace is set up once, with
+    that host's."""
     from testbed import network
-    if hp.shares_netns is not None:
-        return None
-    wire.install(pid, hp.name, "eth0" if hp.client else None, hp.behaviour.connectable, accounting=bool(hp.client))
-    return network.host_node(hp.name, pid)
+    handles = None
+    if hp.shares_netns is None:
+        wire.install(pid, hp.name, "eth0" if hp.client else None, hp.behaviour.connectable, accounting=bool(hp.client))
+    if hp.client:
+        handles = flows.NamespaceFlows(f"/proc/{pid}/ns/net", fresh=True)
+    return (None if hp.shares_netns is not None else network.host_node(hp.name, pid)), handles
 
 
 class Swarm:
@@ -89,10 +93,11 @@ class Swarm:
             # as each container comes up, in the thread that started it, while the daemon
             # starts the others: its packet guard and accounting and its Mininet shell (for
             # 100 peers about 3 s of processes, one host after another, once all were up)
-            if (node := prepare_host(host.plan, host.pid)) is not None:
+            node, handles = prepare_host(host.plan, host.pid)
+            if node is not None:
                 self.nodes[host.name] = node
-            if host.plan.client:    # its flows learnt from the first (flows.NamespaceFlows, fresh)
-                self.flow_handles[host.name] = flows.NamespaceFlows(f"/proc/{host.pid}/ns/net", fresh=True)
+            if handles is not None:
+                self.flow_handles[host.name] = handles
         self.hosts = runtime.start_containers(self.docker, self.plan, self.images, self.rd.hosts, then=prepare)
         self.watch = runtime.DeathWatch(self.docker, self.plan.run_id, {h.container.id: n for n, h in self.hosts.items()})
         self.emit(self.rd.event("containers", count=len(self.hosts), seconds=round(time.monotonic() - t, 3)))
