@@ -13,6 +13,7 @@ share of one core (summary.json's testbed_cpu).
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import tempfile
 import threading
@@ -44,8 +45,29 @@ def flash(n: int, clients: list[str]):
                   for c, k in zip(clients, counts) if k]})
 
 
+class GcClock:
+    """The interpreter's garbage collections over a run: how many per generation, and their
+    time (CPU-bound, so wall time is CPU time), from gc.callbacks."""
+
+    def __init__(self):
+        self.count, self.by_generation, self._t = [0, 0, 0], [0.0, 0.0, 0.0], 0.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.by_generation)
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.by_generation[info["generation"]] += time.perf_counter() - self._t
+            self.count[info["generation"]] += 1
+
+
 def measure(exp) -> dict:
     base, peak, stop = mem_used(), [0], threading.Event()
+    clock = GcClock()
+    gc.callbacks.append(clock)
 
     def watch():
         while not stop.wait(0.5):
@@ -57,13 +79,14 @@ def measure(exp) -> dict:
         result = run(exp, Path(d))
     stop.set()
     t.join()
+    gc.callbacks.remove(clock)
     s = result.summary
     peers = [p for p in s["peers"] if p["role"] == "leecher"]
     return {"name": exp.name, "status": s["status"], "ended_by": s["ended_by"], "error": s["error"],
             "peers": len(peers), "arrived": s["leechers_arrived"], "completed": s["leechers_completed"],
             "left": sum(1 for p in peers if p["left_reason"]), "wall_s": time.monotonic() - t0,
             "peak_mem": peak[0], "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "cpu": s["testbed_cpu"], "host": s.get("host") or {}}
+            "cpu": s["testbed_cpu"], "host": s.get("host") or {}, "gc": clock}
 
 
 def main() -> None:
@@ -82,10 +105,14 @@ def main() -> None:
         r = measure(exp)
         print(f"{r['name']:22} {r['status']:9} {str(r['ended_by']):9} {r['peers']:5} {r['arrived']:7} "
               f"{r['completed']:5} {r['left']:5} {r['wall_s']:6.0f}s {r['peak_mem'] / 2**30:7.2f}GiB "
-              f"{r['rss'] / 2**20:6.0f}MiB {r['cpu']['cpu_s']:10.1f}s {r['cpu']['share_of_core']:9.1%}")
-        if parts := r["cpu"].get("sampler"):
+              + (f"{r['rss'] / 2**20:6.0f}MiB {r['cpu']['cpu_s']:10.1f}s {r['cpu']['share_of_core']:9.1%}"
+                 if r["cpu"] else f"{r['rss'] / 2**20:6.0f}MiB {'-':>11} {'-':>9}"))   # no swarm ran (interrupted)
+        if parts := (r["cpu"] or {}).get("sampler"):
             print("  sampler: " + ", ".join(f"{k} {v['cpu_s']:.1f}s ({v['ms_per_call']:.2f} ms/call)"
                                             for k, v in sorted(parts.items(), key=lambda kv: -kv[1]["cpu_s"])))
+        print(f"  garbage collections over the whole run: {r['gc'].seconds:.2f}s, "
+              + ", ".join(f"generation {g}: {n} in {s:.2f}s" for g, (n, s) in enumerate(zip(r["gc"].count,
+                                                                                            r["gc"].by_generation))))
         if r["host"]:
             print(f"  machine: CPUs {r['host']['cpu_busy_mean']:.0%} busy on average, at least 90 % busy for "
                   f"{r['host']['saturated_s']:.0f} s ({r['host']['saturated_share']:.0%} of the swarm)")
