@@ -149,8 +149,10 @@ def read_population(run_dir: Path) -> list[dict] | None:
     path = run_dir / "swarm.csv"
     if not path.is_file():
         return None
+    # an empty value is not known (copies: before any piece map came, or a split run's)
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)] or None
+        return [{k: float(v) if v not in (None, "") else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)] or None
 
 
 def bills(summary: dict) -> Table | None:

@@ -192,9 +192,9 @@ def test_meters_and_population_are_merged_on_one_clock(tmp_path):
     swarm_row = lambda t, online, seeds: {"t": t, "online": online, "seeds_online": seeds,  # noqa: E731
                                           "leechers_online": online - seeds, "paused": 0, "offline": 0, "crashed": 0,
                                           "gone": 0, "copies": 1.5}
-    table(s1 / "swarm.csv", SWARM_FIELDS, [swarm_row(1.0, 2, 1), swarm_row(2.0, 2, 2), swarm_row(3.0, 2, 2),
-                                           swarm_row(5.0, 2, 2)])
-    table(s2 / "swarm.csv", SWARM_FIELDS, [swarm_row(1.0, 1, 0), swarm_row(2.0, 1, 1)])
+    # w1's swarm ends first (a lost or aborted shard): w2's later rows still count
+    table(s1 / "swarm.csv", SWARM_FIELDS, [swarm_row(1.0, 2, 1), swarm_row(2.0, 2, 2), swarm_row(3.0, 2, 2)])
+    table(s2 / "swarm.csv", SWARM_FIELDS, [swarm_row(1.0, 1, 0)] + [swarm_row(t, 1, 1) for t in (2.0, 3.0, 4.0, 5.0, 6.0)])
     table(s1 / "meter.csv", METER_FIELDS, [{"t": 1.0, "scope": "peer", "name": "a", "ip_bytes_up": 10}])
     table(s2 / "meter.csv", METER_FIELDS, [{"t": 0.5, "scope": "peer", "name": "b", "ip_bytes_up": 20}])
     table(s1 / "host.csv", HOST_FIELDS, [{"t": 1.0, "cpu_busy": 0.5}])
@@ -208,8 +208,13 @@ def test_meters_and_population_are_merged_on_one_clock(tmp_path):
         [("0.800", "b", "20", "w2"), ("1.000", "a", "10", "w1")]
     assert [(r["t"], r["cpu_busy"], r["worker"]) for r in read("host.csv")] == [("1.000", "0.5", "w1"),
                                                                                ("1.300", "0.25", "w2")]
-    # w2's rows (1.3, 2.3) count at w1's ticks 1 and 2, and at 3 (a tick past its last), not at 5
+    # a tick apart from w1's first row to w2's last (6.3): w2's row at 1.3 counts at 1, and w1
+    # counts until a tick past its last row (3)
     assert [(r["t"], r["online"], r["seeds_online"], r["leechers_online"], r["copies"]) for r in read("swarm.csv")] == \
         [("1.000", "3", "1", "2", ""), ("2.000", "3", "3", "0", ""), ("3.000", "3", "3", "0", ""),
-         ("5.000", "2", "2", "0", "")]
+         ("4.000", "3", "3", "0", ""), ("5.000", "1", "1", "0", ""), ("6.000", "1", "1", "0", "")]
+    # the report reads it (an empty `copies` is not known, not a crash)
+    from testbed.report import read_population
+    population = read_population(out)
+    assert [r["online"] for r in population] == [3, 3, 3, 3, 1, 1] and population[0]["copies"] != population[0]["copies"]
     assert not (out / "links.csv").exists()         # no shard had one

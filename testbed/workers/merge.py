@@ -10,8 +10,9 @@ swarm:
 - meter.csv, links.csv, host.csv (and policy.csv, probes.csv where a shard has them): every
   shard's rows, moved likewise, each with its `worker` (a host's rows come from the worker
   that ran it; host.csv has one row per worker per tick: each machine's own load);
-- swarm.csv: the whole swarm's population, each shard's counts added up at the earliest
-  shard's ticks (a shard's row taken is its latest one at most half a tick later). `copies`
+- swarm.csv: the whole swarm's population, each shard's counts added up a tick apart from
+  the first shard's first row to the last one's last (a shard's row taken is its latest one
+  at most half a tick later, and it counts until a tick past its last). `copies`
   is left empty: the file's availability needs every peer's pieces at one instant, and each
   shard counted only its own hosts' (kept per worker in `workers`);
 - summary.json: every peer, its times moved likewise, the swarm's counts and completion
@@ -217,24 +218,28 @@ def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -
     per_shard = [rows for s in shards if (rows := _rows(s, "swarm.csv", move))]
     if not per_shard:
         return
-    grid = min(per_shard, key=lambda rows: float(rows[0]["t"]))
-    # half the earliest shard's tick: a later shard's row counts at the grid time it is nearest
-    tick = (float(grid[-1]["t"]) - float(grid[0]["t"])) / max(len(grid) - 1, 1)
+    times = [[float(r["t"]) for r in rows] for rows in per_shard]
+    # the merged ticks: from the earliest shard's first row to the latest one's last, a tick
+    # apart (the median gap between a shard's rows: the sampling interval; 1 s with no gap)
+    gaps = sorted(b - a for ts in times for a, b in zip(ts, ts[1:]) if b > a)
+    tick = gaps[len(gaps) // 2] if gaps else 1.0
+    first, last = min(ts[0] for ts in times), max(ts[-1] for ts in times)
     with (out / "swarm.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, SWARM_FIELDS, extrasaction="ignore")
         w.writeheader()
         at = [0] * len(per_shard)
-        for g in grid:
-            t, total = float(g["t"]), dict.fromkeys(COUNTS, 0)
+        for k_tick in range(int((last - first) / tick + 0.5) + 1):
+            t, total = first + k_tick * tick, dict.fromkeys(COUNTS, 0)
             for k, rows in enumerate(per_shard):
-                while at[k] + 1 < len(rows) and float(rows[at[k] + 1]["t"]) <= t + tick / 2:
+                ts = times[k]
+                while at[k] + 1 < len(rows) and ts[at[k] + 1] <= t + tick / 2:
                     at[k] += 1
-                row = rows[at[k]]
-                # a shard counts from its first row to one tick past its last (then it ended)
-                if float(row["t"]) <= t + tick / 2 and t <= float(rows[-1]["t"]) + tick:
+                # a shard's latest row at most half a tick later counts, from its first row
+                # to one tick past its last (then it ended)
+                if ts[at[k]] <= t + tick / 2 and t <= ts[-1] + tick:
                     for c in COUNTS:
-                        total[c] += int(float(row.get(c) or 0))
-            w.writerow({"t": g["t"], **total, "copies": None})
+                        total[c] += int(float(rows[at[k]].get(c) or 0))
+            w.writerow({"t": f"{t:.3f}", **total, "copies": None})
 
 
 def copy_common(out: Path, shards: list[ShardResult]) -> None:
