@@ -49,11 +49,13 @@ def testbed_cycle(client, n: int, workdir: Path) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     hosts = runtime.start_containers(client, p, imgs, workdir / str(n), then=prepare)
     tn = time.perf_counter()
-    net = network.build(p, {k: h.pid for k, h in hosts.items()}, HtbShaper(), nodes)
-    t1 = time.perf_counter()
+    try:
+        net = network.build(p, {k: h.pid for k, h in hosts.items()}, HtbShaper(), nodes)
+        t1 = time.perf_counter()
+    finally:
+        for h in handles:           # as a run's teardown does: they keep the namespaces alive
+            h.close()
     NETWORK_S[n] = t1 - tn
-    for h in handles:               # as a run's teardown does: they keep the namespaces alive
-        h.close()
     network.release(net)
     runtime.kill_containers(hosts.values())
     cleanup.clean(client, p.run_id)

@@ -75,11 +75,13 @@ def measure(exp) -> dict:
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory() as d:
-        result = run(exp, Path(d))
-    stop.set()
-    t.join()
-    gc.callbacks.remove(clock)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            result = run(exp, Path(d))
+    finally:
+        stop.set()
+        t.join()
+        gc.callbacks.remove(clock)
     s = result.summary
     peers = [p for p in s["peers"] if p["role"] == "leecher"]
     return {"name": exp.name, "status": s["status"], "ended_by": s["ended_by"], "error": s["error"],

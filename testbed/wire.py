@@ -101,16 +101,19 @@ def load(ns_path: str, host: str, rule_list: list[list[str]], restore: str = RES
 def install(pid: int, host: str, data_if: str | None, connectable: bool = True, accounting: bool = False) -> None:
     """A client's rules (guard, counters, refusals); with data_if None, the guard alone (tracker,
     routers, servers). `accounting`: conntrack's per-flow accounting too (`enable_accounting`),
-    its hook in the same load. IPv4's only: a container has IPv6 off from its creation
-    (runtime.py), so it has no IPv6 flow to count. A host's set-up is then one process here,
-    not seven (each `nsenter` + iptables about 5 ms of CPU, while 50 hosts come up at once on
-    two cores)."""
+    its hook in the same load, and then accounting switched on (the rules load conntrack, whose
+    sysctls exist only then; the host has no interface yet, so no flow began before).
+    IPv4's only: a container has IPv6 off from its creation (runtime.py), so it has no IPv6
+    flow to count. Here that is one process where there were six (a `sysctl`, and an
+    `iptables -C` and `-A` for each address family; each `nsenter` + iptables about 5 ms of
+    CPU, while 50 hosts come up at once on two cores)."""
     ns_path = f"/proc/{pid}/ns/net"
     rule_list = guard_rules() if data_if is None else rules(data_if, connectable)
     if accounting:
-        switch_on_accounting(ns_path)
         rule_list = [*rule_list, ["-A", *HOOK_RULE]]
     load(ns_path, host, rule_list)
+    if accounting:
+        switch_on_accounting(ns_path)
 
 
 def parse_counters(listing: str) -> dict[str, int]:
@@ -226,8 +229,9 @@ ACCOUNTING_SYSCTLS = ("net/netfilter/nf_conntrack_acct", "net/netfilter/nf_connt
 
 def switch_on_accounting(ns_path: str) -> None:
     """Accounting and events on in the namespace at `ns_path` (per namespace, accounting is off
-    by default), written to its /proc/sys by a thread that entered it (no process). First,
-    because an entry gets counters only if accounting was on when it was made."""
+    by default), written to its /proc/sys by a thread that entered it (no process). Before
+    the namespace's traffic begins: an entry gets counters only if accounting was on when it
+    was made."""
     from testbed.flows import in_namespace
 
     def write() -> None:
@@ -241,12 +245,14 @@ def switch_on_accounting(ns_path: str) -> None:
 
 
 def enable_accounting(ns_path: str, host: str = "") -> None:
-    """What makes conntrack count flows in the namespace at `ns_path` (once per namespace):
-    - accounting and events on (`switch_on_accounting`);
+    """What makes conntrack count flows in the namespace at `ns_path` (once per namespace,
+    before its traffic begins):
     - a rule that uses conntrack (HOOK_RULE), for IPv4 and IPv6: conntrack sees a namespace's
       traffic only once something there needs it (Linux >= 4.10), so a fresh namespace tracks
-      nothing. The rule matches nothing that matters and has no target. A client's host gets
-      it with its other rules (`install(..., accounting=True)`)."""
-    switch_on_accounting(ns_path)
+      nothing. The rule matches nothing that matters and has no target. Loading it loads
+      conntrack, whose sysctls exist only then. A client's host gets it with its other rules
+      (`install(..., accounting=True)`);
+    - accounting and events on (`switch_on_accounting`)."""
     for restore in (RESTORE, RESTORE6):
         load(ns_path, host or ns_path, [["-A", *HOOK_RULE]], restore)
+    switch_on_accounting(ns_path)

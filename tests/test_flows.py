@@ -257,7 +257,7 @@ def test_an_interfaces_own_address_is_ifa_local_when_there_is_one():
     assert [flows.parse_address(payload(m)) for m in (ptp, v6)] == [HOST, "fe80::1"]
 
 
-def test_accounting_is_switched_on_before_conntrack_is_hooked_in_with_the_hosts_rules(monkeypatch):
+def test_conntrack_is_hooked_in_with_the_hosts_rules_and_accounting_switched_on(monkeypatch):
     done = []
     monkeypatch.setattr(flows, "in_namespace", lambda path, make: done.append(("sysctl", path)))
 
@@ -266,12 +266,14 @@ def test_accounting_is_switched_on_before_conntrack_is_hooked_in_with_the_hosts_
         return subprocess.CompletedProcess(argv, 0, "", "")
     monkeypatch.setattr(wire.subprocess, "run", run)
     wire.install(42, "p1", "eth0", accounting=True)
-    assert done[0] == ("sysctl", "/proc/42/ns/net")
-    assert [(d[0], d[1], d[2]) for d in done[1:]] == [("nsenter", "--net=/proc/42/ns/net", wire.RESTORE)]
-    assert "-A " + " ".join(wire.HOOK_RULE) in done[1][3] and "TB_GUARD" in done[1][3]   # with the other rules
+    # the rules (they load conntrack, whose sysctls exist only then) with the hook, then the
+    # sysctls: before the host has an interface, so before any flow
+    assert [(d[0], d[1], d[2]) for d in done[:-1]] == [("nsenter", "--net=/proc/42/ns/net", wire.RESTORE)]
+    assert done[-1] == ("sysctl", "/proc/42/ns/net")
+    assert "-A " + " ".join(wire.HOOK_RULE) in done[0][3] and "TB_GUARD" in done[0][3]   # with the other rules
     done.clear()
     wire.enable_accounting("/run/netns/x")                      # any namespace: both families hooked
-    assert done[0] == ("sysctl", "/run/netns/x") and [d[2] for d in done[1:]] == [wire.RESTORE, wire.RESTORE6]
+    assert [d[2] for d in done[:-1]] == [wire.RESTORE, wire.RESTORE6] and done[-1] == ("sysctl", "/run/netns/x")
     assert "-j" not in wire.HOOK_RULE and "conntrack" in wire.HOOK_RULE     # it only has to be there
     done.clear()
     wire.install(43, "tracker", None)                            # a host without a client: no accounting

@@ -160,8 +160,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         # of objects) is set aside from garbage collection while the swarm runs: a full
         # collection walks every tracked object, and in a 100-peer swarm collections took
         # about 1.5 s of the testbed's 10 s of CPU. Put back once it ends.
-        gc.freeze()
         try:
+            gc.freeze()
             status = ex.run()
         finally:
             gc.unfreeze()

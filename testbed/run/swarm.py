@@ -41,12 +41,12 @@ def prepare_host(hp: HostPlan, pid: int):
     fresh). A client sharing another's PC has no node: its namespace is set up once, with
     that host's."""
     from testbed import network
-    handles = None
+    node = None
     if hp.shares_netns is None:
         wire.install(pid, hp.name, "eth0" if hp.client else None, hp.behaviour.connectable, accounting=bool(hp.client))
-    if hp.client:
-        handles = flows.NamespaceFlows(f"/proc/{pid}/ns/net", fresh=True)
-    return (None if hp.shares_netns is not None else network.host_node(hp.name, pid)), handles
+        node = network.host_node(hp.name, pid)
+    # last: nothing that could fail after them leaves them unclosed (they keep the namespace)
+    return node, (flows.NamespaceFlows(f"/proc/{pid}/ns/net", fresh=True) if hp.client else None)
 
 
 class Swarm:
