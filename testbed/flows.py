@@ -281,8 +281,15 @@ class NamespaceFlows:
                 rows = self._established
                 wanted = [raw for raw in wanted if (t := self._tracked[raw][1]).proto == socket.IPPROTO_UDP
                           or (t.src_port, t.dst, t.dst_port) in rows or (t.dst_port, t.src, t.src_port) in rows]
-            live = {raw: Conn(self._tracked[raw][1], *c) for raw, payload in self._lookup(wanted)
+            found = self._lookup(wanted)
+            live = {raw: Conn(self._tracked[raw][1], *c) for raw, payload in found
                     if raw in self._tracked and (c := counters(payload))}
+            if len(found) < len(wanted):
+                # A flow that timed out is reaped lazily, by conntrack's garbage collector (up
+                # to a minute later) or by the first lookup that meets it: ours, just now,
+                # which sent its destroy event with the last counters. Read it here, or a
+                # flow closed near the end of a run (an RST: 10 s in CLOSE) is lost
+                self._learn()
             finished, self._finished = self._finished, []
             # the namespace's addresses, read again only when a flow has neither end among them
             if any(c.tuple.src not in self._local and c.tuple.dst not in self._local

@@ -289,3 +289,55 @@ def test_live_lookups_skip_tcp_flows_without_a_connection_in_the_table(swarm):
         assert looked_up(handle.entries(PORT)) == everything                # all of them, when asked
     finally:
         handle.close()
+
+
+def test_a_flow_reset_near_the_end_keeps_its_last_counters():
+    """A connection closed by an RST (as clients drop peers) sits 10 s in conntrack's CLOSE
+    state and is then reaped lazily: by the garbage collector, up to a minute later, or by the
+    first lookup that meets it, which sends its destroy event. A reading after those 10 s, as
+    a run's last one, still gives its counters, at both ends, from handles made before it
+    (fresh, as a run's). Deterministic: the timeout is the kernel's (nf_conntrack_tcp_timeout_close)."""
+    ns = {"A": "tbflowtestRA", "B": "tbflowtestRB"}
+    addr = {"A": "198.18.255.21", "B": "198.18.255.22"}
+    handles, made = {}, []
+    try:
+        for role, name in ns.items():
+            sh("ip", "netns", "add", name)
+            made.append(name)
+            sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+               "net.ipv6.conf.default.disable_ipv6=1")
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "link", "add", "tbflowRA", "netns", ns["A"], "type", "veth", "peer", "name", "tbflowRB", "netns", ns["B"])
+        for role, name in ns.items():
+            wire.enable_accounting(f"/run/netns/{name}")
+            handles[role] = flows.NamespaceFlows(f"/run/netns/{name}", fresh=True)
+            sh("ip", "-n", name, "addr", "add", f"{addr[role]}/24", "dev", f"tbflowR{role}")
+            sh("ip", "-n", name, "link", "set", f"tbflowR{role}", "up")
+        server = flows.in_namespace(f"/run/netns/{ns['B']}", lambda: socket.create_server((addr["B"], PORT)))
+        client = flows.in_namespace(f"/run/netns/{ns['A']}", socket.socket)
+        with server, client:
+            client.settimeout(5)
+            client.connect((addr["B"], PORT))
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"x" * BIG)
+                got = 0
+                while got < BIG:
+                    got += len(client.recv(65536))
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close = RST
+                client.close()
+        assert handles["A"].flows(PORT)       # seen while it lived: tracked from its events
+        time.sleep(12)
+        for role, other in (("A", "B"), ("B", "A")):
+            e = handles[role].entries(PORT)
+            rows = flows.flow_rows([c for _, c in e.finished], e.local, PORT)
+            assert not e.live and len(rows) == 1, (role, e)
+            (key, row), = rows.items()
+            assert key[1] == addr[other]
+            sent, received = (row["bytes_in"], row["bytes_out"]) if role == "A" else (row["bytes_out"], row["bytes_in"])
+            assert within_overhead(sent, BIG) and received < 2048, (role, row)
+    finally:
+        for h in handles.values():
+            h.close()
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
