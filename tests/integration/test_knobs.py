@@ -657,7 +657,9 @@ def test_a_tcp_only_peer_gets_nothing_from_utp_only_peers(runs):
     and their uTP SYNs to its UDP port). Counted at the senders: once (CI, 2026-11-26) the
     leecher's own count missed its first connection to the relay, 2.1 MB that the relay's
     count had (the leecher stalled at 99 %, its connection closed, and it dialed again 60 s
-    later); that undercount is not explained yet."""
+    later). The likely cause, since fixed: a flow reset near the end of a run was reaped by
+    the run's last lookup, whose destroy event was not read (test_flows.py,
+    test_a_flow_reset_near_the_end_keeps_its_last_counters)."""
     r = runs["utp_only"]
     assert r.peers["tcplt"]["sha256_ok"]
     only = ["origin", *("only" + SHORT[c] for c in UTP_ONLY)]
