@@ -9,6 +9,7 @@ per-peer counts must cover the payload plus no more than header overhead. Only a
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -104,27 +105,36 @@ def line(proc: subprocess.Popen, timeout: float = 30) -> list[str]:
     return proc.stdout.readline().split()
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """Two namespaces joined by a veth, conntrack accounting on, removed whatever happens."""
+@contextlib.contextmanager
+def joined(ns: dict[str, str], addr: dict[str, str], dev: str, then=lambda role, path: None):
+    """Two namespaces (roles A and B) joined by a veth named dev+role, IPv6 off, conntrack
+    accounting on, then `then(role, ns path)` before their addresses and links come up;
+    removed whatever happens."""
     assert os.geteuid() == 0, "needs root: run `sudo ./setup.sh test`"
     made = []
     try:
-        for ns in NS.values():
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+        for name in ns.values():
+            sh("ip", "netns", "add", name)
+            made.append(name)
+            sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                "net.ipv6.conf.default.disable_ipv6=1")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "tbflowA", "netns", NS["A"], "type", "veth", "peer", "name", "tbflowB", "netns", NS["B"])
-        for role, ns in NS.items():
-            sh("ip", "-n", ns, "addr", "add", f"{ADDR[role]}/24", "dev", f"tbflow{role}")
-            sh("ip", "-n", ns, "link", "set", f"tbflow{role}", "up")
-            wire.enable_accounting(ns_path(role))
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "link", "add", f"{dev}A", "netns", ns["A"], "type", "veth", "peer", "name", f"{dev}B", "netns", ns["B"])
+        for role, name in ns.items():
+            wire.enable_accounting(f"/run/netns/{name}")
+            then(role, f"/run/netns/{name}")
+            sh("ip", "-n", name, "addr", "add", f"{addr[role]}/24", "dev", f"{dev}{role}")
+            sh("ip", "-n", name, "link", "set", f"{dev}{role}", "up")
         yield
     finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    with joined(NS, ADDR, "tbflow"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -299,20 +309,11 @@ def test_a_flow_reset_near_the_end_keeps_its_last_counters():
     (fresh, as a run's). Deterministic: the timeout is the kernel's (nf_conntrack_tcp_timeout_close)."""
     ns = {"A": "tbflowtestRA", "B": "tbflowtestRB"}
     addr = {"A": "198.18.255.21", "B": "198.18.255.22"}
-    handles, made = {}, []
-    try:
-        for role, name in ns.items():
-            sh("ip", "netns", "add", name)
-            made.append(name)
-            sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-               "net.ipv6.conf.default.disable_ipv6=1")
-            sh("ip", "-n", name, "link", "set", "lo", "up")
-        sh("ip", "link", "add", "tbflowRA", "netns", ns["A"], "type", "veth", "peer", "name", "tbflowRB", "netns", ns["B"])
-        for role, name in ns.items():
-            wire.enable_accounting(f"/run/netns/{name}")
-            handles[role] = flows.NamespaceFlows(f"/run/netns/{name}", fresh=True)
-            sh("ip", "-n", name, "addr", "add", f"{addr[role]}/24", "dev", f"tbflowR{role}")
-            sh("ip", "-n", name, "link", "set", f"tbflowR{role}", "up")
+    handles = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(joined(ns, addr, "tbflowR",
+                                   lambda role, path: handles.__setitem__(role, flows.NamespaceFlows(path, fresh=True))))
+        stack.callback(lambda: [h.close() for h in handles.values()])     # before the namespaces go
         server = flows.in_namespace(f"/run/netns/{ns['B']}", lambda: socket.create_server((addr["B"], PORT)))
         client = flows.in_namespace(f"/run/netns/{ns['A']}", socket.socket)
         with server, client:
@@ -336,8 +337,3 @@ def test_a_flow_reset_near_the_end_keeps_its_last_counters():
             assert key[1] == addr[other]
             sent, received = (row["bytes_in"], row["bytes_out"]) if role == "A" else (row["bytes_out"], row["bytes_in"])
             assert within_overhead(sent, BIG) and received < 2048, (role, row)
-    finally:
-        for h in handles.values():
-            h.close()
-        for name in made:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
