@@ -27,7 +27,7 @@ from pathlib import Path
 from testbed.errors import RunError
 from testbed.plan import DATA_NET, Plan
 from testbed.model.homes import ProtocolPolicy
-from testbed.plan.homes import HomePlan
+from testbed.plan.homes import HomePlan, background_flows
 from testbed.wire import HANDSHAKE_HEX, IPTABLES, parse_counters
 
 DPI_MARK = "0x6057"
@@ -207,9 +207,9 @@ class Households:
                 if hp.shares_netns is None:
                     _must(self.pid(member), ["ip", "route", "add", str(DATA_NET), "via", home.lan_ip, "dev", "eth0"],
                           f"{member}'s route through {home.name}")
-        server = next((h.data_ip for h in self.plan.hosts if h.role == "server"), None)
         for home in self.plan.homes:
-            for argv in accounting_commands(server, self.plan.host("tracker").data_ip):
+            # by address: the tracker and the server may live on another worker (plan/shard.py)
+            for argv in accounting_commands(self.plan.server_ip, self.plan.tracker_ip):
                 _must(self.pid(home.name), argv, f"traffic accounting at {home.name}")
         for pol in self.plan.protocol_policies:
             for router in pol.routers:
@@ -293,32 +293,35 @@ class Households:
             self.emit(self.rd.event("listening", ports=ports, forwarded=dict(self.forwarded)))
 
     def start_traffic(self, epoch0: float) -> None:
-        """Probes and background traffic start with the swarm."""
+        """Probes and background traffic start with the swarm. The server listens for every
+        home's background traffic, those of homes on other workers included (a shard's
+        `served_ports`); a home's router talks to the server by its address, wherever it lives."""
         self.epoch0 = epoch0
         server = next((h for h in self.plan.hosts if h.role == "server"), None)
-        if server is None:
+        if server is not None:
+            srv = self.hosts[server.name]
+            ports = [port for home in self.plan.homes for port, _, _ in background_flows(home)]
+            for port in [*ports, *self.plan.served_ports]:
+                srv.exec(["sh", "-c", f"exec iperf3 -s -p {port} >{srv.container_dir}/log/iperf3-{port}.txt 2>&1"],
+                         detach=True)
+        address = self.plan.server_ip
+        if address is None:
             return
-        srv = self.hosts[server.name]
         for home in self.plan.homes:
             r = self.hosts[home.name]
             if home.probe_s:
                 # a copy of ping without its file capability (the container has none to grant
                 # and no-new-privileges): it then uses an unprivileged ICMP socket
                 r.exec(["sh", "-c", f"cp /bin/ping /tmp/ping && exec /tmp/ping -D -n -i {home.probe_s:g} -W 2 "
-                                    f"{server.data_ip} >{r.container_dir}/log/ping.txt 2>&1"], detach=True)
+                                    f"{address} >{r.container_dir}/log/ping.txt 2>&1"], detach=True)
             bg = home.background
-            if bg is None:
-                continue
-            for port, rate, reverse in ((home.iperf_ports[0], bg.up, ""), (home.iperf_ports[1], bg.down, " -R")):
-                if rate is None:
-                    continue
-                srv.exec(["sh", "-c", f"exec iperf3 -s -p {port} >{srv.container_dir}/log/iperf3-{port}.txt 2>&1"],
-                         detach=True)
+            for port, rate, reverse in background_flows(home):
                 on = f"-t {max(1, round(bg.on))}" if bg.on else "-t 86400"
                 # writes of about 10 ms of the rate: iperf3's default 128 KiB block would leave
                 # as one burst every few seconds at home rates, not as a steady load
-                cmd = (f"iperf3 -c {server.data_ip} -p {port}{reverse} -b {int(rate)} -l {max(1024, int(rate / 800))} "
+                cmd = (f"iperf3 -c {address} -p {port}{reverse} -b {int(rate)} -l {max(1024, int(rate / 800))} "
                        f"{on} -i 1 --forceflush --timestamps")
+                # until the server answers (on another worker, it starts at the same moment)
                 loop = f"while :; do {cmd}; sleep {bg.off:g}; done" if bg.on else f"until {cmd}; do sleep 0.5; done"
                 r.exec(["sh", "-c", f"sleep 0.5; {loop} >>{r.container_dir}/log/background-{port}.txt 2>&1"],
                        detach=True)

@@ -4,16 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from testbed.model import load_experiment
+from testbed.model import load_experiment, parse_experiment
 from testbed.plan import plan
 from testbed.plan.placement import Worker, place
-from testbed.plan.shard import not_splittable, restrict, shard_run_id, sites, stretched, vni
+from testbed.plan.shard import core_workers, not_splittable, restrict, shard_run_id, sites, stretched, vni
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = "t-20261126-000000-abcdef"
 TWO = [Worker("w1"), Worker("w2")]
 FILES = ["quickstart.yaml", "dumbbell.yaml", "households/one-pc.yaml", "churn-faults.yaml",
-         "mixed-clients.yaml"]
+         "mixed-clients.yaml", "segments/seeding-25.yaml"]
 
 
 def same_swarm(h):
@@ -50,7 +50,8 @@ def test_shards_partition_the_hosts_and_their_links(name):
         for lk in s.links:                      # every link's ends exist on the worker
             ends = (lk.node1, lk.node2)
             assert all(e in names or e in switch_names for e in ends), (w, lk)
-        assert all(lk.kind != "core" for lk in s.links) or w == "w1"
+        cores = core_workers(whole, at, "w1")
+        assert all(cores[(lk.node1, lk.node2)] == w for lk in s.links if lk.kind == "core")
         for home in s.homes:
             assert set(home.members) <= names
     links = [lk for s in shards.values() for lk in s.links if lk.kind != "control"]
@@ -83,13 +84,71 @@ def test_vni_is_the_run_tag_and_the_site():
         vni(RUN, 15)
 
 
-@pytest.mark.parametrize("name, why", [("households/one-pc.yaml", "households"),
-                                       ("segments/seeding-25.yaml", "households"),
-                                       ("quickstart.yaml", None), ("dumbbell.yaml", None)])
-def test_what_cannot_be_split_yet_is_said_before_anything_starts(name, why):
-    p = plan(load_experiment(ROOT / "experiments" / name), RUN)
-    said = not_splittable(p)
-    assert (said is None) if why is None else (why in said)
+@pytest.mark.parametrize("name", ["households/one-pc.yaml", "segments/seeding-25.yaml", "quickstart.yaml",
+                                  "dumbbell.yaml"])
+def test_households_segments_and_small_topologies_can_be_split(name):
+    assert not_splittable(plan(load_experiment(ROOT / "experiments" / name), RUN)) is None
+
+
+# two homes on an ISP segment with a congestion policy, one with a protocol policy, one
+# elsewhere with background traffic; the tracker and the origin at the ISP's core
+HOMES = {
+    "name": "homes", "seed": 5, "content": {"size": "4MiB"},
+    "topology": {"generator": "isp", "isps": [{"name": "isp", "segments": 1, "homes": 2, "subscribed_up": "2mbit",
+                                               "subscribed_down": "8mbit", "oversubscription": 2}]},
+    "tracker": {"site": "isp"},
+    "households": [
+        {"name": "seg", "count": 2, "site": "isp1", "access": {"up": "2mbit", "down": "8mbit"}, "probe": "1s",
+         "background": {"up": "100kbit"}},
+        {"name": "far", "site": "isp", "access": {"up": "2mbit", "down": "8mbit"}, "probe": None,
+         "background": {"up": "200kbit", "down": "1mbit"}}],
+    "seeders": [{"name": "origin", "client": "transmission", "site": "isp", "access": {"up": "4mbit", "down": "8mbit"}}],
+    "peers": [{"name": "s", "count": 2, "client": "transmission", "household": "seg"},
+              {"name": "f", "client": "transmission", "household": "far"}],
+    "policies": [{"segment": "isp1", "congestion": {"window": "5s", "check_every": "1s"}},
+                 {"household": "seg", "protocol": {"action": "block"}}],
+}
+
+
+def homes_split():
+    whole = plan(parse_experiment(HOMES), RUN)
+    routers = {h.name for h in whole.hosts if h.site == "isp1"}
+    seg = routers | {h.name for h in whole.hosts if h.home in routers}
+    assert seg == {"seg1", "seg2", "s1", "s2"}, seg
+    at = {h.name: "w2" if h.name in seg or h.name in ("far", "f1") else "w1" for h in whole.hosts}
+    return whole, at, {w: restrict(whole, at, w, "w1") for w in ("w1", "w2")}
+
+
+def test_a_segment_s_aggregation_link_and_congestion_policy_live_with_its_homes():
+    whole, at, shards = homes_split()
+    link = next(lk for lk in whole.links if lk.kind == "core" and "isp1" in (lk.node1, lk.node2))
+    assert core_workers(whole, at, "w1")[(link.node1, link.node2)] == "w2"
+    assert link in shards["w2"].links and link not in shards["w1"].links
+    assert [sp.segment for sp in shards["w2"].segment_policies] == ["isp1"] and not shards["w1"].segment_policies
+    # every subscriber the policy acts on is a host of the same shard
+    names = {h.name for h in shards["w2"].hosts}
+    assert {sub[0] for sub in shards["w2"].segment_policies[0].subscribers} <= names
+    # the segment's site is only where its hosts and its link are: not stretched
+    assert "isp1" not in stretched(whole, at, "w1", RUN)
+    # a protocol policy acts in the routers of this worker's homes only
+    assert [pp.routers for pp in shards["w2"].protocol_policies] == [("seg1", "seg2")]
+    assert shards["w1"].protocol_policies == ()
+
+
+def test_a_shard_s_homes_reach_the_tracker_and_server_on_the_first_worker_by_address():
+    whole, at, shards = homes_split()
+    server = next(h for h in whole.hosts if h.role == "server")
+    assert at[server.name] == "w1" and place(whole, TWO)[server.name] == "w1"     # placement pins it
+    w1, w2 = shards["w1"], shards["w2"]
+    assert w2.server_ip == server.data_ip and w2.tracker_ip == whole.host("tracker").data_ip
+    assert not any(h.role in ("server", "tracker") for h in w2.hosts)
+    # the server's shard listens for the other worker's homes' background: seg1 and seg2 up,
+    # far up and down
+    ports = sorted(p for home in whole.homes for p, rate in zip(home.iperf_ports,
+                                                                 (home.background.up, home.background.down))
+                   if rate is not None)
+    assert sorted(w1.served_ports) == ports and len(ports) == 4
+    assert w2.served_ports == ()
 
 
 def test_a_host_without_a_worker_is_refused():

@@ -130,6 +130,28 @@ def test_sync_marks_stages_whole_and_waits_for_the_coordinator(tmp_path):
         s.wait("start", 1.0)
 
 
+def test_a_shard_whose_coordinator_went_silent_ends(tmp_path):
+    """The heartbeat's silence past LOST_S ends the shard with a RunError that says why (the
+    probes themselves go over the underlay: tests/integration/test_split.py cuts a worker)."""
+    from testbed.workers.shard import LOST_S
+
+    class Silent:
+        silent = 0.0
+
+        def silent_s(self):
+            return self.silent
+    beat = Silent()
+    s = Sync(tmp_path / "sync", heartbeat=beat)
+    s.check()
+    beat.silent = LOST_S - 0.1
+    assert s.arrived("end") is False
+    beat.silent = LOST_S + 0.1
+    with pytest.raises(RunError, match="lost the coordinator: it has not answered for 30 s"):
+        s.check()
+    with pytest.raises(RunError, match="lost the coordinator"):
+        s.wait("start", 1.0)
+
+
 def test_every_playbook_passes_ansibles_syntax_check(tmp_path):
     """What Ansible itself says of each playbook the testbed runs (a typo in one otherwise
     shows only when a swarm is spread over workers)."""
@@ -218,3 +240,24 @@ def test_meters_and_population_are_merged_on_one_clock(tmp_path):
     population = read_population(out)
     assert [r["online"] for r in population] == [3, 3, 3, 3, 1, 1] and population[0]["copies"] != population[0]["copies"]
     assert not (out / "links.csv").exists()         # no shard had one
+
+
+def test_each_shard_s_homes_and_segments_are_merged_with_their_worker(tmp_path):
+    s1 = shard(tmp_path, "w1", 1000.0, [peer("origin", "seeder", 0.0), peer("a", "leecher", 0.1, 20.0)])
+    s2 = shard(tmp_path, "w2", 1000.3, [peer("b", "leecher", 0.1, 22.0)])
+    home = lambda name, site: {"name": name, "site": site, "traffic": {"p2p_up": 1}}  # noqa: E731
+    (s1 / "households.json").write_text(json.dumps({"homes": [home("h2", "core")], "segments": [],
+                                                    "segment_policies": [], "note": "IP bytes"}))
+    (s2 / "households.json").write_text(json.dumps({
+        "homes": [home("h3", "seg"), home("h1", "seg")], "segments": [{"segment": "seg", "p2p_up": 2}],
+        "segment_policies": [{"segment": "seg", "actions": 2}], "note": "IP bytes"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = dict(PLAN, homes=[{"name": n} for n in ("h1", "h2", "h3")])
+    s = merge(out, "run", plan, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
+              [ShardResult("w1", s1), ShardResult("w2", s2)])
+    homes = json.loads((out / "households.json").read_text())
+    assert [(h["name"], h["worker"]) for h in homes["homes"]] == [("h1", "w2"), ("h2", "w1"), ("h3", "w2")]
+    assert homes["segments"] == [{"segment": "seg", "p2p_up": 2, "worker": "w2"}]
+    assert homes["segment_policies"] == [{"segment": "seg", "actions": 2, "worker": "w2"}]
+    assert homes["note"] == "IP bytes" and s["homes"] == 3

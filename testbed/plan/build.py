@@ -141,16 +141,28 @@ class Plan:
     protocol_policies: tuple[ProtocolPolicyPlan, ...] = ()
     segment_sites: tuple[str, ...] = ()     # sites that are ISP segments (generated topologies)
     builds: dict = field(default_factory=dict)   # image name -> a client build it is made from
-    # a shard's plan (plan/shard.py), whose tracker may live on another worker: its address
+    # a shard's plan (plan/shard.py), whose tracker and internet server may live on another
+    # worker: their addresses, and the ports its server listens on for other workers' homes
     tracker_address: str | None = None
+    server_address: str | None = None
+    served_ports: tuple[int, ...] = ()
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
 
     @property
+    def tracker_ip(self) -> str:
+        return self.tracker_address or self.host("tracker").data_ip
+
+    @property
+    def server_ip(self) -> str | None:
+        """The internet server's address (None: the plan has no households)."""
+        server = next((h for h in self.hosts if h.role == "server"), None)
+        return server.data_ip if server is not None else self.server_address
+
+    @property
     def tracker_url(self) -> str:
-        address = self.tracker_address or self.host("tracker").data_ip
-        return f"http://{address}:{self.tracker_port}/announce"
+        return f"http://{self.tracker_ip}:{self.tracker_port}/announce"
 
     def by_role(self, role: str) -> list[HostPlan]:
         return [h for h in self.hosts if h.role == role]

@@ -54,6 +54,16 @@ class ProtocolPolicyPlan:
     rule: ProtocolPolicy
 
 
+def background_flows(home: HomePlan) -> list[tuple[int, float, str]]:
+    """A home's background transfers: (server port, rate, iperf3's reverse flag), up then down."""
+    bg = home.background
+    if bg is None or home.iperf_ports is None:
+        return []
+    return [(port, rate, reverse) for port, rate, reverse in ((home.iperf_ports[0], bg.up, ""),
+                                                              (home.iperf_ports[1], bg.down, " -R"))
+            if rate is not None]
+
+
 def lan_nets(count: int) -> list[ipaddress.IPv4Network]:
     if count > MAX_HOMES:
         raise ValueError(f"{count} homes is more than the {MAX_HOMES} LANs of the address plan")

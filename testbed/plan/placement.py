@@ -13,8 +13,8 @@ Everything else is placed alone. Each unit's load is the client CPU it is expect
 leecher downloads it once and uploads about as much, a seeder uploads it), plus a small
 share per container; units go, heaviest first, to the worker whose load relative to its
 cores would be least after taking it (longest-processing-time-first: at most 4/3 of the
-best possible makespan). The tracker and the origins go to the first worker, the
-coordinator's, with the results directory. Written by hand: a few lines of a textbook
+best possible makespan). The tracker, the origins and the households' internet server go
+to the first worker, the coordinator's, with the results directory. Written by hand: a few lines of a textbook
 greedy, where a solver library would be a dependency for one loop.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def place(p: Plan, workers: list[Worker]) -> dict[str, str]:
         raise ValueError("placement needs at least one worker")
     first = workers[0].name
     weight = {h.name: load(h, p.content_bytes) for h in p.hosts}
-    pinned = {h.name for h in p.hosts if h.role == "tracker" or (h.role == "seeder" and not h.home)}
+    pinned = {h.name for h in p.hosts if h.role in ("tracker", "server") or (h.role == "seeder" and not h.home)}
     used = {w.name: 0.0 for w in workers}
     out: dict[str, str] = {}
     todo = []

@@ -10,10 +10,19 @@ so every worker's plan agrees on them (tests/test_shard.py checks it).
 Sites are what gets stretched: a site's switch exists on every worker that has a host on
 it, and its copies are joined by a VXLAN device each, with the site's VNI (`stretched`).
 Core links between sites are not duplicated (two copies of a link between two stretched
-sites would make a loop): all of them live on the first worker, the coordinator's, with the
-tracker and the origins, which therefore holds every site that a core link touches.
+sites would make a loop): each lives on one worker (`core_workers`). An ISP segment's
+aggregation link lives with the segment's hosts (placement keeps them on one worker), so that
+its shared queue, its meters and its congestion policy sit beside the subscribers they act
+on; every other core link lives on the first worker, the coordinator's, with the tracker, the
+origins and the internet server. A worker holds every site its core links touch.
 The control network is each worker's own, never stretched: each worker's testbed talks to
 its own clients.
+
+Households are whole on one worker (placement keeps a router with its members). A home's
+router counts its traffic with the tracker and the internet server by their addresses, which
+a shard's plan carries when those hosts live on another worker (`tracker_address`,
+`server_address`); the server's shard listens for every home's background traffic
+(`served_ports`), whichever worker the home is on.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import hashlib
 from dataclasses import replace
 
 from testbed.plan.build import Plan, run_tag
+from testbed.plan.homes import background_flows
 
 VNI_SITES = 15          # sites a run's VNIs can tell apart (4 bits of the 24, 0 left out)
 
@@ -40,17 +50,31 @@ def sites(p: Plan) -> list[str]:
     return [s.name for s in p.switches if s.name != "control" and s.name not in lans]
 
 
+def core_workers(p: Plan, placement: dict[str, str], first: str) -> dict[tuple[str, str], str]:
+    """(site, site) of each core link -> the worker it lives on: a segment's with the segment's
+    hosts (all on one worker, by placement), every other one on the first worker."""
+    segment_at: dict[str, str] = {}
+    for h in p.hosts:
+        if h.site in p.segment_sites and h.name in placement:
+            segment_at.setdefault(h.site, placement[h.name])
+    out = {}
+    for lk in p.links:
+        if lk.kind == "core":
+            at = {segment_at[n] for n in (lk.node1, lk.node2) if n in segment_at}
+            out[(lk.node1, lk.node2)] = at.pop() if len(at) == 1 else first
+    return out
+
+
 def present(p: Plan, placement: dict[str, str], first: str) -> dict[str, set[str]]:
-    """site -> the workers its switch exists on: those with a host on it, and the first worker
-    for every site a core link touches."""
+    """site -> the workers its switch exists on: those with a host on it, and the worker of
+    every core link that touches it."""
     out: dict[str, set[str]] = {s: set() for s in sites(p)}
     for h in p.hosts:
         if h.site in out and not h.shares_netns:
             out[h.site].add(placement[h.name])
-    for lk in p.links:
-        if lk.kind == "core":
-            out[lk.node1].add(first)
-            out[lk.node2].add(first)
+    for (a, b), w in core_workers(p, placement, first).items():
+        out[a].add(w)
+        out[b].add(w)
     return out
 
 
@@ -63,14 +87,7 @@ def vni(run_id: str, site_index: int) -> int:
 
 
 def not_splittable(p: Plan) -> str | None:
-    """Why this plan cannot be spread over workers yet, or None. Households (their routers
-    account and probe against the tracker and the internet server, which live on the first
-    worker) and segments' or households' policies (their rules act on a segment's
-    aggregation link and its subscribers at once) run on one machine only, for now."""
-    if p.homes:
-        return "households run on one machine only, for now (their routers need the tracker and the internet server beside them)"
-    if p.segment_policies or p.protocol_policies:
-        return "congestion and protocol policies run on one machine only, for now"
+    """Why this plan cannot be spread over workers, or None."""
     if len(sites(p)) > VNI_SITES:
         return f"a swarm spread over workers has at most {VNI_SITES} sites (it has {len(sites(p))})"
     return None
@@ -86,21 +103,32 @@ def stretched(p: Plan, placement: dict[str, str], first: str, run_id: str) -> di
 
 def restrict(p: Plan, placement: dict[str, str], worker: str, first: str) -> Plan:
     """The plan cut down to the hosts placed on `worker`: their access, control and LAN links,
-    the core links if it is the first worker, and the switches those need."""
+    the core links that live on it, the switches those need, and the policies of its segments
+    and its homes' routers."""
     missing = sorted(h.name for h in p.hosts if h.name not in placement)
     if missing:
         raise ValueError(f"placement has no worker for host(s) {', '.join(missing[:5])}")
     names = {h.name for h in p.hosts if placement[h.name] == worker}
+    cores = core_workers(p, placement, first)
     links = tuple(lk for lk in p.links
-                  if (lk.kind == "core" and worker == first) or (lk.kind != "core" and lk.node1 in names))
+                  if (lk.kind == "core" and cores[(lk.node1, lk.node2)] == worker)
+                  or (lk.kind != "core" and lk.node1 in names))
     needed = {"control"} | {lk.node2 for lk in links if lk.kind != "core"} \
         | {n for lk in links if lk.kind == "core" for n in (lk.node1, lk.node2)}
-    homes = tuple(h for h in p.homes if h.name in names)
+    mine = {frozenset((lk.node1, lk.node2)) for lk in links if lk.kind == "core"}
+    server = next((h for h in p.hosts if h.role == "server"), None)
+    served = tuple(port for home in p.homes if home.name not in names for port, _, _ in background_flows(home)) \
+        if server is not None and server.name in names else ()
     return replace(
         p, hosts=tuple(h for h in p.hosts if h.name in names),
         switches=tuple(s for s in p.switches if s.name in needed), links=links,
-        timeline=tuple(e for e in p.timeline if e.host in names), homes=homes,
-        segment_policies=tuple(sp for sp in p.segment_policies if sp.segment in needed),
-        protocol_policies=tuple(pp for pp in p.protocol_policies if set(pp.routers) <= names),
+        timeline=tuple(e for e in p.timeline if e.host in names),
+        homes=tuple(h for h in p.homes if h.name in names),
+        # a segment's policy acts on its aggregation link and its subscribers: both here
+        segment_policies=tuple(sp for sp in p.segment_policies if frozenset((sp.segment, sp.core)) in mine),
+        # a protocol policy acts in each router it names: those of this worker's homes
+        protocol_policies=tuple(replace(pp, routers=tuple(r for r in pp.routers if r in names))
+                                for pp in p.protocol_policies if set(pp.routers) & names),
         peer_t_min_s={k: v for k, v in p.peer_t_min_s.items() if k in names},
-        tracker_address=p.host("tracker").data_ip)
+        tracker_address=p.host("tracker").data_ip,
+        server_address=server.data_ip if server is not None else None, served_ports=served)

@@ -19,6 +19,8 @@ swarm:
   recomputed over all of them, and `workers`: each worker's shard, its clock offset and shift,
   and what went wrong with it (a worker lost: its peers are missing, and the swarm is
   not complete);
+- households.json: every shard's homes (each whole on one worker, with its `worker`), its
+  segments' shares (a segment is whole on one worker too) and its segment policies' records;
 - plan.json (the whole plan, each host's worker), manifest.json, experiment.yaml.
 
 The time origin: a shard's start, read on its own clock (its swarm_start event's time less
@@ -103,6 +105,7 @@ def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], s
             summaries[s.worker] = json.loads((s.run_dir / "summary.json").read_text())
     _merge_rows(out, shards, move)
     merge_tables(out, shards, move)
+    merge_homes(out, shards, [h["name"] for h in whole_plan.get("homes") or ()])
     peers = [_moved(p, move.get(w, 0.0), w) for w, sm in summaries.items() for p in sm.get("peers", [])]
     peers.sort(key=lambda p: [h["name"] for h in whole_plan["hosts"]].index(p["name"])
                if any(h["name"] == p["name"] for h in whole_plan["hosts"]) else 1 << 30)
@@ -147,7 +150,7 @@ def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], s
         "shaper": shapers[0] if len(shapers) == 1 else "/".join(shapers) or None,
         "container_deaths": [dict(d, worker=w) for w, sm in summaries.items() for d in sm.get("container_deaths", [])],
         "out_of_memory": sorted(h for sm in summaries.values() for h in sm.get("out_of_memory", [])),
-        "availability": None,
+        "availability": None, "homes": len(whole_plan.get("homes") or ()),
         "ended_by": next(iter(ends)) if len(ends := {sm.get("ended_by") for sm in summaries.values()}) == 1 else None,
         "workers": workers, "peers": peers}
     write_json(out / "summary.json", summary)
@@ -242,10 +245,24 @@ def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -
             w.writerow({"t": f"{t:.3f}", **total, "copies": None})
 
 
+def merge_homes(out: Path, shards: list[ShardResult], order: list[str]) -> None:
+    """households.json from every shard's: its homes in the plan's order, each with its worker."""
+    parts = [(s.worker, json.loads((s.run_dir / "households.json").read_text())) for s in shards
+             if s.run_dir and (s.run_dir / "households.json").exists()]
+    if not parts:
+        return
+    homes = [dict(h, worker=w) for w, part in parts for h in part.get("homes", [])]
+    homes.sort(key=lambda h: order.index(h["name"]) if h["name"] in order else len(order))
+    write_json(out / "households.json", {
+        "homes": homes, "segments": [dict(g, worker=w) for w, part in parts for g in part.get("segments", [])],
+        "segment_policies": [dict(p, worker=w) for w, part in parts for p in part.get("segment_policies", [])],
+        "note": parts[0][1].get("note")})
+
+
 def copy_common(out: Path, shards: list[ShardResult]) -> None:
-    """The experiment as written and its timeline: the same in every shard; the first's."""
+    """The experiment as written, its timeline and the torrent: the same in every shard; the first's."""
     for s in shards:
         if s.run_dir:
-            for name in ("experiment.yaml", "timeline.csv"):
+            for name in ("experiment.yaml", "timeline.csv", *(p.name for p in s.run_dir.glob("*.torrent"))):
                 if (s.run_dir / name).exists() and not (out / name).exists():
                     shutil.copyfile(s.run_dir / name, out / name)
