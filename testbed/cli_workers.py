@@ -77,13 +77,15 @@ def cmd_shard(args) -> int:
     import sys
 
     from testbed.cli_common import sigterm_as_interrupt
-    from testbed.workers.shard import ShardRun, ShardSpec, Sync
+    from testbed.workers.shard import Heartbeat, ShardRun, ShardSpec, Sync
     sync = Sync(Path(args.sync))
     status = "failed"
     try:
         from testbed.model import load_experiment
         exp = load_experiment(args.file)
         spec = ShardSpec.load(Path(args.spec))
+        if spec.coordinator:
+            sync.heartbeat = Heartbeat(spec.coordinator)
         from mininet.log import setLogLevel
         setLogLevel("warning")
         from testbed.run import run as run_experiment
@@ -96,6 +98,8 @@ def cmd_shard(args) -> int:
         status = result.status
         return 0 if result.ok else 1
     finally:
+        if sync.heartbeat is not None:
+            sync.heartbeat.close()
         sync.mark(f"ended {status}")
 
 

@@ -304,7 +304,7 @@ class Executor:
 
     def finished(self, t: float) -> str | None:
         if self.barrier is not None:
-            self.barrier.arrived("abort")       # a shard told to stop mid-swarm: RunError
+            self.barrier.check()        # a shard told to stop mid-swarm, or cut off: RunError
         if self.plan.end == "duration":
             return "duration" if t >= self.plan.horizon_s else None
         leechers = [h.name for h in self.plan.by_role("leecher")]

@@ -16,6 +16,12 @@ file that lets every shard go on:
     ended <status>  whenever it ends, failed or not
     `abort` (from the coordinator, at any time): the shard ends as failed
 
+A worker cut off from the coordinator cannot be told to end: Ansible only finds it
+unreachable. So a shard whose worker answered the coordinator's clock probes keeps asking
+its responder (workers/clock.py, kept up for the whole split) every HEARTBEAT_S; unanswered
+for LOST_S, the shard ends as failed and tears its swarm down, as the coordinator counts the
+worker lost, rather than running on to its own timeout.
+
 Files, not a protocol of our own: Ansible's wait_for and file modules are the whole
 coordinator side, and a test reads them.
 """
@@ -24,7 +30,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +41,13 @@ from pathlib import Path
 from testbed.errors import InputError, RunError
 from testbed.plan.build import WORKER_UNDERLAY, Plan
 from testbed.plan.shard import restrict, shard_run_id, stretched
-from testbed.workers import vxlan
+from testbed.workers import clock, vxlan
 
 POLL_S = 0.02
+HEARTBEAT_S = 2.0       # how often a shard asks whether the coordinator is there
+# unanswered this long (15 probes), the worker is cut off: longer than any pause the
+# coordinator's own load could cause, short beside a swarm's minutes
+LOST_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class ShardSpec:
     placement: dict[str, str]       # host -> worker
     underlays: dict[str, str]       # worker -> its tunnels' address
     underlay_mtu: int = 1550
+    coordinator: str | None = None  # its underlay address, if this worker answered its clock probes
 
     @property
     def shard_run_id(self) -> str:
@@ -53,7 +67,8 @@ class ShardSpec:
     def to_json(self) -> str:
         return json.dumps({"run_id": self.run_id, "worker": self.worker, "first": self.first,
                            "placement": self.placement, "underlays": self.underlays,
-                           "underlay_mtu": self.underlay_mtu}, indent=1, sort_keys=True)
+                           "underlay_mtu": self.underlay_mtu, "coordinator": self.coordinator},
+                          indent=1, sort_keys=True)
 
     @classmethod
     def load(cls, path: Path) -> ShardSpec:
@@ -61,10 +76,11 @@ class ShardSpec:
             d = json.loads(Path(path).read_text())
             spec = cls(str(d["run_id"]), str(d["worker"]), str(d["first"]),
                        {str(k): str(v) for k, v in d["placement"].items()},
-                       {str(k): str(v) for k, v in d["underlays"].items()}, int(d.get("underlay_mtu", 1550)))
+                       {str(k): str(v) for k, v in d["underlays"].items()}, int(d.get("underlay_mtu", 1550)),
+                       None if d.get("coordinator") is None else str(d["coordinator"]))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{path}: not a shard's spec ({exc.__class__.__name__}: {str(exc)[:80]})") from None
-        for w, a in spec.underlays.items():
+        for w, a in [*spec.underlays.items(), *([("coordinator", spec.coordinator)] if spec.coordinator else [])]:
             try:
                 ok = ipaddress.ip_address(a) in WORKER_UNDERLAY
             except ValueError:
@@ -117,13 +133,52 @@ def join(segments: list[tuple[vxlan.Segment, list[str]]], local: str, underlay_m
     return len(segs)
 
 
-class Sync:
-    """The shard's side of the sync directory."""
+class Heartbeat:
+    """Asks the coordinator's clock responder every HEARTBEAT_S, in a thread; `silent_s` is how
+    long since it last answered (since the start, before its first answer)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, address: str, port: int = clock.PORT):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.5)
+        self.to = (address, port)
+        self.last = time.monotonic()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.beat, name="tb-heartbeat", daemon=True)
+        self.thread.start()
+
+    def beat(self) -> None:
+        k = 0
+        while not self.stopping.is_set():
+            k += 1
+            try:
+                self.sock.sendto(struct.pack("!I", k), self.to)
+                end = time.monotonic() + 0.5
+                while time.monotonic() < end:       # an earlier probe's late answer is passed over
+                    data = self.sock.recv(64)
+                    if len(data) == 12 and struct.unpack("!I", data[:4])[0] == k:
+                        self.last = time.monotonic()
+                        break
+            except OSError:
+                pass                                # no route, no answer: silence
+            self.stopping.wait(HEARTBEAT_S)
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.last
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+class Sync:
+    """The shard's side of the sync directory, and of the coordinator's heartbeat."""
+
+    def __init__(self, directory: Path, heartbeat: Heartbeat | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.marked: set[str] = set()
+        self.heartbeat = heartbeat
 
     def mark(self, stage: str) -> None:
         """Writes the stage into `state` (replacing it whole: a reader never sees half a line)."""
@@ -134,10 +189,17 @@ class Sync:
         os.replace(tmp, self.dir / "state")
         self.marked.add(stage)
 
-    def arrived(self, name: str) -> bool:
-        """Whether the coordinator created `name`; RunError once it has created `abort`."""
+    def check(self) -> None:
+        """RunError once the coordinator has created `abort`, or has not answered for LOST_S."""
         if (self.dir / "abort").exists():
             raise RunError("the coordinator aborted the swarm (another worker failed, or it was interrupted)")
+        if self.heartbeat is not None and (silent := self.heartbeat.silent_s()) > LOST_S:
+            raise RunError(f"lost the coordinator: it has not answered for {silent:.0f} s "
+                           f"(this worker is cut off from it); the shard ends here")
+
+    def arrived(self, name: str) -> bool:
+        """Whether the coordinator created `name` (after `check`)."""
+        self.check()
         return (self.dir / name).exists()
 
     def wait(self, name: str, timeout: float) -> None:

@@ -11,7 +11,9 @@ The shards' run directories come back under <run>/shards/<worker>/ and are merge
 
 A worker that fails to bring its shard up stops the swarm before it starts. A worker lost
 once the swarm runs is reported by name in the summary (status failed); the others run on
-to their own end (their leechers done, or the timeout) and their results are kept.
+to their own end (their leechers done, or the timeout) and their results are kept. The lost
+worker's shard, no longer answered by the coordinator's clock responder, ends itself
+(workers/shard.py's heartbeat).
 """
 from __future__ import annotations
 
@@ -25,9 +27,19 @@ from testbed.results import write_json, write_plan
 
 READY_S = 600           # each step of bring-up on a worker (images start, seeders verify)
 END_S = 120             # a shard's teardown, once told to end
-# a shard's files kept in its own directory only (shards/<worker>/), not merged: the homes'
-# accounting (households are not spread over workers yet)
-NOT_MERGED = ["households.json"]
+# a shard's files kept in its own directory only (shards/<worker>/), not merged: its hosts'
+# own directories (clients' logs, captures, downloads' records)
+NOT_MERGED = ["hosts/"]
+
+
+def heartbeat_responder(address: str):
+    """The clock's responder, kept up while the shards run: their heartbeat asks it."""
+    from testbed.workers import clock
+    try:
+        return clock.Responder(address)
+    except OSError as exc:
+        raise RunError(f"clock: cannot answer the workers' heartbeat on {address}:{clock.PORT} here "
+                       f"({exc.strerror})") from None
 
 
 def split_run(experiment: Path, inventory: Path, results_root: Path,
@@ -75,10 +87,13 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
                                  offset_error_s=offsets[w].error if w in offsets else None) for w in names}
         underlays = {w.name: w.underlay for w in used}
         for w in names:
-            (Path(local) / f"spec-{w}.json").write_text(
-                ShardSpec(run_id, w, workers[0].name, placement, underlays).to_json())
+            # a worker that answered the clock probes keeps asking: its heartbeat (workers/shard.py)
+            (Path(local) / f"spec-{w}.json").write_text(ShardSpec(
+                run_id, w, workers[0].name, placement, underlays,
+                coordinator=str(coordinator) if w in offsets else None).to_json())
         common = {"testbed_job": job, "testbed_local": local, "testbed_file": experiment.name}
         r = end = None
+        responder = heartbeat_responder(str(coordinator)) if offsets else None
         try:
             # the shard's own limit: its experiment, its teardown, and its two waits for the others
             r = run_playbook("shard", inventory, {**common, "testbed_seconds": int(exp.timeout + MARGIN_S + 2 * READY_S),
@@ -87,8 +102,13 @@ def split_run(experiment: Path, inventory: Path, results_root: Path,
             # interrupted or not: every shard ended, what results came back merged, then the
             # interrupt (if any) goes on
             fetched = [w for w in names if (Path(local) / f"results-{w}.tgz").exists()]
-            end = run_playbook("shard-end", inventory, {**common, "testbed_end_seconds": END_S,
-                                                        "testbed_fetched": ",".join(fetched)}, say, workers_named=names)
+            try:
+                end = run_playbook("shard-end", inventory, {**common, "testbed_end_seconds": END_S,
+                                                            "testbed_fetched": ",".join(fetched)}, say,
+                                   workers_named=names)
+            finally:
+                if responder is not None:
+                    responder.close()
             for w in names:
                 outcome = r.workers.get(w) if r is not None else None
                 if outcome is not None and not outcome.good:
