@@ -23,6 +23,8 @@ results/<run_id>/
                     before anything starts
   swarm.csv         per second: peers online, seeds and leechers online, paused, offline,
                     crashed, gone, and the distributed copies among the peers online
+  pieces.csv        a shard's only (a swarm split over workers): per second, per piece, how
+                    many of its peers online hold it, for the merge's availability
   host.csv          per second: the machine's CPUs busy (share of all cores), iowait, the
                     testbed process's own CPU (one core = 1), memory available
   links.csv         each rate an access link was set to while the run went on (a trace's
@@ -56,6 +58,7 @@ POLICY_FIELDS = ["t", "segment", "host", "direction", "action", "user_share", "p
 PROBE_FIELDS = ["t", "home", "seq", "rtt_ms"]
 HOST_FIELDS = ["t", "cpu_busy", "cpu_iowait", "cpu_softirq", "testbed_cpu", "containers_cpu", "mem_available_bytes"]
 SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone", "copies"]
+PIECE_FIELDS = ["t", "online", "counts"]      # a shard's only: per piece, its peers online holding it
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -119,7 +122,12 @@ class RunDir:
                 f.flush()
 
     def row(self, table: str, row: dict) -> None:
-        """Append a row to meter.csv or links.csv (safe from several threads)."""
+        """Append a row to one of the tables (safe from several threads). pieces.csv, a
+        shard's only, is made at its first row."""
+        if table not in self._tables and table == "pieces":
+            with self._event_lock:
+                if table not in self._tables:
+                    self._tables[table] = self._table(table, PIECE_FIELDS)
         _, w, lock = self._tables[table]
         with lock:
             w.writerow(row)

@@ -261,3 +261,34 @@ def test_each_shard_s_homes_and_segments_are_merged_with_their_worker(tmp_path):
     assert homes["segments"] == [{"segment": "seg", "p2p_up": 2, "worker": "w2"}]
     assert homes["segment_policies"] == [{"segment": "seg", "actions": 2, "worker": "w2"}]
     assert homes["note"] == "IP bytes" and s["homes"] == 3
+
+
+def test_availability_adds_up_every_shard_s_pieces_at_one_tick(tmp_path):
+    """w1's peers hold pieces 0 and 1, w2's pieces 1 and 2 of three: neither shard has a full
+    copy, the swarm has one; then w1's peers leave and the full copy is lost."""
+    from testbed.results import PIECE_FIELDS, SWARM_FIELDS
+    s1 = shard(tmp_path, "w1", 1000.0, [peer("origin", "seeder", 0.0), peer("a", "leecher", 0.1, 20.0)])
+    s2 = shard(tmp_path, "w2", 1000.0, [peer("b", "leecher", 0.1, 22.0)])
+    row = lambda t, online: {"t": t, "online": online, "seeds_online": 0, "leechers_online": online,  # noqa: E731
+                             "paused": 0, "offline": 0, "crashed": 0, "gone": 0, "copies": ""}
+    table(s1 / "swarm.csv", SWARM_FIELDS, [row(1.0, 2), row(2.0, 2), row(3.0, 0)])
+    table(s1 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "online": 2, "counts": "1 1 0"},
+                                            {"t": 2.0, "online": 2, "counts": "2 1 0"},
+                                            {"t": 3.0, "online": 0, "counts": ""}])
+    table(s2 / "swarm.csv", SWARM_FIELDS, [row(1.0, 1), row(2.0, 1), row(3.0, 1)])
+    table(s2 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "online": 1, "counts": "0 1 1"},
+                                            {"t": 2.0, "online": 1, "counts": "0 1 1"},
+                                            {"t": 3.0, "online": 1, "counts": "0 1 1"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
+              [ShardResult("w1", s1), ShardResult("w2", s2)])
+    copies = [(r["t"], r["copies"]) for r in csv.DictReader((out / "swarm.csv").open())]
+    # [1 2 1]: one copy and a third; [2 2 1]: one and two thirds; [0 1 1]: none, two thirds
+    assert copies == [("1.000", "1.3333"), ("2.000", "1.6667"), ("3.000", "0.6667")]
+    assert s["availability"] == {"min_copies": 0.6667, "last_full_copy_lost_s": 3.0, "full_copy_back_s": None}
+    # a shard whose row has no pieces row (killed between the two) makes that tick unknown
+    table(s2 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "online": 1, "counts": "0 1 1"}])
+    merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
+          [ShardResult("w1", s1), ShardResult("w2", s2)])
+    assert [r["copies"] for r in csv.DictReader((out / "swarm.csv").open())] == ["1.3333", "", ""]

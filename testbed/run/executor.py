@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from testbed import availability
 from testbed.errors import RunError
 from testbed.plan import Event, Plan
 from testbed.run.policies import Policies
@@ -267,6 +268,11 @@ class Executor:
         copies = self.distributed_copies()
         if copies is not None:
             self.copies.append((t, copies))
+        if self.barrier is not None:
+            # a shard sees only its own peers: its per-piece counts, for the merge to add up
+            per_piece = self.piece_counts()
+            self.rd.row("pieces", {"t": round(t, 3), "online": counts["online"],
+                                   "counts": "" if per_piece is None else " ".join(map(str, per_piece))})
         self.rd.row("swarm", {"t": round(t, 3), **counts, "seeds_online": seeds,
                               "leechers_online": counts["online"] - seeds,
                               "copies": None if copies is None else round(copies, 4)})
@@ -277,30 +283,22 @@ class Executor:
                    "total": len(leechers), "online": counts["online"], "rate_down_Bps": rate,
                    "t_min_s": self.plan.t_min_s})
 
-    def distributed_copies(self) -> float | None:
-        """The swarm's availability among the peers online, from their clients' own piece
-        maps: the number of full copies (the count of the rarest piece) plus the share of
-        pieces held more often than that, as clients define 'distributed copies'."""
+    def piece_counts(self) -> list[int] | None:
+        """Per piece, how many peers online hold it, from their clients' own piece maps (None:
+        no peer online has reported one)."""
         maps = [self.sampler.seen.pieces.get(n) for n, p in self.peers.items() if p.state == "online"]
         maps = [m for m in maps if m]
-        if not maps:
+        return availability.counts(maps) if maps else None
+
+    def distributed_copies(self) -> float | None:
+        """The swarm's availability among the peers online (availability.copies)."""
+        per_piece = self.piece_counts()
+        if per_piece is None:
             return 0.0 if not any(p.state == "online" for p in self.peers.values()) else None
-        counts = [sum(col) for col in zip(*maps)]
-        rarest = min(counts)
-        return rarest + sum(1 for c in counts if c > rarest) / len(counts)
+        return availability.copies(per_piece)
 
     def availability(self) -> dict:
-        """The least availability seen, and when the swarm lost its last full copy (the rarest
-        piece held by no peer online), if it did, and got one back."""
-        lost = back = None
-        for (t0, c0), (t1, c1) in zip(self.copies, self.copies[1:]):
-            if lost is None and c0 >= 1 and c1 < 1:
-                lost = t1
-            elif lost is not None and back is None and c1 >= 1:
-                back = t1
-        return {"min_copies": round(min((c for _, c in self.copies), default=0.0), 4),
-                "last_full_copy_lost_s": None if lost is None else round(lost, 3),
-                "full_copy_back_s": None if back is None else round(back, 3)}
+        return availability.summarize(self.copies)
 
     def finished(self, t: float) -> str | None:
         if self.barrier is not None:

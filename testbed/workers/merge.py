@@ -12,9 +12,10 @@ swarm:
   that ran it; host.csv has one row per worker per tick: each machine's own load);
 - swarm.csv: the whole swarm's population, each shard's counts added up a tick apart from
   the first shard's first row to the last one's last (a shard's row taken is its latest one
-  at most half a tick later, and it counts until a tick past its last). `copies`
-  is left empty: the file's availability needs every peer's pieces at one instant, and each
-  shard counted only its own hosts' (kept per worker in `workers`);
+  at most half a tick later, and it counts until a tick past its last); `copies`, the
+  file's availability, from every counting shard's per-piece counts at that row
+  (pieces.csv, a shard's own) added up piece by piece, and the summary's `availability`
+  from those;
 - summary.json: every peer, its times moved likewise, the swarm's counts and completion
   recomputed over all of them, and `workers`: each worker's shard, its clock offset and shift,
   and what went wrong with it (a worker lost: its peers are missing, and the swarm is
@@ -36,6 +37,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed import availability
 from testbed.results import (HOST_FIELDS, LINK_FIELDS, METER_FIELDS, POLICY_FIELDS, PROBE_FIELDS, SAMPLE_FIELDS,
                              SWARM_FIELDS, read_events, write_json)
 
@@ -104,7 +106,7 @@ def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], s
         if s.run_dir and (s.run_dir / "summary.json").exists():
             summaries[s.worker] = json.loads((s.run_dir / "summary.json").read_text())
     _merge_rows(out, shards, move)
-    merge_tables(out, shards, move)
+    series = merge_tables(out, shards, move)
     merge_homes(out, shards, [h["name"] for h in whole_plan.get("homes") or ()])
     peers = [_moved(p, move.get(w, 0.0), w) for w, sm in summaries.items() for p in sm.get("peers", [])]
     peers.sort(key=lambda p: [h["name"] for h in whole_plan["hosts"]].index(p["name"])
@@ -150,7 +152,7 @@ def merge(out: Path, run_id: str, whole_plan: dict, placement: dict[str, str], s
         "shaper": shapers[0] if len(shapers) == 1 else "/".join(shapers) or None,
         "container_deaths": [dict(d, worker=w) for w, sm in summaries.items() for d in sm.get("container_deaths", [])],
         "out_of_memory": sorted(h for sm in summaries.values() for h in sm.get("out_of_memory", [])),
-        "availability": None, "homes": len(whole_plan.get("homes") or ()),
+        "availability": availability.summarize(series) if series else None, "homes": len(whole_plan.get("homes") or ()),
         "ended_by": next(iter(ends)) if len(ends := {sm.get("ended_by") for sm in summaries.values()}) == 1 else None,
         "workers": workers, "peers": peers}
     write_json(out / "summary.json", summary)
@@ -207,8 +209,9 @@ def _rows(s: ShardResult, name: str, move: dict[str, float]) -> list[dict]:
     return [r for r in rows if r.get("t") not in (None, "")]
 
 
-def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -> None:
-    """The per-tick tables of every shard, as the module's docstring says."""
+def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -> list[tuple[float, float]]:
+    """The per-tick tables of every shard, as the module's docstring says; returns the whole
+    swarm's (t, distributed copies)."""
     for name, fields in TABLES.items():
         rows = [dict(r, worker=s.worker) for s in shards for r in _rows(s, name, move)]
         if not rows and not any(s.run_dir and (s.run_dir / name).exists() for s in shards):
@@ -218,22 +221,23 @@ def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -
             w = csv.DictWriter(f, [*fields, "worker"], extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
-    per_shard = [rows for s in shards if (rows := _rows(s, "swarm.csv", move))]
+    per_shard = [(rows, _pieces(s, move)) for s in shards if (rows := _rows(s, "swarm.csv", move))]
     if not per_shard:
-        return
-    times = [[float(r["t"]) for r in rows] for rows in per_shard]
+        return []
+    times = [[float(r["t"]) for r in rows] for rows, _ in per_shard]
     # the merged ticks: from the earliest shard's first row to the latest one's last, a tick
     # apart (the median gap between a shard's rows: the sampling interval; 1 s with no gap)
     gaps = sorted(b - a for ts in times for a, b in zip(ts, ts[1:]) if b > a)
     tick = gaps[len(gaps) // 2] if gaps else 1.0
     first, last = min(ts[0] for ts in times), max(ts[-1] for ts in times)
+    series = []
     with (out / "swarm.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, SWARM_FIELDS, extrasaction="ignore")
         w.writeheader()
         at = [0] * len(per_shard)
         for k_tick in range(int((last - first) / tick + 0.5) + 1):
-            t, total = first + k_tick * tick, dict.fromkeys(COUNTS, 0)
-            for k, rows in enumerate(per_shard):
+            t, total, held = first + k_tick * tick, dict.fromkeys(COUNTS, 0), []
+            for k, (rows, pieces) in enumerate(per_shard):
                 ts = times[k]
                 while at[k] + 1 < len(rows) and ts[at[k] + 1] <= t + tick / 2:
                     at[k] += 1
@@ -242,7 +246,32 @@ def merge_tables(out: Path, shards: list[ShardResult], move: dict[str, float]) -
                 if ts[at[k]] <= t + tick / 2 and t <= ts[-1] + tick:
                     for c in COUNTS:
                         total[c] += int(float(rows[at[k]].get(c) or 0))
-            w.writerow({"t": f"{t:.3f}", **total, "copies": None})
+                    held.append(pieces.get(rows[at[k]]["t"], False) if pieces is not None else False)
+            copies = _copies(held, total["online"])
+            if copies is not None:
+                series.append((t, copies))
+            w.writerow({"t": f"{t:.3f}", **total, "copies": None if copies is None else round(copies, 4)})
+    return series
+
+
+def _pieces(s: ShardResult, move: dict[str, float]) -> dict[str, list[int] | None] | None:
+    """A shard's per-piece counts by its rows' (moved) times (None for a row whose peers had no
+    piece map); None if it wrote none (a shard of an older testbed): then the merged
+    availability is not known."""
+    if not s.run_dir or not (s.run_dir / "pieces.csv").exists():
+        return None
+    return {r["t"]: [int(c) for c in r["counts"].split()] or None for r in _rows(s, "pieces.csv", move)}
+
+
+def _copies(held: list, online: int) -> float | None:
+    """The whole swarm's distributed copies at one tick from each counting shard's per-piece
+    counts (None: the shard's peers online had no piece map; False: the shard recorded none)."""
+    if any(h is False for h in held):
+        return None
+    maps = [h for h in held if h]
+    if not maps:
+        return 0.0 if online == 0 else None
+    return availability.copies([sum(col) for col in zip(*maps)])
 
 
 def merge_homes(out: Path, shards: list[ShardResult], order: list[str]) -> None:

@@ -86,6 +86,10 @@ def test_a_swarm_split_over_two_workers_completes_as_on_one(two_workers, tmp_pat
                for n, w in where.items() if w == "w2")
     peak = lambda d: max(int(r["online"]) for r in csv.DictReader((d / "swarm.csv").open()))  # noqa: E731
     assert peak(run_dir) == peak(next((tmp_path / "one").iterdir())) == 7
+    # the file's availability from both shards' clients' own piece maps, added up piece by
+    # piece: more copies than either worker's peers could hold alone (w1 has 3, w2 4)
+    copies = [float(r["copies"]) for r in csv.DictReader((run_dir / "swarm.csv").open()) if r["copies"]]
+    assert copies and max(copies) > 4.5 and two["availability"]["min_copies"] >= 1, (copies, two["availability"])
     # the merged directory is a run directory as the analysis knows it
     rep = cli("report", str(run_dir), timeout=120)
     assert rep.returncode == 0 and "worker" in rep.stdout and "6/6 leechers completed" in rep.stdout, rep.stderr
