@@ -213,8 +213,8 @@ class DelayElement:
     also exits by itself if the orchestrator dies (parent-death signal) or every host of the
     run is gone, so it can never outlive the run's namespaces."""
 
-    def __init__(self, plan_: Plan, pids: dict[str, int], workdir: Path, seed: int):
-        self.tables = path_impairments(plan_)
+    def __init__(self, plan_: Plan, pids: dict[str, int], workdir: Path, seed: int, whole: Plan | None = None):
+        self.tables = path_impairments(plan_, whole)     # whole: a shard's swarm (shaping.py)
         self.pids = pids
         self.config = workdir / "delayer.json"
         self.stats = workdir / "delayer-stats.json"

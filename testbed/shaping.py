@@ -153,20 +153,23 @@ def _params(stages: list[Shaping | None]) -> dict:
             "loss": 1 - keep}
 
 
-def path_impairments(plan: Plan) -> dict[str, dict]:
+def path_impairments(plan: Plan, whole: Plan | None = None) -> dict[str, dict]:
     """For the userspace element: per receiving host, what its own download direction adds,
     and what each sender's path adds before it (its upload, then the core links between
     their sites), keyed by the sender's data address. Hosts that receive nothing impaired
-    are left out (they need no element)."""
-    core = core_paths(plan)
+    are left out (they need no element). `whole`: for a shard of a swarm split over workers
+    (`plan` its own hosts), the whole plan, whose senders and core links on other workers
+    impair the paths into this one's receivers just the same."""
+    core = core_paths(whole or plan)
     out = {}
     # Behind a home router, packets arrive through the router, which applies the path's
     # impairments on its WAN side; the LAN adds none. Clients behind NAT are neither
     # receivers nor senders here (their packets carry the router's address).
     wan = [h for h in plan.hosts if not h.behind_nat]
+    senders = [h for h in (whole or plan).hosts if not h.behind_nat]
     for h in wan:
         from_ = {}
-        for s in wan:
+        for s in senders:
             if s.name == h.name:
                 continue
             p = _params([s.up, *core.get((s.site, h.site), [])])

@@ -115,7 +115,7 @@ def homes_split():
     routers = {h.name for h in whole.hosts if h.site == "isp1"}
     seg = routers | {h.name for h in whole.hosts if h.home in routers}
     assert seg == {"seg1", "seg2", "s1", "s2"}, seg
-    at = {h.name: "w2" if h.name in seg or h.name in ("far", "f1") else "w1" for h in whole.hosts}
+    at = {h.name: "w2" if h.name in seg else "w1" for h in whole.hosts}      # the far home with the server
     return whole, at, {w: restrict(whole, at, w, "w1") for w in ("w1", "w2")}
 
 
@@ -142,13 +142,12 @@ def test_a_shard_s_homes_reach_the_tracker_and_server_on_the_first_worker_by_add
     w1, w2 = shards["w1"], shards["w2"]
     assert w2.server_ip == server.data_ip and w2.tracker_ip == whole.host("tracker").data_ip
     assert not any(h.role in ("server", "tracker") for h in w2.hosts)
-    # the server's shard listens for the other worker's homes' background: seg1 and seg2 up,
-    # far up and down
-    ports = sorted(p for home in whole.homes for p, rate in zip(home.iperf_ports,
-                                                                 (home.background.up, home.background.down))
-                   if rate is not None)
-    assert sorted(w1.served_ports) == ports and len(ports) == 4
-    assert w2.served_ports == ()
+    # the server's shard listens for the other worker's homes' background (seg1 and seg2: up
+    # only); the far home, beside it, is served as any home of its own shard
+    ports = sorted(p for home in whole.homes if home.name != "far"
+                   for p, rate in zip(home.iperf_ports, (home.background.up, home.background.down)) if rate is not None)
+    assert sorted(w1.served_ports) == ports and len(ports) == 2
+    assert [h.name for h in w1.homes] == ["far"] and w2.served_ports == ()
 
 
 def test_a_host_without_a_worker_is_refused():
@@ -169,3 +168,25 @@ def test_the_first_worker_keeps_the_core_links_and_their_sites_even_without_host
     assert {lk.kind for lk in shard1.links} >= {"core"} and "core" not in {lk.kind for lk in shard2.links}
     assert far <= {sw.name for sw in shard1.switches}
     assert set(stretched(whole, at, "w1", RUN)) == far
+
+
+@pytest.mark.parametrize("name", ["metered-lte.yaml", "lte-trace.yaml", "households/one-pc.yaml"])
+def test_a_shard_s_receivers_get_the_same_path_impairments_as_in_the_whole_swarm(name):
+    """The userspace element of each shard impairs the paths into its receivers as one
+    machine would: the senders and core links on the other worker count too."""
+    from testbed.shaping import path_impairments
+    whole = plan(load_experiment(ROOT / "experiments" / name), RUN)
+    at = place(whole, TWO)
+    full = path_impairments(whole)
+    assert any(t["from"] for t in full.values()), "the experiment has impaired paths"
+    crossed = False
+    for w in ("w1", "w2"):
+        shard = restrict(whole, at, w, "w1")
+        mine = path_impairments(shard, whole)
+        assert mine == {n: t for n, t in full.items() if at[n] == w}
+        # without the whole plan, the paths from the other worker's senders would be lost
+        remote = {h.data_ip for h in whole.hosts if at[h.name] != w}
+        if any(set(t["from"]) & remote for t in mine.values()):
+            crossed = True
+            assert path_impairments(shard) != mine
+    assert crossed or name == "households/one-pc.yaml"      # one PC's home and peers share a worker

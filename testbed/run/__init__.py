@@ -119,6 +119,8 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
     if cpu_warning:
         emit(rd.event("warning", message=cpu_warning))
     sw = Swarm(p, rd, emit, docker_client, imgs, keep_data, shaper)
+    if shard is not None:
+        sw.whole = whole
     ex: Executor | None = None
     status, error, sha_ok, wire, t_end, cpu, carriers = "failed", None, {}, {}, None, None, {}
     try:

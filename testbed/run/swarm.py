@@ -73,6 +73,7 @@ class Swarm:
         self.content_sha = ""
         self.infohash = ""
         self.homes = None                         # households.Households, once the network exists
+        self.whole: Plan | None = None            # a shard's: the swarm it is part of (its senders' paths)
         self.managers: list = []                  # segments.CongestionManager per segment policy
         self.announced_seeders: int | None = None  # a shard's: every worker's seeders
 
@@ -123,7 +124,8 @@ class Swarm:
             self.emit(self.rd.event("captures", hosts={h: list(p) for h, p in sorted(points.items())}))
 
     def start_delay_element(self, network, pids: dict[str, int]) -> None:
-        self.element = network.DelayElement(self.plan, pids, self.rd.path, self.plan.seeds["impairments"])
+        self.element = network.DelayElement(self.plan, pids, self.rd.path, self.plan.seeds["impairments"],
+                                            whole=self.whole)
         self.element.start()
         if not self.element.hosts:
             return
