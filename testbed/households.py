@@ -321,8 +321,9 @@ class Households:
                 # as one burst every few seconds at home rates, not as a steady load
                 cmd = (f"iperf3 -c {address} -p {port}{reverse} -b {int(rate)} -l {max(1024, int(rate / 800))} "
                        f"{on} -i 1 --forceflush --timestamps")
-                # until the server answers (on another worker, it starts at the same moment)
-                loop = f"while :; do {cmd}; sleep {bg.off:g}; done" if bg.on else f"until {cmd}; do sleep 0.5; done"
+                # first until the server answers (on another worker, it starts at the same moment)
+                first = f"until {cmd}; do sleep 0.5; done"
+                loop = f"{first}; while sleep {bg.off:g}; do {cmd}; done" if bg.on else first
                 r.exec(["sh", "-c", f"sleep 0.5; {loop} >>{r.container_dir}/log/background-{port}.txt 2>&1"],
                        detach=True)
         self.emit(self.rd.event("household_traffic", probes=sum(1 for h in self.plan.homes if h.probe_s),

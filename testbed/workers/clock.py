@@ -80,6 +80,9 @@ class Responder:
         import time
         self._time = time.time
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # two splits (or a split and a check) on one coordinator: each may answer any probe,
+        # since both read this machine's one clock
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.sock.bind((address, port))
         self.sock.settimeout(0.2)
         self._stop = threading.Event()
@@ -93,7 +96,10 @@ class Responder:
             except OSError:
                 continue
             if len(data) == 4:
-                self.sock.sendto(data + PROBE.pack(self._time()), peer)
+                try:
+                    self.sock.sendto(data + PROBE.pack(self._time()), peer)
+                except OSError:
+                    pass        # one answer lost (no route just now, a full buffer): not the responder
 
     def close(self) -> None:
         self._stop.set()

@@ -28,8 +28,8 @@ from testbed.results import write_json, write_plan
 READY_S = 600           # each step of bring-up on a worker (images start, seeders verify)
 END_S = 120             # a shard's teardown, once told to end
 # a shard's files kept in its own directory only (shards/<worker>/), not merged: its hosts'
-# own directories (clients' logs, captures, downloads' records)
-NOT_MERGED = ["hosts/"]
+# own directories (clients' logs, captures, downloads' records), its delay element's counters
+NOT_MERGED = ["hosts/", "delayer-stats.json"]
 
 
 def heartbeat_responder(address: str):
