@@ -451,36 +451,43 @@ def test_a_non_connectable_peer_never_accepts_a_connection(runs):
 # seeder had at most 2 (the slot and the optimistic unchoke) in every second of 6 runs (3 of
 # them beside a busy loop on one core), the other clients as before.
 SLOTS_LEECHERS = ("rtorrent", "libtorrent")
+ALLOWED_FAST = 5        # pieces a peer may take whatever its choke (BEP 6; libtorrent's allowed_fast_set_size)
 
 
 def test_upload_slots_are_obeyed(runs):
     """One slot, and one optimistic unchoke on top: over the seeder's active period the median
     number of peers that carry a block up in a second, when any does, is at most 1 + 1; and
-    while it seeds and leechers still want blocks (from its first upload to the last leecher's
-    completion), at most 10 % of its samples see more than 1 + 1 such peers (BEP 6
-    allowed-fast pieces, which a seeder serves whatever its slots, make the first one or two
-    seconds exceed it).
-    Expected false failures: below 0.5 % a run. In 16 runs the libtorrent clients and rtorrent
-    had 0-2 such samples of 30-40 (a run fails at 4), all in their first 3 s; with the
-    leechers of SLOTS_LEECHERS transmission had none in 6 runs (2 in most seconds)."""
+    once its allowed-fast pieces are served (BEP 6: each leecher may take ALLOWED_FAST pieces
+    whatever the seeder's slots; at most that many pieces each at the seeder's line rate from
+    its first upload: 6 x 5 x 32 KiB at 2 Mbit/s, 3.9 s), until the last leecher completes,
+    at most 10 % of its samples see more than 1 + 1 such peers.
+    Expected false failures: below 0.5 % a run. In 17 runs the libtorrent clients and rtorrent
+    had 0-4 such samples of 30-40, every one within the allowed-fast phase (deluge's 4, its
+    first 4 s, failed CI on 2026-11-27 when the whole period was judged), none after it;
+    with the leechers of SLOTS_LEECHERS transmission had none in 6 runs (2 in most seconds)."""
     r = runs["upload_slots"]
     assert r.summary["status"] == "complete", r.summary["error"]
     leechers = [p for p in r.summary["peers"] if p["role"] == "leecher"]
     assert {p["client"] for p in leechers} == set(SLOTS_LEECHERS)
     demand_until = max(p["completed_at_s"] for p in leechers)
+    plan = json.loads((r.dir / "plan.json").read_text())
+    seeder_up = {h["name"]: h["up"]["rate_bps"] for h in plan["hosts"] if h["role"] == "seeder"}
+    fast_bytes = len(leechers) * ALLOWED_FAST * plan["piece_bytes"]
 
-    def uploading(name):
+    def uploading(name, after=0.0):
         rows = [row for row in r.rows[name] if row["t"] <= demand_until]
         first = next(row["t"] for row in rows if row["tcp_uploading"] + row["utp_uploading"] > 0)
-        return [row["tcp_uploading"] + row["utp_uploading"] for row in rows if row["t"] >= first]
+        return [row["tcp_uploading"] + row["utp_uploading"] for row in rows if row["t"] >= first + after]
 
     for c in DRIVERS:
         if "upload_slots" in DRIVERS[c].unsupported:
             continue
-        col = uploading("slot" + SHORT[c])
+        name = "slot" + SHORT[c]
+        col = uploading(name)
         assert statistics.median([v for v in col if v]) <= 1 + 1, (c, col)
-        assert len(col) >= 5, (c, "the leechers completed too early to judge the seeder")
-        assert sum(v > 1 + 1 for v in col) <= 0.10 * len(col), (c, col)
+        after = uploading(name, fast_bytes * 8 / seeder_up[name])
+        assert len(after) >= 5, (c, "the leechers completed too early to judge the seeder")
+        assert sum(v > 1 + 1 for v in after) <= 0.10 * len(after), (c, col)
     assert max(uploading("ctltr")) >= 3                     # the default lets more peers in at once
 
 
