@@ -5,6 +5,9 @@
 #                          experiments/quickstart.yaml and print its report
 #   sudo ./setup.sh test   install what is missing, build the images, run the test suite
 #                          (extra arguments go to pytest)
+#   sudo ./setup.sh worker install what is missing, no images: a worker of several machines
+#                          (`testbed workers prepare` runs it there; its images come from
+#                          the coordinator)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -51,7 +54,8 @@ if [ -n "$missing" ]; then
 fi
 #    Debian ships chromium as a package; Ubuntu only as a snap. Where apt has no chromium,
 #    everything but the test that opens report.html in a browser works: say so, go on.
-if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+#    (A worker has no use for it.)
+if [ "$mode" != worker ] && ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
   { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 ||
     { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; } ||
     echo "setup.sh: apt has no chromium here; the HTML report's browser test will fail (reports still work)" >&2
@@ -90,6 +94,11 @@ if [ ! -e "$stamp" ]; then
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 
+if [ "$mode" = worker ]; then
+  say "ready: $(.venv/bin/testbed --version 2>&1)"
+  exit 0
+fi
+
 # 5. Container images (skipped when up to date).
 .venv/bin/testbed images build
 
@@ -100,5 +109,5 @@ case "$mode" in
   test)
     say "running the test suite"
     exec .venv/bin/python -m pytest "$@" ;;
-  *) echo "usage: $0 [test [pytest args]]" >&2; exit 2 ;;
+  *) echo "usage: $0 [test [pytest args] | worker]" >&2; exit 2 ;;
 esac

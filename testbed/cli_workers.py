@@ -59,6 +59,25 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    """Every worker set up by the testbed's own setup.sh (copied there if it has none): 0, or
+    1 naming each worker and task that failed."""
+    from testbed.workers.prepare import prepare
+    inventory = Path(args.inventory)
+    result = prepare(inventory, progress=lambda line: err.print(f"  {line}", markup=False, highlight=False))
+    problems = list(result.problems)
+    for name, o in sorted(result.workers.items()):
+        if o.good:
+            steps = [s.split("==> ", 1)[-1] for s in o.report.get("steps", []) if "==>" in s]
+            how = "copied and set up" if str(o.report.get("copied")) == "True" else "set up"
+            console.print(f"{name}: {how} in {o.report.get('project')}: " + "; ".join(steps), highlight=False)
+        elif o.problem() not in problems:
+            problems.append(o.problem())
+    if problems:
+        raise RunError("; ".join(problems))
+    return 0
+
+
 def cmd_run(args) -> int:
     """An experiment run whole on one worker; its results come back as if run here."""
     from testbed.workers.remote import run_on_worker
@@ -151,6 +170,9 @@ def add_parsers(sub) -> None:
     b.add_argument("--clock", metavar="ADDRESS", help="also measure each worker's clock offset against a responder on "
                    "this machine's underlay ADDRESS (default: the inventory's testbed_coordinator, if set)")
     b.set_defaults(func=cmd_check)
+    b = wsub.add_parser("prepare", help="set each worker up (packages, dockerd, sysctls, the testbed) with setup.sh")
+    b.add_argument("inventory", help="an inventory in Ansible's format (its group `workers`)")
+    b.set_defaults(func=cmd_prepare)
     b = wsub.add_parser("run", help="run an experiment whole on one worker; its results come back here")
     b.add_argument("file")
     b.add_argument("--inventory", required=True, help="an inventory in Ansible's format (its group `workers`)")

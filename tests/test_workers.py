@@ -170,3 +170,19 @@ def test_the_clock_responder_address_must_be_on_the_underlay(address):
     from testbed.workers.ansible import clock_offsets
     with pytest.raises(InputError, match="--clock"):
         clock_offsets(Path("inventory.yaml"), address)
+
+
+def test_a_worker_without_the_testbed_gets_this_machine_s_source(tmp_path):
+    """`workers prepare` sends the project to set up there: its source and setup.sh, not its
+    virtual environment, results, tests or anything hidden."""
+    import tarfile
+
+    from testbed.workers.prepare import pack_source
+    top = pack_source(tmp_path / "src.tgz")
+    assert {"setup.sh", "pyproject.toml", "testbed", "images", "topologies", "experiments"} <= set(top), top
+    assert not {".venv", ".git", "results", "tests", "benchmarks"} & set(top), top
+    with tarfile.open(tmp_path / "src.tgz") as tar:
+        names = tar.getnames()
+    assert "./testbed/workers/playbooks/prepare.yml" in names and "./setup.sh" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") or ".egg-info" in n for n in names)
+    assert (tmp_path / "src.tgz").stat().st_size < 8 * 2 ** 20

@@ -180,3 +180,19 @@ def test_a_bad_experiment_never_reaches_a_worker(tmp_path):
     assert r.returncode == 2 and "size" in r.stderr and "unreachable" not in r.stderr
     r = cli("workers", "run", str(exp.with_name("none.yaml")), "--inventory", str(inv))
     assert r.returncode == 2
+
+
+def test_prepare_sets_each_worker_up_with_the_testbed_s_own_setup(two_workers):
+    """`workers prepare`: on each worker (its own namespace, over SSH), the testbed found
+    where the inventory says and its setup.sh run there in worker mode, which ends by running
+    the installed testbed. Nothing is missing on this machine, so nothing is installed (and
+    nothing reaches a package mirror); the copy of the source for a worker without the
+    testbed is tests/test_workers.py's."""
+    import sys
+    r = cli("workers", "prepare", str(two_workers.inventory_path()), timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    project = Path(sys.executable).parents[2]          # .venv/bin/python: the project beside its .venv
+    for w in ("w1", "w2"):
+        line = " ".join(r.stdout.split(f"{w}: ", 1)[1].split())
+        assert line.startswith(f"set up in {project}") and "ready: testbed " in line, r.stdout
+        assert "installing" not in line
