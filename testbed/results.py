@@ -58,7 +58,7 @@ POLICY_FIELDS = ["t", "segment", "host", "direction", "action", "user_share", "p
 PROBE_FIELDS = ["t", "home", "seq", "rtt_ms"]
 HOST_FIELDS = ["t", "cpu_busy", "cpu_iowait", "cpu_softirq", "testbed_cpu", "containers_cpu", "mem_available_bytes"]
 SWARM_FIELDS = ["t", "online", "seeds_online", "leechers_online", "paused", "offline", "crashed", "gone", "copies"]
-PIECE_FIELDS = ["t", "online", "counts"]      # a shard's only: per piece, its peers online holding it
+PIECE_FIELDS = ["t", "counts"]      # a shard's only: per piece, how many of its peers online hold it
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -121,13 +121,12 @@ class RunDir:
             with lock:
                 f.flush()
 
+    def add_table(self, name: str, fields: list[str]) -> None:
+        """A table only some runs write (pieces.csv: a shard's), made before its first row."""
+        self._tables[name] = self._table(name, fields)
+
     def row(self, table: str, row: dict) -> None:
-        """Append a row to one of the tables (safe from several threads). pieces.csv, a
-        shard's only, is made at its first row."""
-        if table not in self._tables and table == "pieces":
-            with self._event_lock:
-                if table not in self._tables:
-                    self._tables[table] = self._table(table, PIECE_FIELDS)
+        """Append a row to one of the tables (safe from several threads)."""
         _, w, lock = self._tables[table]
         with lock:
             w.writerow(row)

@@ -272,13 +272,13 @@ def test_availability_adds_up_every_shard_s_pieces_at_one_tick(tmp_path):
     row = lambda t, online: {"t": t, "online": online, "seeds_online": 0, "leechers_online": online,  # noqa: E731
                              "paused": 0, "offline": 0, "crashed": 0, "gone": 0, "copies": ""}
     table(s1 / "swarm.csv", SWARM_FIELDS, [row(1.0, 2), row(2.0, 2), row(3.0, 0)])
-    table(s1 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "online": 2, "counts": "1 1 0"},
-                                            {"t": 2.0, "online": 2, "counts": "2 1 0"},
-                                            {"t": 3.0, "online": 0, "counts": ""}])
+    table(s1 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "counts": "1 1 0"},
+                                            {"t": 2.0, "counts": "2 1 0"},
+                                            {"t": 3.0, "counts": ""}])
     table(s2 / "swarm.csv", SWARM_FIELDS, [row(1.0, 1), row(2.0, 1), row(3.0, 1)])
-    table(s2 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "online": 1, "counts": "0 1 1"},
-                                            {"t": 2.0, "online": 1, "counts": "0 1 1"},
-                                            {"t": 3.0, "online": 1, "counts": "0 1 1"}])
+    table(s2 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "counts": "0 1 1"},
+                                            {"t": 2.0, "counts": "0 1 1"},
+                                            {"t": 3.0, "counts": "0 1 1"}])
     out = tmp_path / "out"
     out.mkdir()
     s = merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
@@ -288,7 +288,7 @@ def test_availability_adds_up_every_shard_s_pieces_at_one_tick(tmp_path):
     assert copies == [("1.000", "1.3333"), ("2.000", "1.6667"), ("3.000", "0.6667")]
     assert s["availability"] == {"min_copies": 0.6667, "last_full_copy_lost_s": 3.0, "full_copy_back_s": None}
     # a shard whose row has no pieces row (killed between the two) makes that tick unknown
-    table(s2 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "online": 1, "counts": "0 1 1"}])
+    table(s2 / "pieces.csv", PIECE_FIELDS, [{"t": 1.0, "counts": "0 1 1"}])
     merge(out, "run", PLAN, {"tracker": "w1", "origin": "w1", "a": "w1", "b": "w2"},
           [ShardResult("w1", s1), ShardResult("w2", s2)])
     assert [r["copies"] for r in csv.DictReader((out / "swarm.csv").open())] == ["1.3333", "", ""]

@@ -14,8 +14,8 @@ leecher downloads it once and uploads about as much, a seeder uploads it), plus 
 share per container; units go, heaviest first, to the worker whose load relative to its
 cores would be least after taking it (longest-processing-time-first: at most 4/3 of the
 best possible makespan). The tracker, the origins and the households' internet server go
-to the first worker, the coordinator's, with the results directory. Written by hand: a few lines of a textbook
-greedy, where a solver library would be a dependency for one loop.
+to the first worker, the coordinator's, with the results directory. Written by hand: a few
+lines of a textbook greedy, where a solver library would be a dependency for one loop.
 """
 from __future__ import annotations
 

@@ -131,4 +131,4 @@ def restrict(p: Plan, placement: dict[str, str], worker: str, first: str) -> Pla
                                 for pp in p.protocol_policies if set(pp.routers) & names),
         peer_t_min_s={k: v for k, v in p.peer_t_min_s.items() if k in names},
         tracker_address=p.host("tracker").data_ip,
-        server_address=server.data_ip if server is not None else None, served_ports=served)
+        server_address=p.server_ip, served_ports=served)

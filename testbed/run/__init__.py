@@ -23,7 +23,7 @@ from testbed import facts, runtime, shaping
 from testbed.errors import InterruptedAfterRun, TestbedError
 from testbed.model import Experiment
 from testbed.plan import plan, run_tag
-from testbed.results import RunDir, write_json, write_plan
+from testbed.results import PIECE_FIELDS, RunDir, write_json, write_plan
 from testbed.run.executor import DAEMON_LOST, Executor
 from testbed.run.interrupts import signals_deferred
 from testbed.run.preflight import BringupLock, free_control_block, machine_fits, preflight
@@ -156,6 +156,7 @@ def _run(exp: Experiment, results_root: Path, emit: EventSink, docker_client, ru
         ex = Executor(p, sw, sampler, rd, emit, sample_interval)
         if shard is not None:
             ex.barrier = shard.sync
+            rd.add_table("pieces", PIECE_FIELDS)        # its peers' pieces, for the merge's availability
         emit(rd.event("swarm_start", leechers=len(p.by_role("leecher")), t_min_s=p.t_min_s))
         cpu0, wall0 = cpu_seconds(), time.monotonic()
         # What the bring-up left (the Docker SDK's, Mininet's, the plan's: hundreds of thousands

@@ -271,7 +271,7 @@ class Executor:
         if self.barrier is not None:
             # a shard sees only its own peers: its per-piece counts, for the merge to add up
             per_piece = self.piece_counts()
-            self.rd.row("pieces", {"t": round(t, 3), "online": counts["online"],
+            self.rd.row("pieces", {"t": round(t, 3),
                                    "counts": "" if per_piece is None else " ".join(map(str, per_piece))})
         self.rd.row("swarm", {"t": round(t, 3), **counts, "seeds_online": seeds,
                               "leechers_online": counts["online"] - seeds,
